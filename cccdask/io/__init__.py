@@ -1,0 +1,1 @@
+"""Readers and writers: the edges of a run."""

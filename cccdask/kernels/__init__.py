@@ -1,0 +1,1 @@
+"""Pure NumPy/SciPy kernels: one frame in, arrays out. No Dask, no I/O."""
