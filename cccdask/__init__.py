@@ -1,21 +1,23 @@
 """cccdask: Colocalization by Cross Correlation and the classic coefficients, at any scale.
 
 Public names: :func:`ccc`, :func:`coefficients`, :func:`open_image`, :func:`run`.
-They are imported on first use, so ``import cccdask`` stays light.
+``ccc`` is imported eagerly; the others on first use.
 """
 
 from importlib import import_module
 
+# Bound eagerly: the functions share their modules' names and must shadow them.
+from cccdask.ccc import ccc
+
 __version__ = "0.1.0"
 
 _PUBLIC = {
-    "ccc": "cccdask.ccc",
     "coefficients": "cccdask.coefficients",
     "open_image": "cccdask.io.readers",
     "run": "cccdask.pipeline",
 }
 
-__all__ = sorted(_PUBLIC)
+__all__ = sorted(["ccc", *_PUBLIC])
 
 
 def __getattr__(name):

@@ -105,8 +105,9 @@ def paired_spots(
     independent : bool
         Place channel 2's spots independently of channel 1 (no true colocalization).
     margin : float, optional
-        Keep spots this far from the border (physical units); default ``distance + 4 psf``.
-        The mask is the region spots may fall in.
+        Keep channel-1 spots this far from the border (physical units); default 4 psf.
+        The mask is exactly the region channel-1 spots are placed in (uniformly), as
+        the method assumes; paired channel-2 spots that fall outside are masked out.
     seed : int
         Seed of the random generator (the scene is a pure function of its arguments).
     """
@@ -116,7 +117,7 @@ def paired_spots(
     sp = np.asarray(spacing, dtype=float)
     rng = np.random.default_rng(seed)
     extent = np.asarray(shape) * sp
-    margin = distance + 4 * psf_sigma if margin is None else margin
+    margin = 4 * psf_sigma if margin is None else margin
     lo, hi = np.full(ndim, margin), extent - margin
     if np.any(hi <= lo):
         raise ValueError(f"shape {shape} at spacing {spacing} is too small for distance {distance}.")
@@ -140,7 +141,7 @@ def paired_spots(
     mask = np.ones(shape, dtype=bool)
     for axis in range(ndim):
         pos = grid[axis] * sp[axis]
-        mask &= (pos >= lo[axis] - distance) & (pos <= hi[axis] + distance)
+        mask &= (pos >= lo[axis]) & (pos <= hi[axis])
     return PairedSpots(
         image1=image1.astype(np.float32),
         image2=image2.astype(np.float32),

@@ -1,0 +1,201 @@
+"""``cccdask.ccc``: Colocalization by Cross Correlation on NumPy, Dask or xarray inputs."""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import dask
+import dask.array as da
+import numpy as np
+import xarray as xr
+
+from cccdask.frames import Frames, frame_time_coords, prepare_inputs
+from cccdask.kernels.ccc import ccc_frame, output_names
+from cccdask.kernels.correlate import MODES
+from cccdask.kernels.profile import ProfileGeometry, profile_geometry
+
+_DESCRIPTIONS = {
+    "profile_original": "radial profile of the original cross-correlation O",
+    "profile_subtracted": "radial profile of the subtracted cross-correlation S (low-frequency part removed)",
+    "profile_fit": "Gaussian fit to profile_subtracted, evaluated with |mean|",
+    "mean": "mean distance of the correlation (Gaussian centre mu)",
+    "sigma": "standard deviation of the correlation distance (Gaussian sigma)",
+    "height": "fitted Gaussian height (normalised to the mask volume)",
+    "confidence": "sum of S over sum of O, profile keys strictly within mean +- 3 sigma",
+    "r_squared": "R^2 of the fit over keys in [mean - 3 sigma, mean + 3 sigma)",
+    "fit_ok": "whether a valid Gaussian fit was found (False: parameters and statistics are NaN)",
+    "contribution1": "signal of image 1 contributing to the Gaussian fit",
+    "contribution2": "signal of image 2 contributing to the Gaussian fit",
+    "ccf_original": "original cross-correlation O = CC(I1m, I2m) / maskVolume",
+    "ccf_subtracted": "subtracted cross-correlation S = CC(L, I2m) / maskVolume",
+    "ccf_gauss": "Gaussian-modified cross-correlation G = S x Gaussian(distance)",
+}
+_LENGTH_UNITS = {"mean", "sigma"}
+
+
+def _output_layout(name: str, frames: Frames, geometry: ProfileGeometry, dtype) -> tuple[tuple[str, ...], tuple[int, ...], np.dtype]:
+    """Dims (without t), shape and dtype of one per-frame output."""
+    if name.startswith("profile_"):
+        return ("distance",), (len(geometry.distances),), np.dtype(np.float64)
+    if name == "fit_ok":
+        return (), (), np.dtype(bool)
+    if name.startswith("contribution"):
+        return frames.spatial_dims, frames.frame_shape, np.dtype(dtype)
+    if name.startswith("ccf_"):
+        return tuple(f"shift_{d}" for d in frames.spatial_dims), geometry.ccf_shape, np.dtype(dtype)
+    return (), (), np.dtype(np.float64)
+
+
+def best_frame(values: np.ndarray, mode: str) -> int:
+    """The plugin's best frame: highest confidence, or smallest sigma without confidence.
+
+    NaN values (failed fits) never win; ties keep the earliest frame; -1 when no frame
+    has a value.
+    """
+    values = np.asarray(values, dtype=float)
+    if not np.isfinite(values).any():
+        return -1
+    score = values if mode == "full" else -values
+    return int(np.nanargmax(np.where(np.isfinite(score), score, -np.inf)))
+
+
+def _frame_arrays(frames: Frames, index: int):
+    m = frames.mask_frame(index)
+    return (
+        frames.image1.data[index],
+        frames.image2.data[index],
+        None if m is None else m.data,
+    )
+
+
+def ccc(
+    image1: Any,
+    image2: Any,
+    mask: Any = None,
+    *,
+    mode: str = "full",
+    spacing: float | Sequence[float] | None = None,
+    max_distance: float | None = None,
+    contributions: bool = False,
+    intermediates: bool = False,
+    fiji_compat: bool = False,
+    dtype: str = "float32",
+) -> xr.Dataset:
+    """Colocalization by Cross Correlation of two channels, frame by frame.
+
+    Parameters
+    ----------
+    image1, image2 : numpy.ndarray, dask.array.Array or xarray.DataArray
+        A plain array with 2 or 3 dims is one frame ``(y, x)`` / ``(z, y, x)``. A
+        DataArray names its dims from ``t, z, y, x``; a ``t`` dim makes a time series.
+    mask : array-like, optional
+        None (every voxel inside), one frame shared by all frames, or one per frame.
+        Non-zero = inside.
+    mode : {"full", "no_confidence", "correlation"}
+        The plugin's three commands: CCC, CCC - No confidence, Just Cross Correlation.
+    spacing : float or sequence of float, optional
+        Physical voxel size per spatial axis in ``(z,) y, x`` order. Default: from the
+        DataArray's coordinates, else 1 (distances in pixels).
+    max_distance : float, optional
+        Profile, fit and correlograms only out to this distance (units of spacing).
+        None: out to the frame's corner, as the plugin does.
+    contributions : bool
+        Add the contribution images ``contribution1``/``contribution2``.
+    intermediates : bool
+        Add the correlograms ``ccf_original``, ``ccf_subtracted``, ``ccf_gauss``.
+    fiji_compat : bool
+        Measure distances from ``(N - 1) / 2`` as the Fiji plugin 2.2.3 does (half a
+        voxel off on every even axis). Default: from the true zero shift.
+    dtype : {"float32", "float64"}
+        Working precision of the correlations.
+
+    Returns
+    -------
+    xarray.Dataset
+        Coordinate ``distance`` (attrs ``units``) and, for a time series, ``t``.
+        Per mode: ``profile_original``, ``profile_subtracted``, ``profile_fit`` over
+        ``(t,) distance``; ``mean``, ``sigma``, ``height``, ``confidence``,
+        ``r_squared``, ``fit_ok`` over ``t`` (scalars for one frame); contribution
+        images over the image dims; correlograms over ``shift_*`` dims with physical
+        coordinates. A failed fit is ``fit_ok = False`` with NaN parameters. A time
+        series also has ``best_frame`` (0-d variable; -1 if no frame was fitted), and
+        for NumPy inputs ``attrs["best_frame"]``. Lazy (one task per frame, each
+        frame's FFTs run once) when any input is Dask-backed.
+
+    Raises
+    ------
+    ValueError
+        Mismatched shapes, frames that are not 2D/3D, non-numeric dtypes, non-positive
+        spacing, an unknown mode or dtype, contributions in correlation mode; and, for
+        NumPy inputs, an empty mask or NaN/Inf pixels inside it
+        (:class:`cccdask.frames.InvalidFrameError`; for Dask inputs raised at compute).
+    """
+    if mode not in MODES:
+        raise ValueError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}.")
+    if np.dtype(dtype) not in (np.dtype(np.float32), np.dtype(np.float64)):
+        raise ValueError(f"dtype must be 'float32' or 'float64', not {dtype!r}.")
+    if max_distance is not None and not (np.isfinite(max_distance) and max_distance > 0):
+        raise ValueError(f"max_distance must be a positive distance in units of spacing, not {max_distance!r}.")
+    if contributions and mode == "correlation":
+        raise ValueError("contribution images need the Gaussian fit; use mode 'full' or 'no_confidence'.")
+    frames = prepare_inputs(image1, image2, mask, spacing)
+    geometry = profile_geometry(frames.frame_shape, frames.spacing, max_distance, fiji_compat)
+    names = output_names(mode, contributions, intermediates)
+    options = dict(mode=mode, contributions=contributions, intermediates=intermediates, dtype=dtype)
+
+    per_frame = {name: [] for name in names}
+    if frames.lazy:
+        for t in range(frames.n_frames):
+            result = dask.delayed(ccc_frame, pure=True, nout=None)(
+                *_frame_arrays(frames, t), geometry, **options
+            )
+            for name in names:
+                _, shape, dt = _output_layout(name, frames, geometry, dtype)
+                per_frame[name].append(da.from_delayed(result[name], shape=shape, dtype=dt))
+        stack = da.stack
+    else:
+        for t in range(frames.n_frames):
+            arrays = [None if a is None else np.asarray(a) for a in _frame_arrays(frames, t)]
+            result = ccc_frame(*arrays, geometry, **options)
+            for name in names:
+                per_frame[name].append(result[name])
+        stack = np.stack
+
+    data_vars = {}
+    for name in names:
+        dims, _, dt = _output_layout(name, frames, geometry, dtype)
+        attrs = {"description": _DESCRIPTIONS[name]}
+        if name in _LENGTH_UNITS:
+            attrs["units"] = frames.units
+        data_vars[name] = (("t",) + dims, stack(per_frame[name]).astype(dt, copy=False), attrs)
+
+    coords = {"distance": ("distance", geometry.distances, {"units": frames.units, "long_name": "distance"})}
+    coords.update({k: ("t", v) for k, v in frame_time_coords(frames).items()})
+    for dim in frames.spatial_dims:
+        if any(n.startswith("contribution") for n in names) and dim in frames.image1.coords:
+            coords[dim] = frames.image1.coords[dim]
+    for dim, values in zip(frames.spatial_dims, geometry.shift_coords):
+        if any(n.startswith("ccf_") for n in names):
+            coords[f"shift_{dim}"] = (f"shift_{dim}", values, {"units": frames.units})
+
+    ds = xr.Dataset(data_vars, coords=coords)
+    ds.attrs.update(
+        mode=mode,
+        units=frames.units,
+        spacing=list(frames.spacing),
+        max_distance=float("nan") if max_distance is None else float(max_distance),
+        fiji_compat=int(fiji_compat),
+        dtype=str(np.dtype(dtype)),
+    )
+    if mode != "correlation":
+        score = ds["confidence"] if mode == "full" else ds["sigma"]
+        if frames.time_series:
+            if frames.lazy:
+                best = da.from_delayed(dask.delayed(best_frame)(score.data, mode), shape=(), dtype=np.int64)
+            else:
+                best = np.int64(best_frame(score.values, mode))
+                ds.attrs["best_frame"] = int(best)
+            ds["best_frame"] = ((), best, {"description": "index along t of the best frame: highest confidence (full mode) or smallest sigma (no_confidence); -1 if none was fitted"})
+    if not frames.time_series:
+        ds = ds.isel(t=0, drop=True)
+    return ds

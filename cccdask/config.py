@@ -1,0 +1,389 @@
+"""The YAML run configuration: pydantic models, loading, and the JSON Schema.
+
+A run is described by one YAML file (see ``configs/``). It is validated completely
+before anything runs: unknown keys and wrong types are rejected with the key's path
+(``input.image1.channel: ...``). Relative paths are resolved against the folder of the
+YAML file, so a config and its data can move together.
+
+Sections
+--------
+input
+    Where the two channels and the optional mask come from (files, channels).
+ccc
+    The CCC analysis: mode, maximum distance, contribution and intermediate images.
+coefficients
+    Optional: the classic colocalization coefficients, per frame, in the same task.
+preprocess
+    Optional: per-frame preparation (background, generated masks, chromatic shift),
+    present when :mod:`cccdask.preprocess` is installed.
+output
+    The results store and the report files beside it.
+cluster
+    Where the work runs: an embedded LocalCluster (default), an existing scheduler,
+    or SLURM through dask-jobqueue.
+execution
+    Frames per task, retries, worker memory thresholds, other Dask settings.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal, Optional, Union
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+try:  # the preprocessing section exists only when its module is installed
+    from cccdask.preprocess import Preprocessing
+except ModuleNotFoundError as error:  # pragma: no cover - depends on the install
+    if error.name not in ("cccdask.preprocess",):
+        raise
+    Preprocessing = None
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot run; the message names the file and the key path."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _resolve_path(value: Any, info: ValidationInfo) -> Any:
+    """Make a relative path absolute against the config file's folder (when known)."""
+    if value is None:
+        return None
+    path = Path(value).expanduser()
+    base = (info.context or {}).get("base_dir")
+    if not path.is_absolute() and base is not None:
+        path = Path(base) / path
+    return path.absolute() if not path.is_absolute() else path
+
+
+class ImageSource(_Section):
+    """One image: a file (or a Zarr group/array) and optionally one of its channels.
+
+    A bare string is accepted as ``{path: ...}``.
+    """
+
+    path: Path = Field(description="File or folder: .zarr, .ome.zarr, .tif/.tiff, .npy.")
+    channel: Optional[int] = Field(
+        None, ge=0, description="Channel index (0-based) for a multi-channel file."
+    )
+    component: Optional[str] = Field(
+        None, description="Array path inside a Zarr group (default: the first image)."
+    )
+    dims: Optional[str] = Field(
+        None,
+        pattern=r"^[tczyx]{2,5}$",
+        description="Axis names for files without metadata, e.g. 'tyx' for a .npy stack.",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_string(cls, value: Any) -> Any:
+        if isinstance(value, (str, Path)):
+            return {"path": value}
+        return value
+
+    _abs_path = field_validator("path", mode="after")(_resolve_path)
+
+
+class InputConfig(_Section):
+    """The two channels and the mask."""
+
+    image1: ImageSource = Field(description="Channel 1 (the channel whose mean is subtracted).")
+    image2: ImageSource = Field(description="Channel 2.")
+    mask: Optional[ImageSource] = Field(
+        None,
+        description="Analysis mask (non-zero = inside): one frame for all frames, or one per "
+        "frame. None: every voxel is inside.",
+    )
+    spacing: Optional[Union[float, list[float]]] = Field(
+        None,
+        description="Voxel size per spatial axis in (z,) y, x order, overriding the files' "
+        "metadata. Default: from the metadata.",
+    )
+    units: Optional[str] = Field(None, description="Unit of the spacing, e.g. 'um'.")
+
+    @field_validator("spacing")
+    @classmethod
+    def _positive_spacing(cls, value):
+        values = [value] if isinstance(value, (int, float)) else value
+        if values is not None:
+            if not values or not all(v > 0 and v == v and v != float("inf") for v in values):
+                raise ValueError(
+                    "spacing must be positive and finite on every axis, e.g. [0.2, 0.065, 0.065]"
+                )
+        return value
+
+
+class CCCConfig(_Section):
+    """Colocalization by Cross Correlation."""
+
+    mode: Literal["full", "no_confidence", "correlation"] = Field(
+        "full",
+        description="'full' (fit and confidence), 'no_confidence' (less memory), "
+        "'correlation' (profiles only, no fit).",
+    )
+    max_distance: Optional[float] = Field(
+        None, gt=0, description="Largest distance profiled (physical units); None: out to the corner."
+    )
+    contributions: bool = Field(False, description="Store the contribution images.")
+    intermediates: bool = Field(False, description="Store the correlograms O, S and G.")
+    fiji_compat: bool = Field(False, description="Measure distances as the Fiji plugin does.")
+    dtype: Literal["float32", "float64"] = Field("float32", description="Working precision.")
+
+    @model_validator(mode="after")
+    def _contributions_need_fit(self):
+        if self.contributions and self.mode == "correlation":
+            raise ValueError(
+                "contributions need a Gaussian fit; set mode to 'full' or 'no_confidence', "
+                "or contributions to false"
+            )
+        return self
+
+
+class CoefficientsConfig(_Section):
+    """The classic coefficients (Pearson, Manders, ...), computed per frame."""
+
+    threshold: Optional[Union[float, tuple[float, float]]] = Field(
+        None, description="Threshold for both channels, or [channel 1, channel 2]. None: no threshold."
+    )
+    threshold_range: Union[float, tuple[float, float]] = Field(
+        0.0, description="Soft-threshold range (>= 0), one value or a pair."
+    )
+    maps: bool = Field(False, description="Store the per-voxel coefficient maps.")
+    van_steensel_shifts: int = Field(20, ge=0, description="Van Steensel shifts -S..S (voxels).")
+    van_steensel_axis: Literal["x", "y", "z"] = Field("x", description="Axis of the Van Steensel shifts.")
+
+    @field_validator("threshold_range")
+    @classmethod
+    def _non_negative(cls, value):
+        values = value if isinstance(value, tuple) else (value,)
+        if any(v < 0 for v in values):
+            raise ValueError("threshold_range must be >= 0")
+        return value
+
+
+class OutputConfig(_Section):
+    """The results store and the reports beside it."""
+
+    store: Path = Field(description="The Zarr v3 results store to write (a folder, e.g. results.zarr).")
+    reports: bool = Field(True, description="Write CSV tables, plots and a summary beside the store.")
+    overwrite: bool = Field(
+        False, description="Replace an existing store written with a different config."
+    )
+
+    _abs_path = field_validator("store", mode="after")(_resolve_path)
+
+
+class LocalClusterConfig(_Section):
+    """An embedded distributed LocalCluster (the default)."""
+
+    n_workers: Optional[int] = Field(None, ge=1, description="Worker processes; default: one per core.")
+    threads_per_worker: int = Field(1, ge=1, description="Threads per worker process.")
+    memory_limit: Optional[str] = Field(
+        None, description="Memory per worker, e.g. '4GiB'; default: the machine's memory shared out."
+    )
+    processes: bool = Field(True, description="Workers in separate processes (recommended).")
+    dashboard_address: Optional[str] = Field(
+        ":8787", description="Dashboard address (':0' for any free port, null for none)."
+    )
+    host: Optional[str] = Field(None, description="Interface to listen on, e.g. '127.0.0.1'.")
+
+
+class SlurmConfig(_Section):
+    """A SLURM cluster through dask-jobqueue (``pip install 'cccdask[slurm]'``)."""
+
+    cores: int = Field(ge=1, description="Cores per job.")
+    memory: str = Field(description="Memory per job, e.g. '32GB'.")
+    processes: int = Field(1, ge=1, description="Worker processes per job.")
+    jobs: int = Field(1, ge=1, description="Number of jobs (fixed scale) or the maximum when adapt.")
+    adapt: bool = Field(False, description="Scale between 1 and `jobs` jobs with the load.")
+    walltime: str = Field("01:00:00", description="Job time limit.")
+    queue: Optional[str] = Field(None, description="Partition.")
+    account: Optional[str] = Field(None, description="Account to charge.")
+    interface: Optional[str] = Field(None, description="Network interface of the workers, e.g. 'ib0'.")
+    local_directory: Optional[str] = Field(None, description="Worker scratch folder on the nodes.")
+    log_directory: Optional[str] = Field(None, description="Folder for the job logs.")
+    job_extra_directives: list[str] = Field(default_factory=list, description="Extra #SBATCH lines.")
+    job_script_prologue: list[str] = Field(
+        default_factory=list, description="Shell lines run before the worker starts (module load ...)."
+    )
+
+
+class ClusterConfig(_Section):
+    """Where the work runs. The same run code works on all of them."""
+
+    kind: Literal["local", "address", "scheduler_file", "slurm"] = Field(
+        "local", description="local: start an embedded LocalCluster; address / scheduler_file: "
+        "connect to a running scheduler; slurm: submit workers with dask-jobqueue."
+    )
+    address: Optional[str] = Field(None, description="Scheduler address, e.g. 'tcp://10.0.0.5:8786'.")
+    scheduler_file: Optional[Path] = Field(None, description="Scheduler file written by `dask scheduler`.")
+    local: LocalClusterConfig = Field(default_factory=LocalClusterConfig)
+    slurm: Optional[SlurmConfig] = None
+    connect_timeout: float = Field(60.0, gt=0, description="Seconds to wait for the scheduler/workers.")
+
+    _abs_path = field_validator("scheduler_file", mode="after")(_resolve_path)
+
+    @model_validator(mode="after")
+    def _kind_needs_its_settings(self):
+        needed = {"address": "address", "scheduler_file": "scheduler_file", "slurm": "slurm"}
+        key = needed.get(self.kind)
+        if key is not None and getattr(self, key) is None:
+            raise ValueError(f"cluster.kind is {self.kind!r} but cluster.{key} is not set")
+        return self
+
+
+class ExecutionConfig(_Section):
+    """How frames become tasks, and the Dask settings of the run."""
+
+    frames_per_task: int = Field(
+        1, ge=1, description="Frames per task (and per store chunk along t). Raise for tiny frames."
+    )
+    retries: int = Field(1, ge=0, description="Times a task that raised is retried.")
+    memory_target: Optional[float] = Field(
+        None, gt=0, le=1, description="distributed.worker.memory.target (fraction)."
+    )
+    memory_spill: Optional[float] = Field(
+        None, gt=0, le=1, description="distributed.worker.memory.spill (fraction)."
+    )
+    memory_pause: Optional[float] = Field(
+        None, gt=0, le=1, description="distributed.worker.memory.pause (fraction)."
+    )
+    memory_terminate: Optional[float] = Field(
+        None, gt=0, le=1, description="distributed.worker.memory.terminate (fraction)."
+    )
+    dask_config: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Other Dask settings, e.g. {'distributed.scheduler.allowed-failures': 5}.",
+    )
+
+    def dask_settings(self) -> dict[str, Any]:
+        """The Dask config keys this section sets."""
+        settings = dict(self.dask_config)
+        for name in ("target", "spill", "pause", "terminate"):
+            value = getattr(self, f"memory_{name}")
+            if value is not None:
+                settings[f"distributed.worker.memory.{name}"] = value
+        return settings
+
+
+_PreprocessType = Optional[Preprocessing] if Preprocessing is not None else None
+
+
+class PipelineConfig(_Section):
+    """A complete run: inputs, analyses, output, cluster."""
+
+    input: InputConfig
+    ccc: CCCConfig = Field(default_factory=CCCConfig)
+    coefficients: Optional[CoefficientsConfig] = Field(
+        None, description="Compute the classic coefficients per frame too (off when absent)."
+    )
+    if Preprocessing is not None:
+        preprocess: Optional[Preprocessing] = Field(  # type: ignore[valid-type]
+            None, description="Per-frame preparation before the analyses (off when absent)."
+        )
+    output: OutputConfig
+    cluster: ClusterConfig = Field(default_factory=ClusterConfig)
+    execution: ExecutionConfig = Field(default_factory=ExecutionConfig)
+
+    def analysis_identity(self) -> dict[str, Any]:
+        """What decides the store's content: a store is resumed only under the same identity.
+
+        The cluster, the Dask settings, the report flag and ``overwrite`` are left out:
+        they change how the work runs, not what it writes.
+        """
+        keys = {"input", "ccc", "coefficients", "preprocess"}
+        identity = self.model_dump(mode="json", include=keys)
+        identity["frames_per_task"] = self.execution.frames_per_task
+        return identity
+
+    @property
+    def preprocessing(self):
+        """The preprocessing settings, or None (also when the module is not installed)."""
+        return getattr(self, "preprocess", None)
+
+
+def format_validation_error(error: ValidationError, source: str) -> str:
+    """One line per problem: ``source: key.path: message (got value)``."""
+    lines = []
+    for item in error.errors():
+        loc = ".".join(str(part) for part in item["loc"] if not str(part).startswith("function-"))
+        # drop the union/model tags pydantic adds to the location
+        loc = ".".join(p for p in loc.split(".") if p not in ("ImageSource", "str", "float", "list[float]",
+                                                              "tuple[float, float]", "Path"))
+        message = item["msg"]
+        if message.startswith("Value error, "):
+            message = message[len("Value error, "):]
+        got = item.get("input")
+        shown = "" if isinstance(got, (dict, list)) or item["type"] == "missing" else f" (got {got!r})"
+        lines.append(f"{source}: {loc or '<top level>'}: {message}{shown}")
+    return "\n".join(dict.fromkeys(lines))
+
+
+def config_from_dict(data: Any, base_dir: Path | str | None = None, source: str = "config") -> PipelineConfig:
+    """Validate a dict (as read from YAML) into a :class:`PipelineConfig`.
+
+    Raises
+    ------
+    ConfigError
+        Naming every key path that is wrong.
+    """
+    if not isinstance(data, dict):
+        raise ConfigError(
+            f"{source}: the top level must be a mapping with the sections input, output, ... "
+            f"(got {type(data).__name__})"
+        )
+    try:
+        return PipelineConfig.model_validate(data, context={"base_dir": base_dir})
+    except ValidationError as error:
+        raise ConfigError(format_validation_error(error, source)) from None
+
+
+def load_config(path: Path | str) -> PipelineConfig:
+    """Read and validate a YAML config file; relative paths are taken from its folder.
+
+    Raises
+    ------
+    ConfigError
+        A missing or unreadable file, invalid YAML (with line and column), or invalid
+        content (with the key path).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {str(path)!r} does not exist.")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(error, "problem", None) or str(error)
+        raise ConfigError(f"{path}: invalid YAML{where}: {problem}") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise ConfigError(f"{path}: cannot read the config: {error}") from None
+    return config_from_dict(data, base_dir=path.parent.absolute(), source=str(path))
+
+
+def json_schema() -> dict[str, Any]:
+    """The JSON Schema of the YAML config (for editors and validation elsewhere)."""
+    schema = PipelineConfig.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "cccdask run configuration"
+    return schema
+
+
+def config_json(config: PipelineConfig) -> str:
+    """The resolved config as JSON text (stored in the results' provenance)."""
+    return json.dumps(config.model_dump(mode="json"), indent=1, sort_keys=True)

@@ -1,0 +1,117 @@
+"""One frame of CCC: correlate, profile, fit, statistics, contributions."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from cccdask.kernels.contributions import contribution_images, gaussian_modified
+from cccdask.kernels.correlate import MODES, mask_images, masked_correlograms
+from cccdask.kernels.fit import GaussianFit, confidence, fit_gaussian, r_squared
+from cccdask.kernels.profile import ProfileGeometry, radial_profile
+
+SCALARS = ("mean", "sigma", "height", "confidence", "r_squared", "fit_ok")
+
+
+def output_names(mode: str, contributions: bool = False, intermediates: bool = False) -> list[str]:
+    """The names :func:`ccc_frame` returns for a mode and options, in a fixed order."""
+    names = []
+    if mode in ("full", "correlation"):
+        names.append("profile_original")
+    if mode in ("full", "no_confidence"):
+        names += ["profile_subtracted", "profile_fit"]
+        names += [n for n in SCALARS if n != "confidence" or mode == "full"]
+    if contributions:
+        names += ["contribution1", "contribution2"]
+    if intermediates:
+        if mode in ("full", "correlation"):
+            names.append("ccf_original")
+        if mode in ("full", "no_confidence"):
+            names += ["ccf_subtracted", "ccf_gauss"]
+    return names
+
+
+def ccc_frame(
+    image1: np.ndarray,
+    image2: np.ndarray,
+    mask: np.ndarray | None,
+    geometry: ProfileGeometry,
+    *,
+    mode: str = "full",
+    contributions: bool = False,
+    intermediates: bool = False,
+    dtype="float32",
+) -> dict[str, np.ndarray]:
+    """Colocalization by cross correlation of one frame.
+
+    Parameters
+    ----------
+    image1, image2 : numpy.ndarray
+        One 2D or 3D frame each, same shape.
+    mask : numpy.ndarray or None
+        Non-zero = inside; None = every voxel inside.
+    geometry : ProfileGeometry
+        From :func:`cccdask.kernels.profile.profile_geometry` for this frame shape.
+    mode : {"full", "no_confidence", "correlation"}
+    contributions : bool
+        Also return the contribution images (need a fit: not in correlation mode).
+        Zero images for a frame whose fit failed.
+    intermediates : bool
+        Also return the correlograms O, S and G.
+    dtype : str
+        Working precision of the correlation, "float32" or "float64".
+
+    Returns
+    -------
+    dict of numpy.ndarray
+        The keys of :func:`output_names`. Scalars are 0-d arrays; a failed fit gives
+        NaN parameters, NaN statistics and ``fit_ok = False``.
+
+    Raises
+    ------
+    InvalidFrameError
+        Empty mask, or NaN/Inf pixels inside the mask.
+    """
+    if mode not in MODES:
+        raise ValueError(f"unknown mode {mode!r}; choose one of {MODES}.")
+    masked = mask_images(image1, image2, mask, geometry.spacing, dtype)
+    original, subtracted = masked_correlograms(masked, geometry.shift_lo, geometry.shift_hi, mode)
+    keys = geometry.distances
+    out: dict[str, np.ndarray] = {}
+    if original is not None:
+        out["profile_original"] = radial_profile(original, geometry)
+    if subtracted is not None:
+        profile = radial_profile(subtracted, geometry)
+        fit = fit_gaussian(keys, profile, pixel_size=geometry.spacing[-1])
+        out["profile_subtracted"] = profile
+        out["profile_fit"] = fit.curve(keys) if fit.ok else np.full(len(keys), np.nan)
+        out["mean"], out["sigma"], out["height"] = fit.mean, fit.sigma, fit.height
+        if mode == "full":
+            out["confidence"] = confidence(keys, profile, out["profile_original"], fit)
+        out["r_squared"] = r_squared(keys, profile, fit)
+        out["fit_ok"] = fit.ok
+    else:
+        fit = GaussianFit.failed()
+    gauss = None
+    if (contributions or intermediates) and subtracted is not None:
+        gauss = (
+            gaussian_modified(subtracted, geometry.distance_grid(), fit)
+            if fit.ok
+            else np.zeros_like(subtracted)
+        )
+    if contributions:
+        if gauss is None:
+            raise ValueError("contribution images need a Gaussian fit; use mode 'full' or 'no_confidence'.")
+        if fit.ok:
+            out["contribution1"], out["contribution2"] = contribution_images(
+                masked.image1, masked.image2, gauss, geometry.shift_lo
+            )
+        else:
+            out["contribution1"] = np.zeros_like(masked.image1)
+            out["contribution2"] = np.zeros_like(masked.image2)
+    if intermediates:
+        if original is not None:
+            out["ccf_original"] = original
+        if subtracted is not None:
+            out["ccf_subtracted"] = subtracted
+            out["ccf_gauss"] = gauss
+    return {k: np.asarray(v) for k, v in out.items()}

@@ -1,0 +1,265 @@
+"""The Gaussian fit of a radial profile, and the statistics built on it.
+
+The model is ``g(x) = height * exp(-(x - mu)^2 / (2 sigma^2))`` (no offset), fitted by
+unweighted Levenberg-Marquardt least squares with an analytic Jacobian to the
+subtracted profile plus its mirrored tail, as the Fiji plugin does (its Commons-Math
+GaussianCurveFitter: 100 iterations, 50 for the moving-average retries).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+MAX_ITERATIONS = 100
+RETRY_ITERATIONS = 50
+RETRY_WINDOWS = (0.1, 0.2, 0.3, 0.4, 0.5)  # moving-average half widths, in units of s_x
+_TOLERANCE = 1e-10  # relative cost and parameter tolerance (Commons-Math's defaults)
+
+
+@dataclass(frozen=True)
+class GaussianFit:
+    """Result of :func:`fit_gaussian`.
+
+    Attributes
+    ----------
+    mean : float
+        Fitted centre mu (physical units; keeps its sign). NaN if the fit failed.
+    sigma : float
+        Fitted standard deviation, positive (physical units). NaN if failed.
+    height : float
+        Fitted peak height (correlogram units). NaN if failed.
+    ok : bool
+        Whether a valid fit was found (plugin's rules: converged, sigma > s_x,
+        mu >= -s_x, height >= 0).
+    smoothing : float
+        Half width of the moving average of the accepted fit (physical units);
+        0 without smoothing, NaN if failed.
+    """
+
+    mean: float
+    sigma: float
+    height: float
+    ok: bool
+    smoothing: float
+
+    @classmethod
+    def failed(cls) -> "GaussianFit":
+        return cls(np.nan, np.nan, np.nan, False, np.nan)
+
+    def curve(self, x: np.ndarray) -> np.ndarray:
+        """The fitted curve at ``x``, evaluated with ``|mean|`` (the plugin's rule)."""
+        return gaussian(np.asarray(x, dtype=float), self.height, abs(self.mean), self.sigma)
+
+
+def gaussian(x, height, mu, sigma):
+    """``height * exp(-(x - mu)^2 / (2 sigma^2))``."""
+    return height * np.exp(-0.5 * ((x - mu) / sigma) ** 2)
+
+
+def mirrored_tail(keys: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The profile plus its tail mirrored about the peak (the plugin's fitting points).
+
+    maxLoc is the key of the largest value (0 when every value is <= 0 or the largest
+    is at the first key); each point with key > 2 maxLoc is added again as
+    ``(2 maxLoc - key, value)``.
+    """
+    peak = int(np.argmax(values))
+    max_loc = 0.0 if values[peak] <= 0 or peak == 0 else float(keys[peak])
+    tail = keys > 2 * max_loc
+    x = np.concatenate([keys, 2 * max_loc - keys[tail]])
+    y = np.concatenate([values, values[tail]])
+    return x, y
+
+
+def initial_guess(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Height, centre and width from the maximum and the half-maximum crossings.
+
+    As Commons-Math's GaussianCurveFitter.ParameterGuesser: points sorted by x, the
+    crossings of half the maximum interpolated linearly on each side (the outermost
+    point where there is none), sigma = FWHM / (2 sqrt(2 ln 2)).
+    """
+    order = np.argsort(x, kind="stable")
+    xs, ys = x[order], y[order]
+    peak = int(np.argmax(ys))
+    height, mu = float(ys[peak]), float(xs[peak])
+    half = height / 2
+
+    def crossing(indices):
+        below = np.nonzero(ys[indices] < half)[0]
+        if len(below) == 0:
+            return float(xs[indices[-1]])
+        j = indices[below[0]]
+        k = indices[below[0] - 1] if below[0] > 0 else peak
+        if ys[k] == ys[j]:
+            return float(xs[j])
+        return float(xs[j] + (half - ys[j]) * (xs[k] - xs[j]) / (ys[k] - ys[j]))
+
+    lo = crossing(np.arange(peak, -1, -1))
+    hi = crossing(np.arange(peak, len(xs)))
+    fwhm = hi - lo
+    sigma = fwhm / (2 * np.sqrt(2 * np.log(2))) if fwhm > 0 else (xs[-1] - xs[0]) / 10
+    return np.array([height, mu, sigma if sigma > 0 else 1.0])
+
+
+def levenberg_marquardt(x, y, p0, max_iterations=MAX_ITERATIONS):
+    """Unweighted least squares of :func:`gaussian` to ``(x, y)``.
+
+    Marquardt-scaled damping on the 3x3 normal equations with the analytic Jacobian:
+    every iteration is a few passes over the points, whatever their number.
+
+    Returns
+    -------
+    params : numpy.ndarray
+        height, mu, sigma.
+    converged : bool
+        The relative change of the cost or of the parameters fell below 1e-10
+        within ``max_iterations`` iterations.
+    """
+    x = np.asarray(x, dtype=np.float64)
+    y = np.asarray(y, dtype=np.float64)
+    p = np.asarray(p0, dtype=np.float64).copy()
+
+    def residual_and_jacobian(params, with_jacobian):
+        h, mu, s = params
+        z = (x - mu) / s
+        e = np.exp(-0.5 * z * z)
+        r = h * e - y
+        if not with_jacobian:
+            return r, None
+        he_s = h * e / s
+        return r, np.stack([e, he_s * z, he_s * z * z])
+
+    r, jac = residual_and_jacobian(p, True)
+    cost = float(r @ r)
+    damping = None
+    for _ in range(max_iterations):
+        a = jac @ jac.T
+        g = jac @ r
+        diag = np.maximum(np.diag(a), 1e-300)
+        if damping is None:
+            damping = 1e-3
+        while True:
+            try:
+                step = np.linalg.solve(a + damping * np.diag(diag), -g)
+            except np.linalg.LinAlgError:
+                return p, False
+            trial = p + step
+            r_trial, _ = residual_and_jacobian(trial, False)
+            cost_trial = float(r_trial @ r_trial)
+            if np.isfinite(cost_trial) and cost_trial <= cost:
+                break
+            damping *= 10
+            if damping > 1e16:
+                # no step lowers the cost: a minimum to machine precision
+                return p, bool(np.all(np.isfinite(p)))
+        small_cost = (cost - cost_trial) <= _TOLERANCE * cost
+        small_step = np.all(np.abs(step) <= _TOLERANCE * (np.abs(trial) + _TOLERANCE))
+        p, cost = trial, cost_trial
+        damping = max(damping / 10, 1e-12)
+        if small_cost or small_step:
+            return p, True
+        r, jac = residual_and_jacobian(p, True)
+    return p, False
+
+
+def moving_average(keys: np.ndarray, values: np.ndarray, half_width: float):
+    """Smooth a profile: each key becomes the mean of the points with keys in [k - w, k + w).
+
+    Returns new keys (the mean of the keys in the window) and values (the mean of
+    their values), one point per input point.
+    """
+    lo = np.searchsorted(keys, keys - half_width, side="left")
+    hi = np.searchsorted(keys, keys + half_width, side="left")
+    hi = np.maximum(hi, lo + 1)  # the point itself is always in its window
+    ck = np.concatenate([[0.0], np.cumsum(keys)])
+    cv = np.concatenate([[0.0], np.cumsum(values)])
+    n = hi - lo
+    return (ck[hi] - ck[lo]) / n, (cv[hi] - cv[lo]) / n
+
+
+def _valid(params, converged, pixel_size) -> bool:
+    height, mu, sigma = params
+    return bool(
+        converged
+        and np.all(np.isfinite(params))
+        and abs(sigma) > pixel_size
+        and mu >= -pixel_size
+        and height >= 0
+    )
+
+
+def fit_gaussian(keys: np.ndarray, values: np.ndarray, pixel_size: float) -> GaussianFit:
+    """Fit the plugin's Gaussian to a subtracted radial profile.
+
+    Parameters
+    ----------
+    keys : numpy.ndarray
+        Distances, ascending (physical units).
+    values : numpy.ndarray
+        Subtracted profile at ``keys``.
+    pixel_size : float
+        s_x, the voxel size along x (physical units): sets the validity rules and the
+        moving-average windows of the retries.
+
+    Returns
+    -------
+    GaussianFit
+        ``ok=False`` with NaN parameters when no valid fit was found (never raises
+        for a profile that cannot be fitted).
+    """
+    keys = np.asarray(keys, dtype=np.float64)
+    values = np.asarray(values, dtype=np.float64)
+    finite = np.isfinite(values)
+    keys, values = keys[finite], values[finite]
+    if len(keys) < 3 or not np.any(values > 0):
+        return GaussianFit.failed()
+    attempts = [(0.0, keys, values, MAX_ITERATIONS)]
+    attempts += [(w * pixel_size, None, None, RETRY_ITERATIONS) for w in RETRY_WINDOWS]
+    for half_width, k, v, iterations in attempts:
+        if k is None:
+            k, v = moving_average(keys, values, half_width)
+        x, y = mirrored_tail(k, v)
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore", under="ignore"):
+            params, converged = levenberg_marquardt(x, y, initial_guess(x, y), iterations)
+        if _valid(params, converged, pixel_size):
+            height, mu, sigma = params
+            return GaussianFit(float(mu), float(abs(sigma)), float(height), True, float(half_width))
+    return GaussianFit.failed()
+
+
+def fit_window(keys: np.ndarray, fit: GaussianFit, closed_right: bool) -> np.ndarray:
+    """Keys within three sigma of the mean: open ``(mu-3s, mu+3s)`` or ``[mu-3s, mu+3s)``."""
+    lo, hi = fit.mean - 3 * fit.sigma, fit.mean + 3 * fit.sigma
+    left = keys >= lo if closed_right else keys > lo
+    return left & (keys < hi)
+
+
+def confidence(keys, subtracted, original, fit: GaussianFit) -> float:
+    """Sum of the subtracted over the original profile, keys strictly within mu +- 3 sigma.
+
+    Plain sums over keys (no spacing or voxel-count weights), as the plugin computes
+    its areas under the curves. NaN for a failed fit or an empty window.
+    """
+    if not fit.ok:
+        return np.nan
+    inside = fit_window(keys, fit, closed_right=False)
+    denominator = float(np.sum(original[inside]))
+    if not inside.any() or denominator == 0:
+        return np.nan
+    return float(np.sum(subtracted[inside]) / denominator)
+
+
+def r_squared(keys, subtracted, fit: GaussianFit) -> float:
+    """1 - SS_res / SS_tot of the fit over keys in [mu - 3 sigma, mu + 3 sigma)."""
+    if not fit.ok:
+        return np.nan
+    inside = fit_window(keys, fit, closed_right=True)
+    v = np.asarray(subtracted, dtype=np.float64)[inside]
+    if len(v) < 2:
+        return np.nan
+    ss_tot = float(np.sum((v - v.mean()) ** 2))
+    if ss_tot == 0:
+        return np.nan
+    return float(1 - np.sum((v - fit.curve(keys[inside])) ** 2) / ss_tot)

@@ -1,0 +1,212 @@
+"""Correlogram geometry and the radial profile in calibrated units.
+
+The geometry of a correlogram (which shifts it holds, their physical distances, the
+distinct distance keys and the voxel-to-key index) depends only on the frame shape,
+the spacing, the maximum distance and the centre convention. It is computed once per
+geometry (:func:`profile_geometry` is cached) and reused for every frame.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+
+# Distances are grouped on squared distance quantised to this fraction of the
+# smallest squared voxel size: equal distances that float rounding split (e.g.
+# 3 * 0.05 vs 0.15) fall into one key, distinct ones never merge.
+_QUANTUM = 1e-9
+
+
+@dataclass(frozen=True, eq=False)
+class ProfileGeometry:
+    """Which shifts a correlogram holds and how its voxels map to distance keys.
+
+    Attributes
+    ----------
+    frame_shape : tuple of int
+        Shape of the frame (voxels).
+    spacing : tuple of float
+        Physical voxel size per axis.
+    max_distance : float or None
+        Largest distance profiled (physical units); None = out to the corner.
+    fiji_compat : bool
+        Measure distances from (N - 1) / 2 as the Fiji plugin does, instead of from
+        the true zero shift.
+    shift_lo, shift_hi : tuple of int
+        Smallest and largest integer shift held per axis (voxels); the zero shift
+        sits at index ``-shift_lo``.
+    offsets : tuple of numpy.ndarray
+        Physical distance component per axis of every correlogram index.
+    distances : numpy.ndarray
+        The distinct distances (float64, ascending): the profile's ``distance`` axis.
+    index : numpy.ndarray
+        For every correlogram voxel (flattened), its key's position in ``distances``;
+        ``len(distances)`` for voxels beyond ``max_distance``.
+    counts : numpy.ndarray
+        Number of correlogram voxels per key.
+    """
+
+    frame_shape: tuple[int, ...]
+    spacing: tuple[float, ...]
+    max_distance: float | None
+    fiji_compat: bool
+    shift_lo: tuple[int, ...]
+    shift_hi: tuple[int, ...]
+    offsets: tuple[np.ndarray, ...]
+    distances: np.ndarray
+    index: np.ndarray
+    counts: np.ndarray
+
+    @property
+    def ccf_shape(self) -> tuple[int, ...]:
+        """Shape of the correlogram (number of shifts per axis)."""
+        return tuple(h - lo + 1 for lo, h in zip(self.shift_lo, self.shift_hi))
+
+    @property
+    def max_shift(self) -> tuple[int, ...]:
+        """Largest absolute shift held per axis (voxels)."""
+        return tuple(max(-lo, h) for lo, h in zip(self.shift_lo, self.shift_hi))
+
+    @property
+    def shift_coords(self) -> tuple[np.ndarray, ...]:
+        """Physical shift coordinate per correlogram axis (signed)."""
+        return self.offsets
+
+    def distance_grid(self) -> np.ndarray:
+        """Physical distance of every correlogram voxel (float64, ``ccf_shape``)."""
+        d2 = np.zeros(self.ccf_shape)
+        for axis, off in enumerate(self.offsets):
+            shape = [1] * len(self.offsets)
+            shape[axis] = -1
+            d2 = d2 + (off**2).reshape(shape)
+        return np.sqrt(d2)
+
+    def _key(self):
+        return (self.frame_shape, self.spacing, self.max_distance, self.fiji_compat)
+
+    def __dask_tokenize__(self):
+        return ("ProfileGeometry",) + self._key()
+
+    def __reduce__(self):
+        # Pickle as the key only: a Dask graph carries a few numbers, and each worker
+        # builds (and caches) the index once.
+        return (profile_geometry, self._key())
+
+
+def shift_range(frame_shape, spacing, max_distance=None):
+    """The integer shifts a correlogram holds per axis.
+
+    Parameters
+    ----------
+    frame_shape : tuple of int
+        Frame shape (voxels).
+    spacing : tuple of float
+        Voxel size per axis (physical units).
+    max_distance : float, optional
+        Keep only shifts with ``|s_d| * spacing_d <= max_distance``.
+
+    Returns
+    -------
+    lo, hi : tuple of int
+        Per axis, the shifts ``lo..hi`` (zero shift at index ``-lo``). Without a
+        maximum distance, the frame's own shape with zero at ``floor(N/2)``.
+    """
+    lo, hi = [], []
+    for n, s in zip(frame_shape, spacing):
+        a, b = -(n // 2), n - 1 - n // 2
+        if max_distance is not None:
+            k = int(np.floor(max_distance / s + 1e-9))
+            a, b = max(a, -k), min(b, k)
+        lo.append(a)
+        hi.append(b)
+    return tuple(lo), tuple(hi)
+
+
+@lru_cache(maxsize=16)
+def profile_geometry(
+    frame_shape: tuple[int, ...],
+    spacing: tuple[float, ...],
+    max_distance: float | None = None,
+    fiji_compat: bool = False,
+) -> ProfileGeometry:
+    """Distance keys and the voxel-to-key index of a correlogram (cached per geometry).
+
+    Parameters
+    ----------
+    frame_shape : tuple of int
+        Frame shape, 2D or 3D (voxels).
+    spacing : tuple of float
+        Physical voxel size per axis, same order as ``frame_shape``.
+    max_distance : float, optional
+        Profile only out to this distance (physical units); None = to the corner.
+    fiji_compat : bool
+        Measure distances from ``(N - 1) / 2`` like the Fiji plugin (for even N every
+        distance is then off by half a voxel on that axis).
+
+    Returns
+    -------
+    ProfileGeometry
+    """
+    frame_shape = tuple(int(n) for n in frame_shape)
+    spacing = tuple(float(s) for s in spacing)
+    lo, hi = shift_range(frame_shape, spacing, max_distance)
+    offsets = []
+    for n, s, a, b in zip(frame_shape, spacing, lo, hi):
+        centre_shift = (n // 2 - (n - 1) / 2) if fiji_compat else 0.0
+        offsets.append((np.arange(a, b + 1) + centre_shift) * s)
+    quantum = _QUANTUM * min(spacing) ** 2
+    d2 = np.zeros(tuple(b - a + 1 for a, b in zip(lo, hi)))
+    for axis, off in enumerate(offsets):
+        shape = [1] * len(offsets)
+        shape[axis] = -1
+        d2 = d2 + (off**2).reshape(shape)
+    d2 = d2.ravel()
+    keys, first, index = np.unique(np.rint(d2 / quantum).astype(np.int64), return_index=True,
+                                   return_inverse=True)
+    distances = np.sqrt(d2[first])
+    index = index.astype(np.intp).ravel()
+    n_keys = len(keys)
+    if max_distance is not None:
+        n_keys = int(np.searchsorted(distances, max_distance * (1 + 1e-12), side="right"))
+        distances = distances[:n_keys]
+        index[index >= n_keys] = n_keys
+    counts = np.bincount(index, minlength=n_keys + 1)[:n_keys]
+    for a in offsets:
+        a.setflags(write=False)
+    for a in (distances, index, counts):
+        a.setflags(write=False)
+    return ProfileGeometry(
+        frame_shape=frame_shape,
+        spacing=spacing,
+        max_distance=None if max_distance is None else float(max_distance),
+        fiji_compat=bool(fiji_compat),
+        shift_lo=lo,
+        shift_hi=hi,
+        offsets=tuple(offsets),
+        distances=distances,
+        index=index,
+        counts=counts,
+    )
+
+
+def radial_profile(correlogram: np.ndarray, geometry: ProfileGeometry) -> np.ndarray:
+    """Mean of the correlogram voxels at each distinct distance.
+
+    Parameters
+    ----------
+    correlogram : numpy.ndarray
+        Shape ``geometry.ccf_shape``.
+    geometry : ProfileGeometry
+
+    Returns
+    -------
+    numpy.ndarray
+        float64, one value per ``geometry.distances`` entry.
+    """
+    if correlogram.shape != geometry.ccf_shape:
+        raise ValueError(f"correlogram shape {correlogram.shape} != geometry {geometry.ccf_shape}")
+    n = len(geometry.distances)
+    sums = np.bincount(geometry.index, weights=correlogram.ravel(), minlength=n + 1)[:n]
+    return sums / geometry.counts
