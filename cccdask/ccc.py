@@ -59,6 +59,10 @@ def best_frame(values: np.ndarray, mode: str) -> int:
     return int(np.nanargmax(np.where(np.isfinite(score), score, -np.inf)))
 
 
+def _best_frame_block(values: np.ndarray, mode: str) -> np.ndarray:
+    return np.asarray(best_frame(values, mode), dtype=np.int64)
+
+
 def _frame_arrays(frames: Frames, index: int):
     m = frames.mask_frame(index)
     return (
@@ -191,7 +195,11 @@ def ccc(
         score = ds["confidence"] if mode == "full" else ds["sigma"]
         if frames.time_series:
             if frames.lazy:
-                best = da.from_delayed(dask.delayed(best_frame)(score.data, mode), shape=(), dtype=np.int64)
+                # stays inside the array graph: a Delayed wrapper would optimise (and so
+                # rename) the frame tasks, and every frame would then run twice
+                best = score.data.rechunk(-1).map_blocks(
+                    _best_frame_block, mode, drop_axis=0, dtype=np.int64, meta=np.array(0, dtype=np.int64)
+                )
             else:
                 best = np.int64(best_frame(score.values, mode))
                 ds.attrs["best_frame"] = int(best)

@@ -280,7 +280,6 @@ class ExecutionConfig(_Section):
         return settings
 
 
-_PreprocessType = Optional[Preprocessing] if Preprocessing is not None else None
 
 
 class PipelineConfig(_Section):

@@ -25,7 +25,16 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Sequence
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictFloat,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from cccdask.frames import InvalidFrameError
 from cccdask.kernels.preprocess import (
@@ -60,7 +69,14 @@ PositiveInt = Annotated[int, Field(gt=0, strict=True)]
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _relative_to_config(value: Any, info: ValidationInfo) -> Any:
+    """A relative path resolved against the YAML file's folder, as everywhere in the config."""
+    from cccdask.config import _resolve_path  # imported here: cccdask.config imports this module
+
+    return _resolve_path(value, info)
 
 
 class Background(_Model):
@@ -72,7 +88,9 @@ class Background(_Model):
     """
 
     method: BackgroundMethod = "none"
-    value: StrictFloat | None = Field(None, description="Background level for method 'constant' (intensity units).")
+    value: StrictFloat | None = Field(
+        None, description="Background level for method 'constant' (intensity units)."
+    )
     box: list[tuple[StrictFloat, StrictFloat]] | None = Field(
         None,
         min_length=2,
@@ -85,6 +103,8 @@ class Background(_Model):
         description="For 'region_mean': a mask file (non-zero = background region), one frame "
         "shared by all frames or one per frame.",
     )
+
+    _resolve_region_mask = field_validator("region_mask", mode="after")(_relative_to_config)
 
     @model_validator(mode="after")
     def _fields_match_method(self) -> "Background":
@@ -139,6 +159,8 @@ class ShiftReference(_Model):
     image2: Path | None = Field(None, description="The same reference seen in channel 2.")
     frame: NonNegativeInt | None = Field(None, description="Use this frame of the analysed images.")
 
+    _resolve_images = field_validator("image1", "image2", mode="after")(_relative_to_config)
+
     @model_validator(mode="after")
     def _one_kind(self) -> "ShiftReference":
         files = self.image1 is not None or self.image2 is not None
@@ -163,12 +185,17 @@ class ChromaticShift(_Model):
     shift: tuple[StrictFloat, ...] | None = Field(None, min_length=2, max_length=3)
     reference: ShiftReference | None = None
     upsample_factor: PositiveInt = Field(100, description="Estimation precision: 1/upsample_factor pixel.")
-    order: int = Field(1, ge=0, le=5, strict=True, description="Spline order of the interpolation (1 linear, 3 cubic).")
+    order: int = Field(
+        1, ge=0, le=5, strict=True, description="Spline order of the interpolation (1 linear, 3 cubic)."
+    )
 
     @model_validator(mode="after")
     def _one_source(self) -> "ChromaticShift":
         if (self.shift is None) == (self.reference is None):
-            raise ValueError("chromatic_shift needs either 'shift' (known, physical units) or 'reference', not both.")
+            raise ValueError(
+                "chromatic_shift needs exactly one of 'shift' (known, physical units) or "
+                "'reference' (to estimate it from)."
+            )
         return self
 
 
@@ -217,7 +244,7 @@ def _shift_of(settings: Preprocessing, ndim: int) -> np.ndarray | None:
 
 
 def _align(image1, image2, settings, spacing):
-    """Step 1: channel 1 as float32, channel 2 shifted; and the voxels with data (or None)."""
+    """Step 1: channel 2 shifted (float32); the voxels with data (None: all); the shift used."""
     image1 = np.asarray(image1)
     image2 = np.asarray(image2)
     if image1.shape != image2.shape:

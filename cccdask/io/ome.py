@@ -23,7 +23,9 @@ _UNIT_ALIASES = {
     "pm": ("picometer", "picometre", "picometers", "picometres"),
     "angstrom": ("å", "ångström", "angstroms", "ångströms"),
     "nm": ("nanometer", "nanometre", "nanometers", "nanometres"),
-    "um": ("µm", "μm", "\\u00b5m", "micron", "microns", "micrometer", "micrometre", "micrometers", "micrometres"),
+    "um": (
+        "µm", "μm", "\\u00b5m", "micron", "microns", "micrometer", "micrometre", "micrometers", "micrometres",
+    ),
     "mm": ("millimeter", "millimetre", "millimeters", "millimetres"),
     "cm": ("centimeter", "centimetre", "centimeters", "centimetres"),
     "m": ("meter", "metre", "meters", "metres"),

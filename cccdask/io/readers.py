@@ -60,8 +60,12 @@ _TIFF_RESOLUTION_UNITS = {3: "cm", 4: "mm", 5: "um"}
 
 
 def _open_tiff_zarr(path: str, series: int) -> zarr.Array:
-    """The image series of a TIFF file as a read-only Zarr array (tifffile's store)."""
-    store = tifffile.imread(path, aszarr=True, series=series)
+    """The full-resolution level of a TIFF image series as a read-only Zarr array.
+
+    ``level=0`` matters for pyramidal (OME-)TIFFs, whose store is otherwise a
+    multiscales group rather than an array.
+    """
+    store = tifffile.imread(path, aszarr=True, series=series, level=0)
     return zarr.open(store, mode="r")
 
 
@@ -117,11 +121,12 @@ class FileArray:
         return self._array
 
     def __getitem__(self, key: Any) -> np.ndarray:
-        # A copy: a chunk must not keep the memory map (or the file) alive.
-        return np.array(self._opened()[key], dtype=self.dtype)
+        chunk = self._opened()[key]
+        # Copy out of the memory map: a chunk must not keep the .npy file mapped.
+        return np.array(chunk) if self.kind == "npy" else np.asarray(chunk)
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"path": self.path, "kind": self.kind, "shape": self.shape, "dtype": self.dtype, "series": self.series}
+        return {name: getattr(self, name) for name in ("path", "kind", "shape", "dtype", "series")}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__init__(**state)
@@ -142,7 +147,6 @@ class _Source:
     axes: tuple[str, ...] | None
     scale: tuple[float | None, ...]
     units: tuple[str | None, ...]
-    kind: str
     component: str | None = None
 
 
@@ -165,11 +169,13 @@ def _array_paths(group: zarr.Group) -> list[str]:
     return sorted(path for path, node in group.members(max_depth=None) if isinstance(node, zarr.Array))
 
 
-def _ngff_of(group: zarr.Group, ndim: int | None = None) -> NgffImage | None:
-    return parse_ngff_multiscales(dict(group.attrs), ndim)
+def _ngff_of(group: zarr.Group) -> NgffImage | None:
+    return parse_ngff_multiscales(dict(group.attrs))
 
 
-def _resolve_group(group: zarr.Group, component: str | None, where: str) -> tuple[zarr.Array, NgffImage | None, str]:
+def _resolve_group(
+    group: zarr.Group, component: str | None, where: str
+) -> tuple[zarr.Array, NgffImage | None, str]:
     """The array of a group that ``component`` names (default: NGFF level 0, else the only one).
 
     Returns the array, the multiscales metadata that describes it (or None) and its
@@ -246,14 +252,15 @@ def _read_zarr(path: Path, component: str | None) -> _Source:
     else:
         array, ngff, dataset = _resolve_group(node, component, str(path))
     if ngff is None:
-        return _Source(array, _zarr_axes(array), _unknown_per_axis(array.ndim), _unknown_per_axis(array.ndim), "zarr", component)
+        unknown = _unknown_per_axis(array.ndim)
+        return _Source(array, _zarr_axes(array), unknown, unknown, component)
     if len(ngff.axes) != array.ndim:
         raise ValueError(
             f"OME-Zarr metadata of {path} names {len(ngff.axes)} axes {ngff.axes} but the array "
             f"{dataset!r} has {array.ndim} dims; fix the metadata or pass dims=."
         )
     axes = tuple(_canonical_axis(n, t) for n, t in zip(ngff.axes, ngff.axis_types))
-    return _Source(array, axes, ngff.scales[dataset], ngff.units, "zarr", component)
+    return _Source(array, axes, ngff.scales[dataset], ngff.units, component)
 
 
 # ------------------------------------------------------------------------ TIFF
@@ -305,20 +312,33 @@ def _tiff_metadata(tif: tifffile.TiffFile) -> dict[str, tuple[float, str | None]
     return found
 
 
+def _check_decoder(compression: int, path: Path) -> None:
+    """Fail at open time, not in a worker, on compressions tifffile cannot decode here."""
+    try:
+        tifffile.TIFF.DECOMPRESSORS[compression]
+    except KeyError:
+        name = getattr(compression, "name", compression)
+        raise ValueError(
+            f"{path} is {name}-compressed and decoding it needs the imagecodecs package; "
+            f"install it (pip install imagecodecs) or save the file uncompressed."
+        ) from None
+
+
 def _read_tiff(path: Path, component: str | None) -> _Source:
     if component is not None:
         raise ValueError(f"component= applies to Zarr groups only; {path} is a TIFF file. Remove it.")
     with tifffile.TiffFile(path) as tif:
         series = tif.series[0]
+        _check_decoder(tif.pages.first.compression, path)
         axes = _tiff_axes(series)
         found = _tiff_metadata(tif)
         shape, dtype = tuple(series.shape), series.dtype
+        # tifffile's own letters place Y and X even where the file names no other axis
+        letters = series.axes.lower()
     array = FileArray(str(path), "tiff", shape, dtype)
-    if axes is None:
-        return _Source(array, None, _unknown_per_axis(len(shape)), _unknown_per_axis(len(shape)), "tiff")
-    scale = tuple(found[a][0] if a in found else None for a in axes)
-    units = tuple(found[a][1] if a in found else None for a in axes)
-    return _Source(array, axes, scale, units, "tiff")
+    scale = tuple(found[a][0] if a in found else None for a in letters)
+    units = tuple(found[a][1] if a in found else None for a in letters)
+    return _Source(array, axes, scale, units)
 
 
 # ------------------------------------------------------------------------- .npy
@@ -333,7 +353,7 @@ def _read_npy(path: Path, component: str | None) -> _Source:
         raise ValueError(f"{path} cannot be memory-mapped ({error}); save it without pickled objects.") from error
     array = FileArray(str(path), "npy", header.shape, header.dtype)
     del header
-    return _Source(array, None, _unknown_per_axis(array.ndim), _unknown_per_axis(array.ndim), "npy")
+    return _Source(array, None, _unknown_per_axis(array.ndim), _unknown_per_axis(array.ndim))
 
 
 _READERS = {"zarr": _read_zarr, "tiff": _read_tiff, "npy": _read_npy}
@@ -362,11 +382,15 @@ def _parse_dims(dims: str | Sequence[str], ndim: int) -> tuple[str, ...]:
     letters = tuple(str(d).lower() for d in (list(dims) if isinstance(dims, str) else dims))
     unknown = [d for d in letters if d not in DIM_ORDER]
     if unknown:
-        raise ValueError(f"dims {dims!r} has {unknown}, which are not among t, c, z, y, x; name each axis with one of those.")
+        raise ValueError(
+            f"dims {dims!r} has {unknown}, which are not among t, c, z, y, x; name each axis with one of those."
+        )
     if len(set(letters)) != len(letters):
         raise ValueError(f"dims {dims!r} repeats a dim; name each axis once.")
     if len(letters) != ndim:
-        raise ValueError(f"dims {dims!r} names {len(letters)} axes but the image has {ndim}; give one letter per axis.")
+        raise ValueError(
+            f"dims {dims!r} names {len(letters)} axes but the image has {ndim}; give one letter per axis."
+        )
     return letters
 
 
@@ -417,8 +441,8 @@ def _spatial_calibration(dims: tuple[str, ...], source: _Source, path: Path) -> 
         if unit is not None and unit != target:
             if unit not in LENGTH_UNITS or target not in LENGTH_UNITS:
                 raise ValueError(
-                    f"{path} gives axis {d} in {unit!r} but x in {target!r}, which cccdask cannot "
-                    f"convert; pass spacing= and units= explicitly."
+                    f"{path} gives axis {d} in {unit!r} and another axis in {target!r}, which "
+                    f"cccdask cannot convert into each other; pass spacing= and units= explicitly."
                 )
             size = convert_length(size, unit, target)
         spacing.append(float(size))
@@ -445,7 +469,8 @@ def _frame_chunks(dims: tuple[str, ...], shape: tuple[int, ...]) -> tuple[int, .
 def _dask_array(source: _Source, dims: tuple[str, ...], path: Path) -> da.Array:
     chunks = _frame_chunks(dims, tuple(source.array.shape))
     stat = os.stat(path)
-    name = "open-image-" + tokenize(str(path.resolve()), source.component, stat.st_mtime_ns, stat.st_size, dims, chunks)
+    identity = (str(path.resolve()), source.component, stat.st_mtime_ns, stat.st_size, dims, chunks)
+    name = "open-image-" + tokenize(*identity)
     if isinstance(source.array, zarr.Array):
         return da.from_zarr(source.array, chunks=chunks, name=name)
     meta = np.empty((0,) * source.array.ndim, dtype=source.array.dtype)
@@ -486,7 +511,7 @@ def select_channel(array: xr.DataArray, channel: int) -> xr.DataArray:
     if "c" not in array.dims:
         return array
     selected = array.isel(c=channel)
-    selected = selected.drop_vars([name for name in selected.coords if "c" == name])
+    selected = selected.drop_vars("c", errors="ignore")
     selected.attrs = {**array.attrs, "channel": channel}
     return selected
 

@@ -1,7 +1,8 @@
 """The Gaussian fit of a radial profile, and the statistics built on it.
 
 The model is ``g(x) = height * exp(-(x - mu)^2 / (2 sigma^2))`` (no offset), fitted by
-unweighted Levenberg-Marquardt least squares with an analytic Jacobian to the
+unweighted Levenberg-Marquardt least squares (MINPACK, as Commons-Math ports it) with
+an analytic Jacobian to the
 subtracted profile plus its mirrored tail, as the Fiji plugin does (its Commons-Math
 GaussianCurveFitter: 100 iterations, 50 for the moving-average retries).
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from scipy.optimize import least_squares
 
 MAX_ITERATIONS = 100
 RETRY_ITERATIONS = 50
@@ -106,62 +108,45 @@ def initial_guess(x: np.ndarray, y: np.ndarray) -> np.ndarray:
 def levenberg_marquardt(x, y, p0, max_iterations=MAX_ITERATIONS):
     """Unweighted least squares of :func:`gaussian` to ``(x, y)``.
 
-    Marquardt-scaled damping on the 3x3 normal equations with the analytic Jacobian:
-    every iteration is a few passes over the points, whatever their number.
+    MINPACK's Levenberg-Marquardt (``scipy.optimize.least_squares(method="lm")``),
+    the algorithm Commons-Math's optimizer ports, with the analytic Jacobian and
+    its tolerances (1e-10 on cost, parameters and orthogonality). MINPACK counts
+    function evaluations rather than iterations: an iteration takes one or two, so
+    ``2 * max_iterations`` evaluations are allowed.
 
     Returns
     -------
     params : numpy.ndarray
         height, mu, sigma.
     converged : bool
-        The relative change of the cost or of the parameters fell below 1e-10
-        within ``max_iterations`` iterations.
+        A tolerance was met within the allowed evaluations.
     """
     x = np.asarray(x, dtype=np.float64)
     y = np.asarray(y, dtype=np.float64)
-    p = np.asarray(p0, dtype=np.float64).copy()
 
-    def residual_and_jacobian(params, with_jacobian):
+    def residuals(params):
+        h, mu, s = params
+        return h * np.exp(-0.5 * ((x - mu) / s) ** 2) - y
+
+    def jacobian(params):
         h, mu, s = params
         z = (x - mu) / s
         e = np.exp(-0.5 * z * z)
-        r = h * e - y
-        if not with_jacobian:
-            return r, None
         he_s = h * e / s
-        return r, np.stack([e, he_s * z, he_s * z * z])
+        jac = np.empty((len(x), 3), order="F")
+        jac[:, 0] = e
+        jac[:, 1] = he_s * z
+        jac[:, 2] = he_s * z * z
+        return jac
 
-    r, jac = residual_and_jacobian(p, True)
-    cost = float(r @ r)
-    damping = None
-    for _ in range(max_iterations):
-        a = jac @ jac.T
-        g = jac @ r
-        diag = np.maximum(np.diag(a), 1e-300)
-        if damping is None:
-            damping = 1e-3
-        while True:
-            try:
-                step = np.linalg.solve(a + damping * np.diag(diag), -g)
-            except np.linalg.LinAlgError:
-                return p, False
-            trial = p + step
-            r_trial, _ = residual_and_jacobian(trial, False)
-            cost_trial = float(r_trial @ r_trial)
-            if np.isfinite(cost_trial) and cost_trial <= cost:
-                break
-            damping *= 10
-            if damping > 1e16:
-                # no step lowers the cost: a minimum to machine precision
-                return p, bool(np.all(np.isfinite(p)))
-        small_cost = (cost - cost_trial) <= _TOLERANCE * cost
-        small_step = np.all(np.abs(step) <= _TOLERANCE * (np.abs(trial) + _TOLERANCE))
-        p, cost = trial, cost_trial
-        damping = max(damping / 10, 1e-12)
-        if small_cost or small_step:
-            return p, True
-        r, jac = residual_and_jacobian(p, True)
-    return p, False
+    try:
+        result = least_squares(
+            residuals, np.asarray(p0, dtype=np.float64), jac=jacobian, method="lm",
+            ftol=_TOLERANCE, xtol=_TOLERANCE, gtol=_TOLERANCE, max_nfev=2 * max_iterations,
+        )
+    except (ValueError, np.linalg.LinAlgError):
+        return np.full(3, np.nan), False
+    return result.x, bool(result.status > 0)
 
 
 def moving_average(keys: np.ndarray, values: np.ndarray, half_width: float):

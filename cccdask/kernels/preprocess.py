@@ -13,6 +13,7 @@ unit, every area/volume (``min_size``) in that unit to the power ``ndim``. With
 
 from __future__ import annotations
 
+import inspect
 import math
 from typing import Literal, Sequence
 
@@ -141,20 +142,18 @@ def background_value(
         )
     if method == "region_mean" and region is None and mask is None:
         raise ValueError("background method 'region_mean' needs a box ('region') or a region mask.")
-    selected = np.ones(frame.shape, dtype=bool)
-    if region is not None:
-        region = tuple(region)
-        if len(region) != frame.ndim:
-            raise ValueError(f"region has {len(region)} slices for a {frame.ndim}D frame.")
-        in_box = np.zeros(frame.shape, dtype=bool)
-        in_box[region] = True
-        selected &= in_box
+    values = frame
     if mask is not None:
         mask = np.asarray(mask)
         if mask.shape != frame.shape:
             raise ValueError(f"background mask shape {mask.shape} differs from the frame's {frame.shape}.")
-        selected &= mask != 0
-    values = frame[selected]
+    if region is not None:
+        region = tuple(region)
+        if len(region) != frame.ndim or not all(isinstance(r, slice) for r in region):
+            raise ValueError(f"region must be {frame.ndim} slices, one per axis (see box_to_slices).")
+        values = values[region]  # a view: no copy of a large frame for a box
+        mask = None if mask is None else mask[region]
+    values = values.ravel() if mask is None else values[mask != 0]
     if values.size == 0:
         raise ValueError(
             f"background {method!r}: the region selects no voxel of the {frame.shape} frame; "
@@ -262,8 +261,20 @@ def generate_mask(
         mask = ndimage.binary_fill_holes(mask)
     min_voxels = min_size_voxels(min_size, sp)
     if min_voxels > 1:
-        mask = morphology.remove_small_objects(mask, max_size=min_voxels - 1)
+        mask = _remove_small_objects(mask, min_voxels)
     return mask, threshold
+
+
+# scikit-image 0.26 replaced min_size (drop objects with fewer voxels) by max_size (drop
+# objects with that many voxels or fewer); the package supports both.
+_HAS_MAX_SIZE = "max_size" in inspect.signature(morphology.remove_small_objects).parameters
+
+
+def _remove_small_objects(mask: np.ndarray, min_voxels: int) -> np.ndarray:
+    """Drop face-connected objects with fewer than ``min_voxels`` voxels."""
+    if _HAS_MAX_SIZE:
+        return morphology.remove_small_objects(mask, max_size=min_voxels - 1)
+    return morphology.remove_small_objects(mask, min_size=min_voxels)
 
 
 # --------------------------------------------------------------------------- chromatic shift

@@ -124,7 +124,6 @@ def shift_range(frame_shape, spacing, max_distance=None):
     return tuple(lo), tuple(hi)
 
 
-@lru_cache(maxsize=16)
 def profile_geometry(
     frame_shape: tuple[int, ...],
     spacing: tuple[float, ...],
@@ -149,8 +148,16 @@ def profile_geometry(
     -------
     ProfileGeometry
     """
-    frame_shape = tuple(int(n) for n in frame_shape)
-    spacing = tuple(float(s) for s in spacing)
+    return _cached_geometry(
+        tuple(int(n) for n in frame_shape),
+        tuple(float(s) for s in spacing),
+        None if max_distance is None else float(max_distance),
+        bool(fiji_compat),
+    )
+
+
+@lru_cache(maxsize=16)
+def _cached_geometry(frame_shape, spacing, max_distance, fiji_compat) -> ProfileGeometry:
     lo, hi = shift_range(frame_shape, spacing, max_distance)
     offsets = []
     for n, s, a, b in zip(frame_shape, spacing, lo, hi):
@@ -180,8 +187,8 @@ def profile_geometry(
     return ProfileGeometry(
         frame_shape=frame_shape,
         spacing=spacing,
-        max_distance=None if max_distance is None else float(max_distance),
-        fiji_compat=bool(fiji_compat),
+        max_distance=max_distance,
+        fiji_compat=fiji_compat,
         shift_lo=lo,
         shift_hi=hi,
         offsets=tuple(offsets),

@@ -1,0 +1,106 @@
+"""All coefficients in one pass over a two-channel uint16 Zarr array, vs merely reading it.
+
+Writes a synthetic ``(channel=2, t, y, x)`` uint16 Zarr array of the requested size (to
+/tmp by default; reused when it already has the right shape), then times in one run:
+
+* read: every chunk read and decompressed, nothing computed;
+* coefficients: every coefficient of every frame (Van Steensel with shifts -20..20);
+* coefficients without Van Steensel (``van_steensel_shifts=None``).
+
+Each timing is the median of ``--repeats`` runs after a warm-up read, on Dask's threaded
+scheduler (all cores). Usage::
+
+    python benchmarks/bench_coefficients.py --size-gib 0.1    # quick check
+    python benchmarks/bench_coefficients.py --size-gib 2      # the issue's benchmark
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import time
+
+import dask
+import dask.array as da
+import numpy as np
+import xarray as xr
+import zarr
+
+from cccdask import coefficients
+from cccdask.synthetic import paired_spots
+
+
+def write_dataset(path: str, size_gib: float, frame: int, seed: int = 0) -> zarr.Array:
+    """A ``(2, t, frame, frame)`` uint16 array of about ``size_gib`` GiB, one chunk per frame."""
+    n_frames = max(1, int(round(size_gib * 2**30 / (2 * 2 * frame * frame))))
+    shape = (2, n_frames, frame, frame)
+    if os.path.exists(path):
+        existing = zarr.open_array(path, mode="r")
+        if existing.shape == shape and existing.dtype == np.uint16:
+            return existing
+        shutil.rmtree(path)
+    array = zarr.create_array(path, shape=shape, chunks=(1, 1, frame, frame), dtype=np.uint16)
+    rng = np.random.default_rng(seed)
+    templates = []
+    for k in range(4):  # a few spot scenes (12-bit intensities), cycled with fresh noise
+        scene = paired_spots(shape=(frame, frame), n_pairs=frame * 2, n_decoys=frame // 2,
+                             noise=0.0, amplitude=2500.0, seed=seed + k)
+        templates.append((scene.image1 + 100.0, scene.image2 + 120.0))
+    for t in range(n_frames):
+        for c in range(2):
+            noisy = templates[t % len(templates)][c] + rng.normal(0.0, 20.0, (frame, frame))
+            array[c, t] = np.clip(noisy, 0, 4095).astype(np.uint16)
+    return array
+
+
+def read_all(array: da.Array) -> None:
+    """Read and decompress every chunk; keep one value per chunk."""
+    tiny = array.map_blocks(lambda b: b.reshape(-1)[:1].reshape((1,) * b.ndim),
+                            chunks=tuple((1,) * len(c) for c in array.chunks), dtype=array.dtype)
+    tiny.compute()
+
+
+def timed(function, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        function()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size-gib", type=float, default=2.0, help="total size of both channels (GiB)")
+    parser.add_argument("--frame", type=int, default=2048, help="frame side (voxels); one chunk per frame")
+    parser.add_argument("--path", default="/tmp/cccdask_bench_coefficients.zarr")
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+
+    array = write_dataset(args.path, args.size_gib, args.frame)
+    source = da.from_zarr(args.path)
+    dims = ("t", "y", "x")
+    image1 = xr.DataArray(source[0], dims=dims)
+    image2 = xr.DataArray(source[1], dims=dims)
+    n_bytes = array.nbytes
+
+    with dask.config.set(scheduler="threads"):
+        read_all(source)  # warm-up: page cache and imports
+        read = timed(lambda: read_all(source), args.repeats)
+        full = timed(lambda: coefficients(image1, image2).compute(), args.repeats)
+        no_vs = timed(lambda: coefficients(image1, image2, van_steensel_shifts=None).compute(), args.repeats)
+
+    print(f"data: {n_bytes / 2**30:.2f} GiB uint16, shape {array.shape} (channel, t, y, x), "
+          f"chunks {array.chunks}, codec {array.compressors}, {os.cpu_count()} cores")
+    print()
+    print("| work | time (s) | GB/s | ratio to read |")
+    print("| --- | --- | --- | --- |")
+    for name, seconds in (("read only", read), ("all coefficients (Van Steensel -20..20)", full),
+                          ("all coefficients except Van Steensel", no_vs)):
+        print(f"| {name} | {seconds:.2f} | {n_bytes / seconds / 1e9:.2f} | {seconds / read:.2f}x |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,247 @@
+"""The files a Fiji user expects beside the store: CSV tables, plots, a summary.
+
+Written by the driver when a run finalises, into ``<store name>-reports/`` next to the
+store (``results.zarr`` -> ``results-reports/``):
+
+* ``fits.csv`` - one row per frame: every per-frame value (the plugin's "Gaussian
+  fits over time" table), with the frame's status and the reason it has no result;
+* ``results.csv`` - the results table of the single frame, or of the best frame of a
+  time series (mean, SD, confidence, R², height);
+* ``profile.csv`` - the correlation plot's table for that frame (distance, original,
+  subtracted, fit);
+* ``correlation_plot.png`` - original (blue circles), subtracted (green), fit
+  (magenta), x from 0 to mean + 5 sigma;
+* ``heatmap.png`` - time series only: time x distance (0 at the top), three panels:
+  Gaussian fit, subtracted, original;
+* ``summary.txt`` - the results, the plugin's warnings (confidence < 0.1, R² < 0.05)
+  and the frames without a result.
+
+Each file is written to a temporary name and renamed, so a report is whole or absent.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+from pathlib import Path
+
+import numpy as np
+import xarray as xr
+
+from cccdask.io.store import FRAME_OK, FRAME_STATUS_NAMES
+
+LOW_CONFIDENCE = 0.1
+LOW_R_SQUARED = 0.05
+_MAX_HEATMAP_COLUMNS = 2000
+_HEATMAP_ROWS = 400
+_MAX_LISTED = 200
+
+
+def reports_folder(store: Path | str) -> Path:
+    """Where the reports of ``store`` go: ``<stem>-reports`` beside it."""
+    store = Path(store)
+    stem = store.name[: -len(".zarr")] if store.name.endswith(".zarr") else store.name
+    return store.parent / f"{stem}-reports"
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.write_bytes(data)
+    os.replace(temporary, path)
+
+
+def _csv_text(header: list[str], rows) -> bytes:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows(rows)
+    return buffer.getvalue().encode()
+
+
+def _number(value) -> str:
+    if isinstance(value, (bool, np.bool_)):
+        return str(bool(value))
+    if isinstance(value, (float, np.floating)):
+        return "NaN" if not np.isfinite(value) else repr(float(value))
+    return str(value)
+
+
+def per_frame_table(ds: xr.Dataset) -> tuple[list[str], list[list]]:
+    """Header and rows of ``fits.csv``: every per-frame scalar, the status and the reason."""
+    scalars = [
+        name for name, v in ds.data_vars.items()
+        if v.dims == ("t",) and name not in ("frame_status", "frame_error") and v.dtype.kind in "biuf"
+    ]
+    order = ["mean", "sigma", "height", "confidence", "r_squared", "fit_ok"]
+    scalars = [n for n in order if n in scalars] + [n for n in scalars if n not in order]
+    values = {name: np.asarray(ds[name].values) for name in scalars}
+    status = np.asarray(ds["frame_status"].values)
+    errors = np.asarray(ds["frame_error"].values)
+    frame = np.asarray(ds["frame"].values)
+    times = np.asarray(ds["t"].values)
+    header = ["frame", "t"] + scalars + ["status", "reason"]
+    rows = []
+    for i in range(ds.sizes["t"]):
+        rows.append(
+            [int(frame[i]), _number(times[i])]
+            + [_number(values[name][i]) for name in scalars]
+            + [FRAME_STATUS_NAMES.get(int(status[i]), str(status[i])), str(errors[i])]
+        )
+    return header, rows
+
+
+def _reported_frame(ds: xr.Dataset) -> int:
+    best = int(ds.attrs.get("best_frame", -1))
+    if best >= 0:
+        return best
+    ok = np.flatnonzero(np.asarray(ds["frame_status"].values) == FRAME_OK)
+    return int(ok[0]) if ok.size else 0
+
+
+def correlation_plot(ds: xr.Dataset, frame: int, path: Path) -> None:
+    """The plugin's correlation plot of one frame, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    one = ds.isel(t=frame)
+    distance = np.asarray(ds["distance"].values)
+    units = ds["distance"].attrs.get("units", "")
+    x_max = distance[-1]
+    if "mean" in one and np.isfinite(float(one["mean"])) and np.isfinite(float(one["sigma"])):
+        x_max = min(distance[-1], abs(float(one["mean"])) + 5 * float(one["sigma"]))
+    keep = (distance >= 0) & (distance <= x_max)
+    figure, axes = plt.subplots(figsize=(6, 4), dpi=110)
+    if "profile_original" in one:
+        axes.plot(distance[keep], np.asarray(one["profile_original"])[keep], "o", mfc="none", color="blue",
+                  markersize=4, label="original")
+    if "profile_subtracted" in one:
+        axes.plot(distance[keep], np.asarray(one["profile_subtracted"])[keep], "o", mfc="none", color="green",
+                  markersize=4, label="subtracted")
+    if "profile_fit" in one:
+        axes.plot(distance[keep], np.asarray(one["profile_fit"])[keep], "o", color="magenta", markersize=3,
+                  label="Gaussian fit")
+    axes.set_xlim(0, x_max if x_max > 0 else 1)
+    axes.set_xlabel(f"distance ({units})")
+    axes.set_ylabel("cross-correlation (per mask volume)")
+    axes.set_title(f"frame {int(one['frame'])}")
+    axes.legend()
+    figure.tight_layout()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png")
+    plt.close(figure)
+    _atomic_write_bytes(path, buffer.getvalue())
+
+
+def heatmap(ds: xr.Dataset, path: Path) -> None:
+    """Time x distance heat maps (0 at the top) of the fit, subtracted and original profiles."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    names = [n for n in ("profile_fit", "profile_subtracted", "profile_original") if n in ds]
+    n_frames = ds.sizes["t"]
+    columns = np.unique(np.linspace(0, n_frames - 1, min(n_frames, _MAX_HEATMAP_COLUMNS)).round().astype(int))
+    distance = np.asarray(ds["distance"].values)
+    d_max = distance[-1]
+    if "mean" in ds and "sigma" in ds:
+        reach = np.abs(np.asarray(ds["mean"].values)) + 5 * np.asarray(ds["sigma"].values)
+        reach = reach[np.isfinite(reach)]
+        if reach.size:
+            d_max = min(d_max, float(np.percentile(reach, 95)))
+    grid = np.linspace(0, d_max, _HEATMAP_ROWS)
+    times = np.asarray(ds["t"].values)[columns]
+    units = ds["distance"].attrs.get("units", "")
+    t_units = ds["t"].attrs.get("units", "")
+    figure, axes = plt.subplots(1, len(names), figsize=(4.2 * len(names), 4), dpi=110, squeeze=False)
+    labels = {"profile_fit": "Gaussian fit", "profile_subtracted": "subtracted", "profile_original": "original"}
+    for axis, name in zip(axes[0], names):
+        profiles = np.asarray(ds[name].isel(t=columns).values, dtype=float)
+        image = np.stack([np.interp(grid, distance, p, left=np.nan, right=np.nan) for p in profiles], axis=1)
+        extent = (times[0], times[-1] if len(times) > 1 else times[0] + 1, grid[-1], grid[0])
+        shown = axis.imshow(image, aspect="auto", extent=extent, cmap="magma", interpolation="nearest")
+        axis.set_title(labels[name])
+        axis.set_xlabel(f"time ({t_units})")
+        axis.set_ylabel(f"distance ({units})")
+        figure.colorbar(shown, ax=axis, fraction=0.046)
+    figure.tight_layout()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png")
+    plt.close(figure)
+    _atomic_write_bytes(path, buffer.getvalue())
+
+
+def summary_text(ds: xr.Dataset) -> str:
+    """The summary: results of the reported frame, warnings, frames without a result."""
+    status = np.asarray(ds["frame_status"].values)
+    errors = np.asarray(ds["frame_error"].values)
+    n = ds.sizes["t"]
+    units = ds.attrs.get("units", "")
+    mode = ds.attrs.get("mode", "full")
+    lines = [
+        "cccdask - Colocalization by Cross Correlation",
+        f"mode: {mode}; frames: {n}; spacing: {ds.attrs.get('spacing')} {units}",
+        f"frames with a result: {int((status == FRAME_OK).sum())}; without: {int((status != FRAME_OK).sum())}",
+    ]
+    if mode != "correlation" and "mean" in ds:
+        frame = _reported_frame(ds)
+        one = ds.isel(t=frame)
+        which = "best frame" if n > 1 else "frame"
+        lines += ["", f"Gaussian fit analysis ({which} {int(one['frame'])}):"]
+        for name, label in (("mean", "mean (mu)"), ("sigma", "standard deviation (sigma)"),
+                            ("confidence", "confidence"), ("r_squared", "R squared"), ("height", "Gaussian height")):
+            if name in one:
+                suffix = f" {units}" if name in ("mean", "sigma") else ""
+                lines.append(f"  {label}: {float(one[name]):.6g}{suffix}")
+    warnings = []
+    if "confidence" in ds:
+        confidence = np.asarray(ds["confidence"].values, dtype=float)
+        for i in np.flatnonzero((status == FRAME_OK) & (confidence < LOW_CONFIDENCE)):
+            warnings.append(
+                f"frame {i}: confidence {confidence[i]:.3g} < {LOW_CONFIDENCE}: little or no correlation at this "
+                f"distance (or resolution too low; check background subtraction and the mask)."
+            )
+    if "r_squared" in ds:
+        r2 = np.asarray(ds["r_squared"].values, dtype=float)
+        for i in np.flatnonzero((status == FRAME_OK) & (r2 < LOW_R_SQUARED)):
+            warnings.append(f"frame {i}: R squared {r2[i]:.3g} < {LOW_R_SQUARED}: the Gaussian fits the profile poorly.")
+    lines += ["", f"Warnings ({len(warnings)}):"] + [f"  {w}" for w in warnings[:_MAX_LISTED]]
+    if len(warnings) > _MAX_LISTED:
+        lines.append(f"  ... and {len(warnings) - _MAX_LISTED} more (see fits.csv)")
+    failed = np.flatnonzero(status != FRAME_OK)
+    lines += ["", f"Frames without a result ({failed.size}):"]
+    for i in failed[:_MAX_LISTED]:
+        lines.append(f"  frame {i}: {FRAME_STATUS_NAMES.get(int(status[i]), status[i])}: {errors[i]}")
+    if failed.size > _MAX_LISTED:
+        lines.append(f"  ... and {failed.size - _MAX_LISTED} more (see fits.csv)")
+    return "\n".join(lines) + "\n"
+
+
+def write_reports(store: Path | str) -> Path:
+    """Write every report of a finished store; return the reports folder."""
+    folder = reports_folder(store)
+    folder.mkdir(parents=True, exist_ok=True)
+    with xr.open_zarr(str(store)) as ds:
+        header, rows = per_frame_table(ds)
+        _atomic_write_bytes(folder / "fits.csv", _csv_text(header, rows))
+        frame = _reported_frame(ds)
+        if "mean" in ds:
+            one = ds.isel(t=frame)
+            names = [n for n in ("mean", "sigma", "confidence", "r_squared", "height") if n in one]
+            row = [int(one["frame"]), _number(float(one["t"]))] + [_number(float(one[n])) for n in names]
+            _atomic_write_bytes(folder / "results.csv", _csv_text(["frame", "t"] + names + ["units"], [row + [ds.attrs.get("units", "")]]))
+        profile_names = [n for n in ("profile_original", "profile_subtracted", "profile_fit") if n in ds]
+        if profile_names:
+            one = ds[profile_names].isel(t=frame).load()
+            distance = np.asarray(ds["distance"].values)
+            rows = zip(*([distance] + [np.asarray(one[n].values) for n in profile_names]))
+            header = ["distance"] + [n.replace("profile_", "") for n in profile_names]
+            _atomic_write_bytes(folder / "profile.csv", _csv_text(header, [[_number(v) for v in r] for r in rows]))
+            correlation_plot(ds, frame, folder / "correlation_plot.png")
+            if ds.sizes["t"] > 1:
+                heatmap(ds, folder / "heatmap.png")
+        _atomic_write_bytes(folder / "summary.txt", summary_text(ds).encode())
+    return folder

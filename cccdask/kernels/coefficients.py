@@ -1,0 +1,789 @@
+"""Sufficient statistics of the classic colocalization coefficients, and their finalisation.
+
+Pure NumPy: one chunk (or one frame) in, small statistics out; no Dask, no I/O.
+The definitions are those of ``spec/coefficients.md`` (Huygens conventions). Notation:
+R, G the two channels, ``R'`` the background-corrected value ``max(R - T, 0)`` (``R``
+itself when no threshold is given), ``wR`` the (soft) threshold weight.
+
+How a frame of any size gives exact numbers
+-------------------------------------------
+Every chunk of a frame is summarised by a :class:`PartStatistics`:
+
+* ``table``: the joint histogram of the raw values inside the mask, stored sparsely as
+  the distinct ``(R, G)`` pairs with their counts (:class:`JointTable`). Histograms of
+  two parts merge exactly by adding counts. The merged table of a frame determines the
+  rank coefficients (Spearman, object Spearman, Kendall's tau-b, with exact average
+  ranks for ties) and ICQ, without a global sort of the voxels. Integer images give at
+  most one entry per distinct pair (small for 8- to 16-bit data); float images give up
+  to one entry per voxel (24 bytes each).
+* ``mask_moments`` / ``object_moments``: count, means and co-moments (:class:`Moments`)
+  of ``(R', G')`` over the mask and over the object voxels; parts merge with the
+  pairwise update of Chan, Golub & LeVeque (1979), which stays accurate for any number
+  of parts in any order.
+* ``sums``: plain sums of non-negative terms (overlap, k, Manders, intersection).
+
+Van Steensel's cross-correlation needs voxel neighbours, so it has its own per-chunk
+statistic (:func:`shifted_moments`), one :class:`Moments` per shift, merged the same way.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+
+COEFFICIENT_NAMES = (
+    "pearson",
+    "object_pearson",
+    "spearman",
+    "object_spearman",
+    "overlap",
+    "k1",
+    "k2",
+    "m1",
+    "m2",
+    "intersection",
+    "i1",
+    "i2",
+    "icq",
+    "kendall_tau",
+)
+MAP_NAMES = ("pearson", "spearman", "overlap", "k1", "k2", "m1", "m2", "intersection")
+
+# Names of the entries of PartStatistics.sums, in order.
+SUM_NAMES = ("rg", "rr", "gg", "r", "g", "r_wg", "g_wr", "wr", "wg", "wr_wg")
+
+
+# ---------------------------------------------------------------------------------------
+# Thresholds
+# ---------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ChannelThreshold:
+    """The threshold rule of one channel.
+
+    Parameters
+    ----------
+    level : float or None
+        Threshold T in image intensity units. ``None``: no threshold (no background
+        subtraction; the weight and the object test use T = 0).
+    soft_range : float
+        Soft-threshold range rho >= 0 in intensity units: the weight rises linearly
+        from 0 at ``T - rho/2`` to 1 at ``T + rho/2``. It changes only the weights.
+    """
+
+    level: float | None = None
+    soft_range: float = 0.0
+
+    def __post_init__(self):
+        if self.level is not None and not np.isfinite(self.level):
+            raise ValueError(f"threshold {self.level!r} must be a finite number (or None for no threshold).")
+        if not (np.isfinite(self.soft_range) and self.soft_range >= 0):
+            raise ValueError(
+                f"threshold_range {self.soft_range!r} must be a finite number >= 0 "
+                f"(0 for a hard threshold)."
+            )
+
+    @property
+    def cut(self) -> float:
+        """The threshold used by the weight and the object test (0 when none is given)."""
+        return 0.0 if self.level is None else float(self.level)
+
+    def corrected(self, values: np.ndarray) -> np.ndarray:
+        """Background-corrected values ``max(v - T, 0)`` as float64 (``v`` when T is None)."""
+        values = np.asarray(values, dtype=np.float64)
+        if self.level is None:
+            return values
+        return np.maximum(values - float(self.level), 0.0)
+
+    def weight(self, values: np.ndarray) -> np.ndarray:
+        """Weight in [0, 1]: ``v > T`` for a hard threshold, a linear ramp for a soft one."""
+        values = np.asarray(values, dtype=np.float64)
+        if self.soft_range == 0:
+            return (values > self.cut).astype(np.float64)
+        low = self.cut - self.soft_range / 2
+        return np.clip((values - low) / self.soft_range, 0.0, 1.0)
+
+    def above(self, values: np.ndarray) -> np.ndarray:
+        """Boolean: the voxel belongs to this channel's objects (``v > T``)."""
+        return np.asarray(values) > self.cut
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """The threshold rules of both channels."""
+
+    channel1: ChannelThreshold = field(default_factory=ChannelThreshold)
+    channel2: ChannelThreshold = field(default_factory=ChannelThreshold)
+
+    def object_voxels(self, values1: np.ndarray, values2: np.ndarray) -> np.ndarray:
+        """Boolean: ``R > T_R or G > T_G`` (the object set of the object coefficients)."""
+        return self.channel1.above(values1) | self.channel2.above(values2)
+
+
+# ---------------------------------------------------------------------------------------
+# Moments and the Chan et al. pairwise merge
+# ---------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Moments:
+    """Count, means and centred second moments of value pairs ``(x, y)``.
+
+    All fields are float64 arrays of one shape (scalar, or one entry per shift).
+    ``m2_x = sum (x - mean_x)^2``, ``c_xy = sum (x - mean_x)(y - mean_y)``.
+    """
+
+    n: np.ndarray
+    mean_x: np.ndarray
+    mean_y: np.ndarray
+    m2_x: np.ndarray
+    m2_y: np.ndarray
+    c_xy: np.ndarray
+
+    @classmethod
+    def empty(cls, shape: tuple[int, ...] = ()) -> "Moments":
+        zero = np.zeros(shape, dtype=np.float64)
+        return cls(zero, zero, zero, zero, zero, zero)
+
+    @classmethod
+    def from_weighted(cls, x: np.ndarray, y: np.ndarray, weights: np.ndarray) -> "Moments":
+        """Moments of values ``x, y`` each occurring ``weights`` times (two-pass, centred)."""
+        w = np.asarray(weights, dtype=np.float64)
+        n = float(w.sum())
+        if n == 0:
+            return cls.empty()
+        mean_x = float(np.dot(w, x)) / n
+        mean_y = float(np.dot(w, y)) / n
+        dx = x - mean_x
+        dy = y - mean_y
+        wdx = w * dx
+        return cls(
+            np.float64(n),
+            np.float64(mean_x),
+            np.float64(mean_y),
+            np.float64(np.dot(wdx, dx)),
+            np.float64(np.dot(w * dy, dy)),
+            np.float64(np.dot(wdx, dy)),
+        )
+
+    def merge(self, other: "Moments") -> "Moments":
+        """Moments of the union of two disjoint sets (Chan, Golub & LeVeque pairwise update)."""
+        n = self.n + other.n
+        with np.errstate(invalid="ignore", divide="ignore"):
+            fraction = np.where(n > 0, other.n / np.where(n > 0, n, 1.0), 0.0)
+        delta_x = other.mean_x - self.mean_x
+        delta_y = other.mean_y - self.mean_y
+        cross = self.n * fraction  # n_a n_b / n
+        return Moments(
+            n,
+            self.mean_x + delta_x * fraction,
+            self.mean_y + delta_y * fraction,
+            self.m2_x + other.m2_x + delta_x * delta_x * cross,
+            self.m2_y + other.m2_y + delta_y * delta_y * cross,
+            self.c_xy + other.c_xy + delta_x * delta_y * cross,
+        )
+
+    def pearson(self) -> tuple[np.ndarray, np.ndarray]:
+        """Pearson r and, where r is undefined, the reason (``""`` where defined)."""
+        denominator = np.sqrt(self.m2_x * self.m2_y)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            r = np.where(denominator > 0, self.c_xy / np.where(denominator > 0, denominator, 1.0), np.nan)
+        r = np.clip(r, -1.0, 1.0)
+        reason = np.where(
+            self.n == 0,
+            "no voxels",
+            np.where(denominator > 0, "", "zero variance in a channel"),
+        )
+        return r, reason
+
+
+# ---------------------------------------------------------------------------------------
+# Joint histogram (sparse): distinct value pairs and their counts
+# ---------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class JointTable:
+    """Joint histogram of two channels: distinct ``(values1, values2)`` pairs and counts.
+
+    Sorted by ``values1`` then ``values2``; every pair occurs once. Values are int64 for
+    integer images (exact) and float64 otherwise.
+    """
+
+    values1: np.ndarray
+    values2: np.ndarray
+    counts: np.ndarray
+
+    @property
+    def n(self) -> int:
+        return int(self.counts.sum())
+
+    @property
+    def integer(self) -> bool:
+        return self.values1.dtype.kind == "i"
+
+    def select(self, keep: np.ndarray) -> "JointTable":
+        return JointTable(self.values1[keep], self.values2[keep], self.counts[keep])
+
+    def merge(self, other: "JointTable") -> "JointTable":
+        """The histogram of the union of two voxel sets (counts added)."""
+        if len(other.counts) == 0:
+            return self
+        if len(self.counts) == 0:
+            return other
+        if self.integer != other.integer:
+            raise ValueError("cannot merge histograms of an integer and a float image")
+        return _aggregate(
+            np.concatenate([self.values1, other.values1]),
+            np.concatenate([self.values2, other.values2]),
+            np.concatenate([self.counts, other.counts]),
+        )
+
+    def corrected(self, thresholds: Thresholds) -> "JointTable":
+        """The histogram of ``(R', G')``: values replaced by background-corrected ones."""
+        return _aggregate(
+            thresholds.channel1.corrected(self.values1),
+            thresholds.channel2.corrected(self.values2),
+            self.counts,
+        )
+
+
+def _codes(values: np.ndarray) -> tuple[np.ndarray | int, np.ndarray, int]:
+    """Integer codes of values that keep their order: ``(decoder, codes, n_codes)``.
+
+    Integers are coded by their offset from the minimum (``decoder`` is that minimum);
+    other values by their index among the distinct values (``decoder`` lists them).
+    """
+    if values.dtype.kind in "iub":
+        low = int(values.min())
+        span = int(values.max()) - low + 1
+        return low, values, span
+    distinct, codes = np.unique(values, return_inverse=True)
+    return distinct, codes.reshape(-1), len(distinct)
+
+
+def _aggregate(values1: np.ndarray, values2: np.ndarray, counts: np.ndarray | None) -> JointTable:
+    """Collapse value pairs (each with a count, or 1) into a sorted :class:`JointTable`.
+
+    Each pair is coded as one unsigned integer ``code1 * n_codes2 + code2``; sorting the
+    codes sorts the pairs by (value1, value2). Integer values are coded by offset, so
+    8- to 16-bit images need no per-channel sort.
+    """
+    integer = values1.dtype.kind in "iub" and values2.dtype.kind in "iub"
+    if values1.size == 0:
+        dtype = np.int64 if integer else np.float64
+        return JointTable(np.empty(0, dtype), np.empty(0, dtype), np.empty(0, np.int64))
+    if not integer:
+        values1 = values1.astype(np.float64, copy=False)
+        values2 = values2.astype(np.float64, copy=False)
+    decoder1, codes1, size1 = _codes(values1)
+    decoder2, codes2, size2 = _codes(values2)
+    if size1 * size2 > 2**63:  # integers spanning more than 2^31 each: code by rank
+        integer = False
+        decoder1, codes1, size1 = _codes(values1.astype(np.float64))
+        decoder2, codes2, size2 = _codes(values2.astype(np.float64))
+    key_dtype = np.uint32 if size1 * size2 <= 2**32 else np.uint64
+    # modular unsigned arithmetic: (v - low) is exact even where v wraps on conversion
+    key = codes1.astype(key_dtype)
+    if integer:
+        key -= key_dtype(decoder1 % 2 ** (8 * key.itemsize))
+    key *= key_dtype(size2)
+    key += codes2.astype(key_dtype, copy=False)
+    if integer:
+        key -= key_dtype(decoder2 % 2 ** (8 * key.itemsize))
+    if counts is None and size1 * size2 <= max(key.size, 1 << 16):
+        dense = np.bincount(key, minlength=size1 * size2)
+        keys = np.flatnonzero(dense)
+        pair_counts = dense[keys]
+    else:
+        if counts is None:
+            key.sort()
+        else:
+            order = np.argsort(key, kind="stable")
+            key = key[order]
+            counts = np.asarray(counts, dtype=np.int64)[order]
+        starts = np.flatnonzero(np.concatenate(([True], key[1:] != key[:-1])))
+        keys = key[starts]
+        if counts is None:
+            pair_counts = np.diff(np.append(starts, key.size))
+        else:
+            pair_counts = np.add.reduceat(counts, starts)
+    index1, index2 = np.divmod(keys.astype(np.int64), size2)
+    if integer:
+        out1 = index1 + decoder1
+        out2 = index2 + decoder2
+    else:
+        out1 = decoder1[index1].astype(np.float64)
+        out2 = decoder2[index2].astype(np.float64)
+    return JointTable(out1, out2, pair_counts.astype(np.int64, copy=False))
+
+
+def joint_table(values1: np.ndarray, values2: np.ndarray) -> JointTable:
+    """Joint histogram of two equally long 1-D arrays of finite values."""
+    return _aggregate(np.ravel(values1), np.ravel(values2), None)
+
+
+# ---------------------------------------------------------------------------------------
+# Per-part statistics
+# ---------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class PartStatistics:
+    """Mergeable statistics of one part (chunk) of one frame; see the module docstring.
+
+    Attributes
+    ----------
+    table : JointTable
+        Joint histogram of the raw values of the finite voxels inside the mask.
+    mask_moments, object_moments : Moments
+        Of ``(R', G')`` over the mask, and over the object voxels (R > T_R or G > T_G).
+    sums : numpy.ndarray
+        float64, the sums named in :data:`SUM_NAMES` (R' etc. over the mask).
+    n_nonfinite : int
+        Voxels inside the mask with a NaN or infinite value in either channel.
+    """
+
+    table: JointTable
+    mask_moments: Moments
+    object_moments: Moments
+    sums: np.ndarray
+    n_nonfinite: int
+
+    def merge(self, other: "PartStatistics") -> "PartStatistics":
+        return PartStatistics(
+            self.table.merge(other.table),
+            self.mask_moments.merge(other.mask_moments),
+            self.object_moments.merge(other.object_moments),
+            self.sums + other.sums,
+            self.n_nonfinite + other.n_nonfinite,
+        )
+
+
+def part_statistics(
+    image1: np.ndarray, image2: np.ndarray, mask: np.ndarray | None, thresholds: Thresholds
+) -> PartStatistics:
+    """Statistics of one chunk of a frame.
+
+    Parameters
+    ----------
+    image1, image2 : numpy.ndarray
+        The chunk of each channel (any numeric dtype, same shape).
+    mask : numpy.ndarray or None
+        The chunk of the mask (non-zero = inside), or None (every voxel inside).
+    thresholds : Thresholds
+        Threshold rules of both channels.
+    """
+    values1 = np.asarray(image1)
+    values2 = np.asarray(image2)
+    if mask is not None:
+        inside = np.asarray(mask) != 0
+        values1 = values1[inside]
+        values2 = values2[inside]
+    else:
+        values1 = values1.ravel()
+        values2 = values2.ravel()
+    n_nonfinite = 0
+    if values1.dtype.kind == "f" or values2.dtype.kind == "f":
+        finite = np.isfinite(values1) & np.isfinite(values2)
+        n_nonfinite = int(finite.size - np.count_nonzero(finite))
+        if n_nonfinite:
+            values1 = values1[finite]
+            values2 = values2[finite]
+        # -0.0 and 0.0 are one value
+        values1 = values1 + values1.dtype.type(0) if values1.dtype.kind == "f" else values1
+        values2 = values2 + values2.dtype.type(0) if values2.dtype.kind == "f" else values2
+    table = joint_table(values1, values2)
+    return statistics_from_table(table, thresholds, n_nonfinite)
+
+
+def statistics_from_table(table: JointTable, thresholds: Thresholds, n_nonfinite: int = 0) -> PartStatistics:
+    """The :class:`PartStatistics` of the voxels a joint histogram describes."""
+    th1, th2 = thresholds.channel1, thresholds.channel2
+    r = th1.corrected(table.values1)
+    g = th2.corrected(table.values2)
+    wr = th1.weight(table.values1)
+    wg = th2.weight(table.values2)
+    counts = table.counts.astype(np.float64)
+    in_object = thresholds.object_voxels(table.values1, table.values2)
+    cr = counts * r
+    cg = counts * g
+    sums = np.array(
+        [
+            np.dot(cr, g),
+            np.dot(cr, r),
+            np.dot(cg, g),
+            cr.sum(),
+            cg.sum(),
+            np.dot(cr, wg),
+            np.dot(cg, wr),
+            np.dot(counts, wr),
+            np.dot(counts, wg),
+            np.dot(counts * wr, wg),
+        ],
+        dtype=np.float64,
+    )
+    return PartStatistics(
+        table=table,
+        mask_moments=Moments.from_weighted(r, g, counts),
+        object_moments=Moments.from_weighted(r[in_object], g[in_object], counts[in_object]),
+        sums=sums,
+        n_nonfinite=n_nonfinite,
+    )
+
+
+# ---------------------------------------------------------------------------------------
+# Rank statistics from a joint histogram
+# ---------------------------------------------------------------------------------------
+def average_ranks(values: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Exact average ranks (1-based, ascending) of a multiset given as values and counts.
+
+    Returns
+    -------
+    distinct : numpy.ndarray
+        The distinct values, ascending.
+    ranks : numpy.ndarray
+        float64, the average rank of each distinct value (ties share their mean position).
+    codes : numpy.ndarray
+        For every input entry, the index of its value in ``distinct``.
+    """
+    distinct, codes = np.unique(values, return_inverse=True)
+    ties = np.bincount(codes, weights=counts, minlength=len(distinct))
+    ties = np.rint(ties).astype(np.int64)
+    last = np.cumsum(ties)
+    ranks = last - (ties - 1) / 2.0
+    return distinct, ranks.astype(np.float64), codes
+
+
+def rank_pearson(table: JointTable) -> tuple[float, str]:
+    """Spearman's rho: Pearson r of the average ranks of the pairs a histogram holds."""
+    if table.n == 0:
+        return np.nan, "no voxels"
+    _, ranks1, codes1 = average_ranks(table.values1, table.counts)
+    _, ranks2, codes2 = average_ranks(table.values2, table.counts)
+    r, reason = Moments.from_weighted(ranks1[codes1], ranks2[codes2], table.counts).pearson()
+    return float(r), str(reason)
+
+
+def _weighted_inversions(order_codes: np.ndarray, weights: np.ndarray) -> int:
+    """Sum of ``w_i w_j`` over index pairs ``i < j`` with ``order_codes[i] > order_codes[j]``.
+
+    Counts each inverted pair at the highest bit in which the two codes differ: among
+    entries sharing the higher bits, an entry with that bit set before one with it clear
+    is an inversion. One stable sort per bit: O(P log P log K) for P entries, K codes.
+    """
+    total = 0
+    n_bits = int(order_codes.max()).bit_length() if order_codes.size else 0
+    weights = weights.astype(np.int64, copy=False)
+    for bit in range(n_bits):
+        high = order_codes >> (bit + 1)
+        top = int(high.max())
+        sort_dtype = np.uint16 if top < 2**16 else (np.uint32 if top < 2**32 else np.int64)
+        order = np.argsort(high.astype(sort_dtype), kind="stable")
+        high_sorted = high[order]
+        is_set = ((order_codes[order] >> bit) & 1).astype(bool)
+        w = weights[order]
+        set_weight = np.where(is_set, w, 0)
+        before = np.cumsum(set_weight) - set_weight  # set weight strictly before, all groups
+        starts = np.flatnonzero(np.r_[True, high_sorted[1:] != high_sorted[:-1]])
+        group_base = np.repeat(before[starts], np.diff(np.r_[starts, len(high_sorted)]))
+        clear = ~is_set
+        total += int(np.dot(w[clear], before[clear] - group_base[clear]))
+    return total
+
+
+def kendall_tau_b(table: JointTable) -> tuple[float, str]:
+    """Kendall's tau-b of the pairs a histogram holds (exact, ties handled as in tau-b)."""
+    n = table.n
+    if n < 2:
+        return np.nan, "fewer than 2 voxels"
+    counts = table.counts.astype(np.int64)
+    # table is sorted by (values1, values2): an inversion of the values2 order is a
+    # discordant pair (pairs tied in values1 are in ascending values2 order: none counted)
+    _, codes2 = np.unique(table.values2, return_inverse=True)
+    discordant = _weighted_inversions(codes2.astype(np.int64), counts)
+
+    def tied_pairs(group_counts):
+        t = group_counts.astype(np.int64)
+        return int(np.sum(t * (t - 1) // 2))
+
+    _, codes1 = np.unique(table.values1, return_inverse=True)
+    ties1 = np.bincount(codes1, weights=counts).astype(np.int64)
+    ties2 = np.bincount(codes2, weights=counts).astype(np.int64)
+    n0 = n * (n - 1) // 2
+    n1 = tied_pairs(ties1)
+    n2 = tied_pairs(ties2)
+    n3 = tied_pairs(counts)
+    s = n0 - n1 - n2 + n3 - 2 * discordant
+    if n0 == n1 or n0 == n2:
+        return np.nan, "all values of a channel are tied"
+    tau = s / np.sqrt(float(n0 - n1) * float(n0 - n2))
+    return float(np.clip(tau, -1.0, 1.0)), ""
+
+
+def icq_count(table: JointTable, mean1: float, mean2: float) -> int:
+    """Number of voxels with ``(v1 - mean1)(v2 - mean2) > 0`` in a histogram."""
+    positive = (table.values1 - mean1) * (table.values2 - mean2) > 0
+    return int(table.counts[positive].sum())
+
+
+# ---------------------------------------------------------------------------------------
+# Finalisation
+# ---------------------------------------------------------------------------------------
+def _ratio(numerator: float, denominator: float, reason: str) -> tuple[float, str]:
+    if denominator > 0:
+        return float(numerator / denominator), ""
+    return np.nan, reason
+
+
+def finalize(stats: PartStatistics, thresholds: Thresholds) -> dict[str, tuple[float, str]]:
+    """Every coefficient of a frame from its merged statistics.
+
+    Returns
+    -------
+    dict
+        ``name -> (value, reason)`` for every name in :data:`COEFFICIENT_NAMES`;
+        ``reason`` is ``""`` where the value is defined, else why it is NaN.
+    """
+    if stats.n_nonfinite:
+        reason = f"{stats.n_nonfinite} NaN/Inf voxels inside the mask"
+        return {name: (np.nan, reason) for name in COEFFICIENT_NAMES}
+    if stats.table.n == 0:
+        return {name: (np.nan, "empty mask") for name in COEFFICIENT_NAMES}
+    s = dict(zip(SUM_NAMES, stats.sums))
+    out: dict[str, tuple[float, str]] = {}
+    r, reason = stats.mask_moments.pearson()
+    out["pearson"] = (float(r), str(reason))
+    r, reason = stats.object_moments.pearson()
+    out["object_pearson"] = (float(r), "no object voxels" if stats.object_moments.n == 0 else str(reason))
+
+    corrected = stats.table.corrected(thresholds)
+    out["spearman"] = rank_pearson(corrected)
+    in_object = thresholds.object_voxels(stats.table.values1, stats.table.values2)
+    if in_object.any():
+        out["object_spearman"] = rank_pearson(stats.table.select(in_object).corrected(thresholds))
+    else:
+        out["object_spearman"] = (np.nan, "no object voxels")
+    out["kendall_tau"] = kendall_tau_b(corrected)
+
+    no_signal = "no signal: sum of R'^2 or G'^2 is zero"
+    out["overlap"] = _ratio(s["rg"], np.sqrt(s["rr"] * s["gg"]), no_signal)
+    out["k1"] = _ratio(s["rg"], s["rr"], "no signal in channel 1: sum of R'^2 is zero")
+    out["k2"] = _ratio(s["rg"], s["gg"], "no signal in channel 2: sum of G'^2 is zero")
+    out["m1"] = _ratio(s["r_wg"], s["r"], "no signal in channel 1: sum of R' is zero")
+    out["m2"] = _ratio(s["g_wr"], s["g"], "no signal in channel 2: sum of G' is zero")
+    union = s["wr"] + s["wg"] - s["wr_wg"]
+    out["intersection"] = _ratio(s["wr_wg"], union, "no voxel above threshold in either channel")
+    out["i1"] = _ratio(s["wr_wg"], s["wr"], "no voxel above threshold in channel 1")
+    out["i2"] = _ratio(s["wr_wg"], s["wg"], "no voxel above threshold in channel 2")
+
+    m = stats.mask_moments
+    positive = icq_count(corrected, float(m.mean_x), float(m.mean_y))
+    out["icq"] = (positive / stats.table.n - 0.5, "")
+    return out
+
+
+# ---------------------------------------------------------------------------------------
+# Van Steensel: moments of shifted pairs, per chunk
+# ---------------------------------------------------------------------------------------
+def _lagged_dot(u: np.ndarray, v: np.ndarray, u_slice: slice, v_slice: slice) -> float:
+    letters = "abcdefgh"[: u.ndim]
+    return float(np.einsum(f"{letters},{letters}->", u[..., u_slice], v[..., v_slice]))
+
+
+def shifted_moments(
+    image1: np.ndarray,
+    image2: np.ndarray,
+    mask: np.ndarray | None,
+    thresholds: Thresholds,
+    shifts: np.ndarray,
+    core: tuple[int, int],
+    axis: int = -1,
+) -> Moments:
+    """Moments of ``(R'(x - dx), G'(x))`` for every shift ``dx``, for one chunk.
+
+    Parameters
+    ----------
+    image1, image2, mask : numpy.ndarray
+        A chunk extended along ``axis`` by up to ``max|dx|`` voxels of its neighbours on
+        each side (less at the image border: no wrap-around). ``mask`` may be None.
+    thresholds : Thresholds
+    shifts : numpy.ndarray
+        Integer shifts in voxels.
+    core : (int, int)
+        The chunk's own voxels along ``axis``, as ``[start, stop)`` in the extended chunk;
+        pairs are attributed to the chunk that holds their channel-2 voxel.
+    axis : int
+        The shift axis.
+
+    Returns
+    -------
+    Moments
+        Arrays of ``len(shifts)`` entries. A pair counts when both voxels are inside the
+        mask and finite.
+    """
+    r = thresholds.channel1.corrected(np.moveaxis(np.asarray(image1), axis, -1))
+    g = thresholds.channel2.corrected(np.moveaxis(np.asarray(image2), axis, -1))
+    inside = np.isfinite(r) & np.isfinite(g)
+    if mask is not None:
+        inside &= np.moveaxis(np.asarray(mask), axis, -1) != 0
+    if not inside.all():
+        weight = inside.astype(np.float64)
+        r = np.where(inside, r, 0.0)
+        g = np.where(inside, g, 0.0)
+    else:
+        weight = None
+    # subtract a centre near the means so the one-pass sums below do not cancel
+    start, stop = core
+    n_core = float(np.count_nonzero(inside[..., start:stop])) if weight is not None else float(g[..., start:stop].size)
+    centre_r = float(r.sum() / max(np.count_nonzero(inside), 1))
+    centre_g = float(g[..., start:stop].sum() / max(n_core, 1.0))
+    rc = r - centre_r
+    gc = g - centre_g
+    if weight is not None:
+        rc *= weight
+        gc *= weight
+    width = r.shape[-1]
+    out = {k: np.zeros(len(shifts)) for k in ("n", "sr", "sg", "srr", "sgg", "srg")}
+    if weight is None:
+        # every voxel inside: the marginal sums are sums over column ranges
+        other_axes = tuple(range(r.ndim - 1))
+        col_r = rc.sum(axis=other_axes)
+        col_rr = (rc * rc).sum(axis=other_axes)
+        col_g = gc.sum(axis=other_axes)
+        col_gg = (gc * gc).sum(axis=other_axes)
+        rows = float(np.prod(r.shape[:-1]))
+    for k, dx in enumerate(np.asarray(shifts, dtype=np.int64)):
+        lo = max(start, int(dx))
+        hi = min(stop, width + int(dx))
+        if hi <= lo:
+            continue
+        gs = slice(lo, hi)
+        rs = slice(lo - int(dx), hi - int(dx))
+        out["srg"][k] = _lagged_dot(rc, gc, rs, gs)
+        if weight is None:
+            out["n"][k] = rows * (hi - lo)
+            out["sr"][k] = col_r[rs].sum()
+            out["srr"][k] = col_rr[rs].sum()
+            out["sg"][k] = col_g[gs].sum()
+            out["sgg"][k] = col_gg[gs].sum()
+        else:
+            out["n"][k] = _lagged_dot(weight, weight, rs, gs)
+            out["sr"][k] = _lagged_dot(rc, weight, rs, gs)
+            out["srr"][k] = _lagged_dot(rc * rc, weight, rs, gs)
+            out["sg"][k] = _lagged_dot(weight, gc, rs, gs)
+            out["sgg"][k] = _lagged_dot(weight, gc * gc, rs, gs)
+    n = out["n"]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        safe_n = np.where(n > 0, n, 1.0)
+        mean_r = np.where(n > 0, out["sr"] / safe_n, 0.0)
+        mean_g = np.where(n > 0, out["sg"] / safe_n, 0.0)
+    return Moments(
+        n,
+        np.where(n > 0, mean_r + centre_r, 0.0),
+        np.where(n > 0, mean_g + centre_g, 0.0),
+        np.maximum(out["srr"] - mean_r * out["sr"], 0.0),
+        np.maximum(out["sgg"] - mean_g * out["sg"], 0.0),
+        out["srg"] - mean_r * out["sg"],
+    )
+
+
+# ---------------------------------------------------------------------------------------
+# Maps
+# ---------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class MapConstants:
+    """Per-frame constants that turn per-voxel terms into map values (sum = coefficient).
+
+    Entries are NaN where the coefficient is undefined (its map is then NaN inside the
+    mask). ``rank_values*``/``ranks*`` are the distinct ``R'`` (``G'``) values over the
+    mask and their average ranks, for the Spearman map.
+    """
+
+    mean1: float
+    mean2: float
+    pearson_denominator: float
+    rank_values1: np.ndarray
+    ranks1: np.ndarray
+    rank_values2: np.ndarray
+    ranks2: np.ndarray
+    mean_rank: float
+    spearman_denominator: float
+    sum_rr: float
+    sum_gg: float
+    sum_r: float
+    sum_g: float
+    intersection_denominator: float
+
+    @classmethod
+    def from_statistics(cls, stats: PartStatistics, thresholds: Thresholds) -> "MapConstants":
+        def positive(x: float) -> float:
+            return float(x) if x > 0 else np.nan
+
+        s = dict(zip(SUM_NAMES, stats.sums))
+        m = stats.mask_moments
+        corrected = stats.table.corrected(thresholds)
+        if corrected.n:
+            values1, ranks1, codes1 = average_ranks(corrected.values1, corrected.counts)
+            values2, ranks2, codes2 = average_ranks(corrected.values2, corrected.counts)
+            rank_moments = Moments.from_weighted(ranks1[codes1], ranks2[codes2], corrected.counts)
+            mean_rank = (corrected.n + 1) / 2.0
+            spearman_denominator = positive(np.sqrt(rank_moments.m2_x * rank_moments.m2_y))
+        else:
+            values1 = ranks1 = values2 = ranks2 = np.empty(0)
+            mean_rank = spearman_denominator = np.nan
+        invalid = stats.n_nonfinite > 0
+        return cls(
+            mean1=float(m.mean_x),
+            mean2=float(m.mean_y),
+            pearson_denominator=np.nan if invalid else positive(np.sqrt(m.m2_x * m.m2_y)),
+            rank_values1=values1,
+            ranks1=ranks1,
+            rank_values2=values2,
+            ranks2=ranks2,
+            mean_rank=mean_rank,
+            spearman_denominator=np.nan if invalid else spearman_denominator,
+            sum_rr=np.nan if invalid else positive(s["rr"]),
+            sum_gg=np.nan if invalid else positive(s["gg"]),
+            sum_r=np.nan if invalid else positive(s["r"]),
+            sum_g=np.nan if invalid else positive(s["g"]),
+            intersection_denominator=np.nan if invalid else positive(s["wr"] + s["wg"] - s["wr_wg"]),
+        )
+
+
+def coefficient_maps(
+    image1: np.ndarray,
+    image2: np.ndarray,
+    mask: np.ndarray | None,
+    thresholds: Thresholds,
+    constants: MapConstants,
+) -> np.ndarray:
+    """Per-voxel maps of one chunk, stacked in :data:`MAP_NAMES` order.
+
+    Returns
+    -------
+    numpy.ndarray
+        float64, shape ``(len(MAP_NAMES), *image1.shape)``. Voxels outside the mask are
+        0, so each map sums over the frame to its coefficient.
+    """
+    th1, th2 = thresholds.channel1, thresholds.channel2
+    r = th1.corrected(image1)
+    g = th2.corrected(image2)
+    wr = th1.weight(image1)
+    wg = th2.weight(image2)
+    c = constants
+    rg = r * g
+    if c.rank_values1.size:
+        rank1 = c.ranks1[np.clip(np.searchsorted(c.rank_values1, r), 0, c.rank_values1.size - 1)]
+        rank2 = c.ranks2[np.clip(np.searchsorted(c.rank_values2, g), 0, c.rank_values2.size - 1)]
+    else:
+        rank1 = rank2 = np.zeros_like(r)
+    maps = np.stack(
+        [
+            (r - c.mean1) * (g - c.mean2) / c.pearson_denominator,
+            (rank1 - c.mean_rank) * (rank2 - c.mean_rank) / c.spearman_denominator,
+            rg / np.sqrt(c.sum_rr * c.sum_gg),
+            rg / c.sum_rr,
+            rg / c.sum_gg,
+            r * wg / c.sum_r,
+            g * wr / c.sum_g,
+            wr * wg / c.intersection_denominator,
+        ]
+    )
+    if mask is not None:
+        maps[:, np.asarray(mask) == 0] = 0.0
+    return maps
