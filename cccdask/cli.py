@@ -36,7 +36,8 @@ EXIT_FAILED = 1
 
 
 def _fail(message: str, code: int = EXIT_FAILED) -> None:
-    errors.print(f"[bold red]Error:[/bold red] {message}", highlight=False, soft_wrap=True)
+    errors.print("Error:", style="bold red", end=" ")
+    errors.print(message, markup=False, highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 
@@ -58,7 +59,7 @@ def _run_with_progress(config: PipelineConfig, overwrite: bool) -> Path:
             bar.update(task, completed=done, total=total)
 
         def log(message: str) -> None:
-            bar.console.print(message, highlight=False, soft_wrap=True)
+            bar.console.print(message, markup=False, highlight=False, soft_wrap=True)
 
         try:
             return run(config, overwrite=overwrite, progress=progress, log=log)
@@ -135,7 +136,7 @@ def validate_command(
 
         try:
             opened = open_inputs(settings)
-            state = output_state(settings)
+            state = output_state(settings)  # opens the inputs again: metadata only, cheap
         except (FileNotFoundError, ValueError, PermissionError, FileExistsError) as error:
             _fail(str(error))
         frames = opened.frames

@@ -11,6 +11,7 @@ from __future__ import annotations
 import itertools
 import sys
 import types
+from dataclasses import dataclass, replace
 from numbers import Real
 from typing import Any, Sequence
 
@@ -20,6 +21,16 @@ import numpy as np
 import xarray as xr
 
 from cccdask.frames import Frames, frame_time_coords, prepare_inputs
+from cccdask.kernels.costes import (
+    CURVE_POINTS,
+    CostesThreshold,
+    block_shape,
+    costes_threshold,
+    cytofluorogram as cytofluorogram_of_table,
+    mask_blocks,
+    randomized_pearson,
+    significance_summary,
+)
 from cccdask.kernels.coefficients import (
     COEFFICIENT_NAMES,
     MAP_NAMES,
@@ -32,9 +43,10 @@ from cccdask.kernels.coefficients import (
     finalize,
     part_statistics,
     shifted_moments,
+    statistics_from_table,
 )
 
-__all__ = ["coefficients"]
+__all__ = ["coefficients", "costes_significance", "plot_cytofluorogram"]
 
 REASON_DTYPE = "<U96"
 MERGE_FAN_IN = 8
@@ -50,6 +62,28 @@ THRESHOLD_SEMANTICS = (
     "(object_pearson, object_spearman): R > T_R or G > T_G on the raw values (hard, rho "
     "ignored). rho changes only the weights."
 )
+
+
+PRESET_SEMANTICS = {
+    "coloc2": (
+        "Fiji Coloc 2 conventions: values are not background-corrected (v' = v); above "
+        "threshold means v >= T and v > 0; m1 = sum of R where G is above threshold / sum of "
+        "all R in the mask (tM1); ICQ counts zero products as positive; Costes: orthogonal "
+        "regression, highest threshold with r-below <= 0. Weights, object set and "
+        "intersection use the same above-threshold test."
+    ),
+    "jacop": (
+        "JACoP conventions: values are not background-corrected (v' = v); above threshold "
+        "means v > T; m1 = sum of R where R and G are above their thresholds / sum of R above "
+        "its own threshold; ICQ counts positive products; Costes: ordinary least squares, "
+        "threshold at the global minimum of r-below."
+    ),
+    "skimage": (
+        "scikit-image conventions: values are not background-corrected (v' = v); above "
+        "threshold means v > T (the binary masks skimage takes); m1 = "
+        "manders_coloc_coeff(R, G > T_G) = sum of R where G > T_G / sum of R."
+    ),
+}
 
 
 # ---------------------------------------------------------------------------------------
@@ -70,23 +104,69 @@ def _per_channel(value: Any, name: str) -> tuple[Any, Any]:
     return pair
 
 
-def resolve_thresholds(threshold: Any = None, threshold_range: Any = 0.0) -> Thresholds:
+@dataclass(frozen=True)
+class Preset:
+    """Conventions of one tool, where the tools differ (spec, last section).
+
+    Attributes
+    ----------
+    subtract : bool
+        Background-correct values by the threshold, ``max(v - T, 0)`` (Huygens only).
+    inclusive : bool
+        Above threshold means ``v >= T and v > 0`` (Coloc 2) rather than ``v > T``.
+    manders : {"all", "own"}
+        m1's denominator: all of R over the mask, or R above its own threshold (JACoP).
+    icq_zero_positive : bool
+        ICQ counts zero products as positive (Coloc 2).
+    costes_regression : {"orthogonal", "ols"}
+    costes_rule : {"first_nonpositive", "minimum"}
+        Costes: the highest threshold with r-below <= 0, or the global minimum (JACoP).
+    """
+
+    subtract: bool
+    inclusive: bool
+    manders: str
+    icq_zero_positive: bool
+    costes_regression: str
+    costes_rule: str
+
+
+PRESETS = {
+    "huygens": Preset(True, False, "all", False, "orthogonal", "first_nonpositive"),
+    "coloc2": Preset(False, True, "all", True, "orthogonal", "first_nonpositive"),
+    "jacop": Preset(False, False, "own", False, "ols", "minimum"),
+    "skimage": Preset(False, False, "all", False, "orthogonal", "first_nonpositive"),
+}
+
+
+def _preset(preset: str) -> Preset:
+    if preset not in PRESETS:
+        raise ValueError(f"preset {preset!r} is unknown; choose one of {sorted(PRESETS)}.")
+    return PRESETS[preset]
+
+
+def resolve_thresholds(threshold: Any = None, threshold_range: Any = 0.0, preset: str = "huygens") -> Thresholds:
     """Turn the user's ``threshold`` / ``threshold_range`` into :class:`Thresholds`.
+
+    ``threshold="costes"`` gives thresholds without levels (they are found per frame);
+    see :func:`is_automatic`.
 
     Raises
     ------
     ValueError
-        A threshold that is not a finite number or None, a range that is negative or not
-        a number.
+        A threshold that is not a finite number, None or "costes"; a range that is
+        negative or not a number; an unknown preset.
     """
-    levels = _per_channel(threshold, "threshold")
+    conventions = _preset(preset)
+    automatic = isinstance(threshold, str) and threshold == "costes"
+    levels = (None, None) if automatic else _per_channel(threshold, "threshold")
     ranges = _per_channel(threshold_range, "threshold_range")
     channels = []
     for channel, (level, soft_range) in enumerate(zip(levels, ranges), start=1):
         if isinstance(level, str):
             raise ValueError(
                 f"threshold {level!r} for channel {channel} is not supported; give a number in "
-                f"intensity units or None (no threshold)."
+                f"intensity units, None (no threshold), or 'costes' (for both channels)."
             )
         if level is not None and not isinstance(level, Real):
             raise ValueError(f"threshold for channel {channel} must be a number or None; got {level!r}.")
@@ -97,8 +177,17 @@ def resolve_thresholds(threshold: Any = None, threshold_range: Any = 0.0) -> Thr
                 f"threshold_range for channel {channel} is {soft_range!r}; it must be a finite "
                 f"number >= 0 in intensity units (0 = hard threshold)."
             )
-        channels.append(ChannelThreshold(None if level is None else float(level), float(soft_range)))
-    return Thresholds(*channels)
+        channels.append(ChannelThreshold(None if level is None else float(level), float(soft_range),
+                                         subtract=conventions.subtract, inclusive=conventions.inclusive))
+    return Thresholds(*channels, manders=conventions.manders, icq_zero_positive=conventions.icq_zero_positive)
+
+
+def _with_levels(thresholds: Thresholds, level1: float, level2: float) -> Thresholds:
+    return replace(
+        thresholds,
+        channel1=replace(thresholds.channel1, level=float(level1)),
+        channel2=replace(thresholds.channel2, level=float(level2)),
+    )
 
 
 def _shift_values(van_steensel_shifts: Any) -> np.ndarray | None:
@@ -161,39 +250,88 @@ def _frame_statistics(image1: da.Array, image2: da.Array, mask: da.Array | None,
     return _tree_merge(parts)
 
 
+def _join_along(blocks: Sequence[np.ndarray | None], axis: int, cut: slice) -> np.ndarray | None:
+    """Neighbouring chunks joined along ``axis``, then cut to the wanted extent."""
+    if blocks[0] is None:
+        return None
+    joined = blocks[0] if len(blocks) == 1 else np.concatenate(blocks, axis=axis)
+    index = [slice(None)] * joined.ndim
+    index[axis] = cut
+    return joined[tuple(index)]
+
+
+def _shifted_moments_of_blocks(blocks1, blocks2, blocks_mask, axis, cut, thresholds, shifts, core):
+    return shifted_moments(
+        _join_along(blocks1, axis, cut), _join_along(blocks2, axis, cut),
+        _join_along(blocks_mask, axis, cut), thresholds, shifts, core, axis,
+    )
+
+
 def _frame_shifted_moments(
     image1: da.Array, image2: da.Array, mask: da.Array | None, thresholds: Thresholds,
     shifts: np.ndarray, axis: int,
 ):
-    """Van Steensel moments of one frame: one task per chunk, its neighbours' halo attached."""
+    """Van Steensel moments of one frame: one task per chunk, given its neighbours' halo.
+
+    The task receives the neighbouring chunks themselves (the same graph keys as the
+    other statistics), so every chunk is read once.
+    """
     halo = int(np.abs(shifts).max()) if shifts.size else 0
-    length = image1.shape[axis]
-    bounds = [np.cumsum((0,) + c) for c in image1.chunks]
+    grids = [image1.to_delayed(), image2.to_delayed(), None if mask is None else mask.to_delayed()]
+    bounds = np.cumsum((0,) + image1.chunks[axis])
+    length = int(bounds[-1])
     parts = []
     for block in itertools.product(*(range(len(c)) for c in image1.chunks)):
-        index = [slice(int(b[i]), int(b[i + 1])) for b, i in zip(bounds, block)]
-        start, stop = index[axis].start, index[axis].stop
+        j = block[axis]
+        start, stop = int(bounds[j]), int(bounds[j + 1])
         ext_start, ext_stop = max(0, start - halo), min(length, stop + halo)
-        index[axis] = slice(ext_start, ext_stop)
-        region = tuple(index)
+        first = int(np.searchsorted(bounds, ext_start, side="right") - 1)
+        last = int(np.searchsorted(bounds, ext_stop, side="left"))  # exclusive block index
+        neighbours = []
+        for grid in grids:
+            if grid is None:
+                neighbours.append([None])
+                continue
+            picked = []
+            for k in range(first, last):
+                index = list(block)
+                index[axis] = k
+                picked.append(grid[tuple(index)])
+            neighbours.append(picked)
+        offset = int(bounds[first])
+        cut = slice(ext_start - offset, ext_stop - offset)
         parts.append(
-            dask.delayed(shifted_moments, pure=True)(
-                image1[region], image2[region], None if mask is None else mask[region],
-                thresholds, shifts, (start - ext_start, stop - ext_start), axis,
+            dask.delayed(_shifted_moments_of_blocks, pure=True)(
+                *neighbours, axis, cut, thresholds, shifts, (start - ext_start, stop - ext_start),
             )
         )
     return _tree_merge(parts)
 
 
+def _automatic_thresholds(stats: PartStatistics, thresholds: Thresholds, preset: Preset):
+    """Costes' thresholds of a frame, its thresholds and its statistics restated with them."""
+    costes = costes_threshold(stats.table, preset.costes_regression, preset.costes_rule)
+    if costes.reason or stats.n_nonfinite:
+        return costes, thresholds, stats
+    found = _with_levels(thresholds, costes.threshold1, costes.threshold2)
+    # the joint histogram is exact: the statistics under the found thresholds follow from it
+    return costes, found, statistics_from_table(stats.table, found, stats.n_nonfinite)
+
+
 def _finalize_frame(stats: PartStatistics, shifted: Moments | None, thresholds: Thresholds,
-                    n_shifts: int) -> tuple[np.ndarray, np.ndarray]:
-    """Values and NaN reasons of one frame: the coefficients, then Van Steensel per shift."""
+                    costes: CostesThreshold | None, n_shifts: int,
+                    cytofluorogram_bins: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Values and NaN reasons of one frame, packed as :func:`_layout` describes."""
     results = finalize(stats, thresholds)
+    if costes is not None and costes.reason:
+        results = {name: (np.nan, f"Costes threshold undefined: {costes.reason}") for name in results}
     values = [results[name][0] for name in COEFFICIENT_NAMES]
     reasons = [results[name][1] for name in COEFFICIENT_NAMES]
+    for channel in (thresholds.channel1, thresholds.channel2):
+        values.append(np.nan if channel.level is None else channel.level)
     if shifted is not None:
         r, why = shifted.pearson()
-        if stats.n_nonfinite:
+        if stats.n_nonfinite or (costes is not None and costes.reason):
             r = np.full(n_shifts, np.nan)
             why = np.full(n_shifts, results["pearson"][1])
         values.extend(np.atleast_1d(r).tolist())
@@ -202,7 +340,46 @@ def _finalize_frame(stats: PartStatistics, shifted: Moments | None, thresholds: 
         if undefined:
             summary = f"undefined at {len(undefined)} of {n_shifts} shifts: {sorted(set(undefined))[0]}"
         reasons.append(summary)
+    if costes is not None:
+        values.extend([costes.slope, costes.intercept, costes.resolution])
+        values.extend(costes.curve_threshold1.tolist())
+        values.extend(costes.curve_r_below.tolist())
+        reasons.append(costes.reason)
+    if cytofluorogram_bins is not None:
+        counts, edges1, edges2 = cytofluorogram_of_table(stats.table, cytofluorogram_bins)
+        values.extend(counts.ravel().tolist())
+        values.extend(edges1.tolist())
+        values.extend(edges2.tolist())
     return np.asarray(values, dtype=np.float64), np.asarray(reasons, dtype=REASON_DTYPE)
+
+
+def _layout(n_shifts: int | None, automatic: bool,
+            cytofluorogram_bins: int | None = None) -> list[tuple[str, tuple[str, ...], int]]:
+    """Names, extra dims and lengths of the values :func:`_finalize_frame` packs."""
+    layout = [(name, (), 1) for name in COEFFICIENT_NAMES]
+    layout.append(("threshold", ("channel",), 2))
+    if n_shifts is not None:
+        layout.append(("van_steensel", ("shift",), n_shifts))
+    if automatic:
+        layout += [("costes_slope", (), 1), ("costes_intercept", (), 1), ("costes_resolution", (), 1),
+                   ("costes_curve_threshold1", ("costes_candidate",), CURVE_POINTS),
+                   ("costes_r_below", ("costes_candidate",), CURVE_POINTS)]
+    if cytofluorogram_bins is not None:
+        bins = cytofluorogram_bins
+        layout += [("cytofluorogram", ("bin1", "bin2"), bins * bins),
+                   ("cytofluorogram_edges1", ("edge",), bins + 1),
+                   ("cytofluorogram_edges2", ("edge",), bins + 1)]
+    return layout
+
+
+def _map_constants(stats: PartStatistics, thresholds: Thresholds, costes: CostesThreshold | None) -> MapConstants:
+    constants = MapConstants.from_statistics(stats, thresholds)
+    if costes is not None and costes.reason:  # undefined coefficients: NaN maps
+        nan = np.nan
+        constants = replace(constants, pearson_denominator=nan, spearman_denominator=nan, sum_rr=nan,
+                            sum_gg=nan, manders_denominator1=nan, manders_denominator2=nan,
+                            intersection_denominator=nan)
+    return constants
 
 
 def _map_block(image1, image2, mask, thresholds, constants):
@@ -213,8 +390,8 @@ def _map_block_unmasked(image1, image2, thresholds, constants):
     return coefficient_maps(image1, image2, None, thresholds, constants)
 
 
-def _frame_maps(image1, image2, mask, thresholds, stats) -> da.Array:
-    constants = dask.delayed(MapConstants.from_statistics, pure=True)(stats, thresholds)
+def _frame_maps(image1, image2, mask, thresholds, stats, costes) -> da.Array:
+    constants = dask.delayed(_map_constants, pure=True)(stats, thresholds, costes)
     chunks = ((len(MAP_NAMES),),) + image1.chunks
     if mask is None:
         return da.map_blocks(_map_block_unmasked, image1, image2, thresholds, constants,
@@ -237,6 +414,8 @@ def coefficients(
     van_steensel_shifts: int | None = 20,
     van_steensel_axis: str = "x",
     spacing: float | Sequence[float] | None = None,
+    preset: str = "huygens",
+    cytofluorogram: int | None = None,
 ) -> xr.Dataset:
     """The classic colocalization coefficients of two channels, per frame.
 
@@ -250,9 +429,11 @@ def coefficients(
         ``t, z, y, x`` (a ``t`` dim gives per-frame results). Any real dtype.
     mask : array-like, optional
         Non-zero = inside. One frame shared by every frame, or one per frame.
-    threshold : float, None or pair, optional
+    threshold : float, None, pair or "costes", optional
         Threshold T in intensity units, for both channels or as ``(T1, T2)`` (an entry
-        may be None). None: no background subtraction.
+        may be None). None: no background subtraction. ``"costes"``: Costes' automatic
+        thresholds, found per frame (see :mod:`cccdask.kernels.costes`); adds the
+        ``costes_*`` variables (regression line, resolution, r-below curve).
     threshold_range : float or pair, optional
         Soft-threshold range rho >= 0 in intensity units (both channels or a pair).
     maps : bool, optional
@@ -266,6 +447,14 @@ def coefficients(
         The frame axis to shift along.
     spacing : float or sequence of float, optional
         Voxel size (only recorded; the coefficients do not depend on it).
+    preset : {"huygens", "coloc2", "jacop", "skimage"}, optional
+        Whose conventions to follow where the tools differ (:data:`PRESETS`): background
+        subtraction, ``>`` or ``>=``, Manders' denominators, ICQ's zero products, the
+        Costes regression and stopping rule. Default: Huygens (``spec/coefficients.md``).
+    cytofluorogram : int, optional
+        Add the 2D histogram of the raw values in the mask with this many bins per
+        channel (``cytofluorogram`` over ``bin1, bin2``, edges in
+        ``cytofluorogram_edges1/2``); :func:`plot_cytofluorogram` draws it.
 
     Returns
     -------
@@ -274,7 +463,8 @@ def coefficients(
         ``van_steensel`` over ``shift`` (voxels: channel 1 shifted by +dx along the
         axis, pairs R(x - dx), G(x), no wrap-around, both voxels inside the mask);
         ``nan_reason`` (str over ``coefficient``): why a value is NaN, ``""`` where it
-        is defined; maps when asked for. ``attrs`` record the thresholds and semantics.
+        is defined; ``threshold`` (over ``channel``): the thresholds used (NaN: none);
+        maps when asked for. ``attrs`` record the thresholds and their semantics.
 
     Raises
     ------
@@ -284,7 +474,9 @@ def coefficients(
         coefficient (empty mask, zero variance, NaN voxels) give NaN with a reason.
     """
     frames = prepare_inputs(image1, image2, mask, spacing)
-    thresholds = resolve_thresholds(threshold, threshold_range)
+    conventions = _preset(preset)
+    thresholds = resolve_thresholds(threshold, threshold_range, preset)
+    automatic = isinstance(threshold, str) and threshold == "costes"
     shifts = _shift_values(van_steensel_shifts)
     if van_steensel_axis not in frames.spatial_dims:
         raise ValueError(
@@ -293,32 +485,46 @@ def coefficients(
         )
     axis = frames.spatial_dims.index(van_steensel_axis)
     n_shifts = 0 if shifts is None else len(shifts)
-    n_values = len(COEFFICIENT_NAMES) + n_shifts
-    n_reasons = len(COEFFICIENT_NAMES) + (shifts is not None)
+    if cytofluorogram is not None and (not isinstance(cytofluorogram, (int, np.integer))
+                                       or isinstance(cytofluorogram, bool) or cytofluorogram < 1):
+        raise ValueError(f"cytofluorogram is {cytofluorogram!r}; give the number of bins per channel "
+                         f"(e.g. 256), or None for no cytofluorogram.")
+    layout = _layout(None if shifts is None else n_shifts, automatic, cytofluorogram)
+    n_values = sum(length for _, _, length in layout)
+    reason_names = list(COEFFICIENT_NAMES) + ["van_steensel"] * (shifts is not None) + ["costes"] * automatic
 
     values, reasons, frame_maps = [], [], []
     for index in range(frames.n_frames):
         image1_frame, image2_frame, mask_frame = _frame_arrays(frames, index)
         stats = _frame_statistics(image1_frame, image2_frame, mask_frame, thresholds)
+        costes = None
+        frame_thresholds = thresholds
+        if automatic:
+            found = dask.delayed(_automatic_thresholds, pure=True, nout=3)(stats, thresholds, conventions)
+            costes, frame_thresholds, stats = found[0], found[1], found[2]
         shifted = None
         if shifts is not None:
-            shifted = _frame_shifted_moments(image1_frame, image2_frame, mask_frame, thresholds, shifts, axis)
-        result = dask.delayed(_finalize_frame, pure=True, nout=2)(stats, shifted, thresholds, n_shifts)
+            shifted = _frame_shifted_moments(image1_frame, image2_frame, mask_frame, frame_thresholds, shifts, axis)
+        result = dask.delayed(_finalize_frame, pure=True, nout=2)(stats, shifted, frame_thresholds, costes,
+                                                                  n_shifts, cytofluorogram)
         values.append(da.from_delayed(result[0], shape=(n_values,), dtype=np.float64))
-        reasons.append(da.from_delayed(result[1], shape=(n_reasons,), dtype=REASON_DTYPE))
+        reasons.append(da.from_delayed(result[1], shape=(len(reason_names),), dtype=REASON_DTYPE))
         if maps:
-            frame_maps.append(_frame_maps(image1_frame, image2_frame, mask_frame, thresholds, stats))
+            frame_maps.append(_frame_maps(image1_frame, image2_frame, mask_frame, frame_thresholds, stats, costes))
 
     value_table = da.stack(values)
-    data_vars: dict[str, Any] = {
-        name: (("t",), value_table[:, k]) for k, name in enumerate(COEFFICIENT_NAMES)
-    }
-    reason_names = list(COEFFICIENT_NAMES)
+    data_vars: dict[str, Any] = {}
+    position = 0
+    for name, extra_dims, length in layout:
+        column = value_table[:, position] if not extra_dims else value_table[:, position:position + length]
+        if len(extra_dims) == 2:
+            column = column.reshape((column.shape[0], cytofluorogram, cytofluorogram))
+        data_vars[name] = (("t", *extra_dims), column)
+        position += length
     coords: dict[str, Any] = dict(frame_time_coords(frames))
+    coords["channel"] = ("channel", [1, 2])
     if shifts is not None:
-        data_vars["van_steensel"] = (("t", "shift"), value_table[:, len(COEFFICIENT_NAMES):])
         coords["shift"] = ("shift", shifts, {"units": "voxel", "axis": van_steensel_axis})
-        reason_names.append("van_steensel")
     data_vars["nan_reason"] = (("t", "coefficient"), da.stack(reasons))
     coords["coefficient"] = ("coefficient", reason_names)
     if maps:
@@ -329,7 +535,8 @@ def coefficients(
             if dim in frames.image1.coords:
                 coords[dim] = frames.image1.coords[dim]
 
-    dataset = xr.Dataset(data_vars, coords=coords, attrs=_attrs(frames, thresholds, van_steensel_axis, shifts))
+    attrs = _attrs(frames, thresholds, van_steensel_axis, shifts, preset, automatic)
+    dataset = xr.Dataset(data_vars, coords=coords, attrs=attrs)
     if not frames.time_series:
         dataset = dataset.isel(t=0, drop=True)
     if not frames.lazy:
@@ -337,18 +544,179 @@ def coefficients(
     return dataset
 
 
-def _attrs(frames: Frames, thresholds: Thresholds, axis_name: str, shifts: np.ndarray | None) -> dict[str, Any]:
+SIGNIFICANCE_FIELDS = ("observed_r", "null_mean", "null_sd", "p_value", "coloc2_p_value", "n_blocks")
+
+
+def _significance_of_frame(blocks: tuple[np.ndarray, np.ndarray], nulls: list[np.ndarray]) -> np.ndarray:
+    blocks1, blocks2 = blocks
+    null = np.concatenate(nulls)
+    if len(blocks1) < 2:
+        return np.concatenate([[np.nan] * 5, [len(blocks1)], null * np.nan])
+    x, y = blocks1.ravel(), blocks2.ravel()
+    x, y = x - x.mean(), y - y.mean()
+    denominator = np.sqrt(np.dot(x, x) * np.dot(y, y))
+    observed = float(np.dot(x, y) / denominator) if denominator > 0 else np.nan
+    summary = significance_summary(observed, null)
+    head = [observed, summary["null_mean"], summary["null_sd"], summary["p_value"], summary["coloc2_p_value"],
+            len(blocks1)]
+    return np.concatenate([head, null])
+
+
+def costes_significance(
+    image1: Any,
+    image2: Any,
+    mask: Any = None,
+    *,
+    psf_width: float,
+    n_randomizations: int = 200,
+    seed: int = 0,
+    tasks: int = 8,
+    spacing: float | Sequence[float] | None = None,
+) -> xr.Dataset:
+    """Costes' randomisation test of Pearson's r, per frame, shuffling inside the mask only.
+
+    The frame is tiled into blocks of one PSF width per axis (``psf_width`` over the
+    spacing: anisotropic in 3D). Only blocks that lie entirely inside the mask take part:
+    channel 1's blocks are permuted among them (Coloc 2 shuffles the mask's bounding box,
+    moving background into the cell), channel 2 stays, and Pearson r over those blocks'
+    voxels is recomputed ``n_randomizations`` times. Raw intensities (no threshold), as
+    Coloc 2. Each frame is loaded whole (2 float64 values per voxel in the mask's blocks).
+
+    Parameters
+    ----------
+    image1, image2, mask, spacing
+        As in :func:`coefficients`.
+    psf_width : float
+        Block size in the physical units of the spacing (e.g. the PSF FWHM).
+    n_randomizations : int
+        Number of shuffles per frame.
+    seed : int
+        Seeds every shuffle (independent streams per frame and task): same seed, same
+        result, on any cluster.
+    tasks : int
+        Tasks per frame the randomisations are split into (run in parallel).
+
+    Returns
+    -------
+    xarray.Dataset
+        ``costes_observed_r`` (r over the blocks inside the mask), ``costes_null_mean``,
+        ``costes_null_sd``, ``costes_p_value`` (``(#{null r >= observed} + 1) / (n + 1)``),
+        ``costes_coloc2_p_value`` (Coloc 2's normal-CDF value: near 1 = significant),
+        ``costes_n_blocks`` and ``costes_null_r`` (over ``randomization``). Lazy for Dask
+        input; NaN where fewer than 2 blocks lie inside the mask.
+    """
+    frames = prepare_inputs(image1, image2, mask, spacing)
+    if not isinstance(n_randomizations, (int, np.integer)) or n_randomizations < 1:
+        raise ValueError(f"n_randomizations is {n_randomizations!r}; give an integer >= 1.")
+    if not isinstance(tasks, (int, np.integer)) or tasks < 1:
+        raise ValueError(f"tasks is {tasks!r}; give an integer >= 1.")
+    block = block_shape(float(psf_width), frames.spacing)
+    n_tasks = min(int(tasks), int(n_randomizations))
+    counts = [len(part) for part in np.array_split(np.arange(n_randomizations), n_tasks)]
+    frame_seeds = np.random.SeedSequence(seed).spawn(frames.n_frames)
+    rows = []
+    for index in range(frames.n_frames):
+        mask_frame = frames.mask_frame(index)
+        blocks = dask.delayed(mask_blocks, pure=True, nout=2)(
+            frames.image1.data[index], frames.image2.data[index],
+            None if mask_frame is None else mask_frame.data, block,
+        )
+        nulls = [
+            dask.delayed(randomized_pearson, pure=True)(blocks[0], blocks[1], count, task_seed)
+            for count, task_seed in zip(counts, frame_seeds[index].spawn(n_tasks))
+        ]
+        row = dask.delayed(_significance_of_frame, pure=True)((blocks[0], blocks[1]), nulls)
+        rows.append(da.from_delayed(row, shape=(len(SIGNIFICANCE_FIELDS) + n_randomizations,), dtype=np.float64))
+    table = da.stack(rows)
+    data_vars = {f"costes_{name}": (("t",), table[:, k]) for k, name in enumerate(SIGNIFICANCE_FIELDS)}
+    data_vars["costes_null_r"] = (("t", "randomization"), table[:, len(SIGNIFICANCE_FIELDS):])
+    attrs = {
+        "block_shape_voxels": list(block),
+        "psf_width": float(psf_width),
+        "units": frames.units,
+        "spacing": list(frames.spacing),
+        "n_randomizations": int(n_randomizations),
+        "seed": int(seed),
+        "method": (
+            "Costes randomisation: channel 1's blocks that lie entirely inside the mask are "
+            "permuted among themselves; Pearson r over those blocks' voxels, raw intensities"
+        ),
+        "coloc2_p_value": "normal CDF of the observed r under N(null mean, null SD), as Coloc 2 reports it",
+    }
+    dataset = xr.Dataset(data_vars, coords=frame_time_coords(frames), attrs=attrs)
+    if not frames.time_series:
+        dataset = dataset.isel(t=0, drop=True)
+    if not frames.lazy:
+        dataset = dataset.compute(scheduler="threads")
+    return dataset
+
+
+def plot_cytofluorogram(dataset: xr.Dataset, path: str, t: int | None = None) -> None:
+    """Write a frame's cytofluorogram as a PNG, with the regression line and thresholds.
+
+    Parameters
+    ----------
+    dataset : xarray.Dataset
+        A result of :func:`coefficients` computed with ``cytofluorogram=bins``.
+    path : str
+        The PNG file to write.
+    t : int, optional
+        Frame index for a time series.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import LogNorm
+
+    if "cytofluorogram" not in dataset:
+        raise ValueError("the dataset has no cytofluorogram; compute it with coefficients(..., cytofluorogram=256).")
+    frame = dataset.isel(t=t) if "t" in dataset.dims else dataset
+    counts = np.asarray(frame.cytofluorogram.values, dtype=float)
+    edges1 = np.asarray(frame.cytofluorogram_edges1.values)
+    edges2 = np.asarray(frame.cytofluorogram_edges2.values)
+    figure, axes = plt.subplots(figsize=(5.5, 5))
+    shown = np.where(counts > 0, counts, np.nan).T
+    image = axes.pcolormesh(edges1, edges2, shown, norm=LogNorm(vmin=1, vmax=max(np.nanmax(counts), 1)),
+                            cmap="viridis", shading="flat")
+    figure.colorbar(image, ax=axes, label="voxels")
+    if "costes_slope" in frame and np.isfinite(float(frame.costes_slope)):
+        x = np.array([edges1[0], edges1[-1]])
+        axes.plot(x, float(frame.costes_slope) * x + float(frame.costes_intercept), "k-", lw=1,
+                  label="regression line")
+    levels = np.asarray(frame.threshold.values, dtype=float)
+    if np.isfinite(levels[0]):
+        axes.axvline(levels[0], color="r", lw=1, label=f"threshold 1 = {levels[0]:.4g}")
+    if np.isfinite(levels[1]):
+        axes.axhline(levels[1], color="orange", lw=1, label=f"threshold 2 = {levels[1]:.4g}")
+    axes.set_xlim(edges1[0], edges1[-1])
+    axes.set_ylim(edges2[0], edges2[-1])
+    axes.set_xlabel("channel 1 intensity")
+    axes.set_ylabel("channel 2 intensity")
+    axes.set_title(f"cytofluorogram (pearson r = {float(frame.pearson):.3f})")
+    if axes.get_legend_handles_labels()[0]:
+        axes.legend(loc="upper left", fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def _attrs(frames: Frames, thresholds: Thresholds, axis_name: str, shifts: np.ndarray | None,
+           preset: str, automatic: bool) -> dict[str, Any]:
     def level(channel: ChannelThreshold) -> Any:
+        if automatic:
+            return "costes (per frame: variable 'threshold')"
         return "none" if channel.level is None else channel.level
 
+    manual = thresholds.channel1.level is not None or thresholds.channel2.level is not None
     return {
+        "preset": preset,
         "threshold_channel1": level(thresholds.channel1),
         "threshold_channel2": level(thresholds.channel2),
         "threshold_range_channel1": thresholds.channel1.soft_range,
         "threshold_range_channel2": thresholds.channel2.soft_range,
-        "threshold_method": "manual" if (thresholds.channel1.level is not None
-                                         or thresholds.channel2.level is not None) else "none",
-        "threshold_semantics": THRESHOLD_SEMANTICS,
+        "threshold_method": "costes" if automatic else ("manual" if manual else "none"),
+        "threshold_semantics": THRESHOLD_SEMANTICS if preset == "huygens" else PRESET_SEMANTICS[preset],
         "rank_method": (
             "exact average ranks from the joint histogram of the frame inside the mask "
             "(distinct value pairs with counts, merged over chunks; no global sort)"

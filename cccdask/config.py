@@ -249,8 +249,10 @@ class ClusterConfig(_Section):
 class ExecutionConfig(_Section):
     """How frames become tasks, and the Dask settings of the run."""
 
-    frames_per_task: int = Field(
-        1, ge=1, description="Frames per task (and per store chunk along t). Raise for tiny frames."
+    frames_per_task: Union[Literal["auto"], int] = Field(
+        "auto",
+        description="Frames per task (and per store chunk along t). 'auto': 1 for large frames, "
+        "more for small ones (about 4 Mvoxels per task, at least ~16 tasks).",
     )
     retries: int = Field(1, ge=0, description="Times a task that raised is retried.")
     memory_target: Optional[float] = Field(
@@ -269,6 +271,13 @@ class ExecutionConfig(_Section):
         default_factory=dict,
         description="Other Dask settings, e.g. {'distributed.scheduler.allowed-failures': 5}.",
     )
+
+    @field_validator("frames_per_task")
+    @classmethod
+    def _positive(cls, value):
+        if value != "auto" and value < 1:
+            raise ValueError("frames_per_task must be 'auto' or an integer >= 1")
+        return value
 
     def dask_settings(self) -> dict[str, Any]:
         """The Dask config keys this section sets."""

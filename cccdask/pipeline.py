@@ -46,6 +46,7 @@ from cccdask.io.store import (
 
 FIT_FAILED_REASON = "no valid Gaussian fit (sigma <= pixel size, mean < -pixel size, height < 0 or no convergence)"
 GENERATED_MASK = "generated_mask"
+AUTO_VOXELS_PER_TASK = 2**22
 _PREPROCESS_NAMES = {"shift": "chromatic_shift"}
 
 
@@ -98,6 +99,19 @@ def _read_shared(spec: SourceSpec, mtime_ns: int) -> np.ndarray:
     return _read_frame(spec, 0)
 
 
+def resolve_frames_per_task(setting: int | str, frame_shape: tuple[int, ...], n_frames: int) -> int:
+    """Frames per task: the setting, or for "auto" enough frames for ~4 Mvoxels of work.
+
+    Small frames are batched so that reading, writing and scheduling are shared by
+    several frames; a series always keeps at least ~16 tasks to spread over workers.
+    """
+    if setting != "auto":
+        return int(setting)
+    by_size = math.ceil(AUTO_VOXELS_PER_TASK / max(math.prod(frame_shape), 1))
+    by_count = math.ceil(n_frames / 16)
+    return int(max(1, min(by_size, by_count, 64)))
+
+
 @dataclass(frozen=True)
 class FramePlan:
     """Everything a task needs, small enough to travel with every task.
@@ -139,6 +153,7 @@ class FramePlan:
     shared_generated_mask: bool = False
     background_regions: tuple[SourceSpec | None, SourceSpec | None] = (None, None)
     variables: tuple = ()
+    frames_per_task: int = 1
 
     def geometry(self):
         from cccdask.kernels.profile import profile_geometry
@@ -228,21 +243,40 @@ def analyse_frame(
     return outputs, FRAME_OK, ""
 
 
-def _frame_inputs(plan: FramePlan, index: int):
-    image1 = _read_frame(plan.image1, index)
-    image2 = _read_frame(plan.image2, index)
+def _read_batch(spec: SourceSpec | None, start: int, stop: int):
+    """Frames ``start..stop-1`` of an input as one lazy array (None when absent).
+
+    One Dask compute per batch and input: the graph of a long series is culled once
+    per task, not once per frame.
+    """
+    if spec is None:
+        return None
+    array = spec.open()
+    if "t" in array.dims:
+        return array.isel(t=slice(start, stop)).data
+    return array.data[None]  # a single frame (or a shared mask): the same for every frame
+
+
+def _batch_inputs(plan: FramePlan, start: int, stop: int):
+    """The input arrays of frames ``start..stop-1``, read from storage in one go."""
+    mask_spec = plan.mask if plan.mask_per_frame else None
+    lazy = [_read_batch(s, start, stop) for s in (plan.image1, plan.image2, mask_spec) + tuple(plan.background_regions)]
+    present = [a for a in lazy if a is not None]
+    values = iter(dask.compute(*present, scheduler="synchronous"))
+    image1, image2, masks, *regions = [None if a is None else next(values) for a in lazy]
     if plan.shared_generated_mask:
-        mask = _read_generated_mask(plan.store, plan.identity)
-    elif plan.mask is None:
-        mask = None
-    elif plan.mask_per_frame:
-        mask = _read_frame(plan.mask, index)
+        shared = _read_generated_mask(plan.store, plan.identity)
+    elif plan.mask is not None and not plan.mask_per_frame:
+        shared = _read_shared(plan.mask, os.stat(plan.mask.path).st_mtime_ns)
     else:
-        mask = _read_shared(plan.mask, os.stat(plan.mask.path).st_mtime_ns)
-    regions = tuple(
-        None if spec is None else _read_frame(spec, index) for spec in plan.background_regions
-    )
-    return image1, image2, mask, regions
+        shared = None
+
+    def frame(batch, k):
+        return None if batch is None else batch[min(k, len(batch) - 1)]
+
+    for k in range(stop - start):
+        mask = shared if masks is None else masks[k]
+        yield frame(image1, k), frame(image2, k), mask, tuple(frame(r, k) for r in regions)
 
 
 @lru_cache(maxsize=2)
@@ -264,8 +298,8 @@ def compute_frames(plan: FramePlan, start: int, stop: int) -> list[tuple[int, in
     dtypes = {name: dtype for name, _, dtype, _ in plan.variables}
     geometry = plan.geometry()
     outcomes = []
-    for k, index in enumerate(range(start, stop)):
-        outputs, status, reason = analyse_frame(plan, *_frame_inputs(plan, index), geometry=geometry)
+    for k, (index, inputs) in enumerate(zip(range(start, stop), _batch_inputs(plan, start, stop))):
+        outputs, status, reason = analyse_frame(plan, *inputs, geometry=geometry)
         for name, (_, value) in outputs.items():
             if name in arrays:
                 arrays[name][k] = np.asarray(value).astype(dtypes[name], copy=False)
@@ -453,37 +487,40 @@ def _coefficient_coords(plan: FramePlan) -> dict:
     return coords
 
 
-def estimate_task_memory(plan: FramePlan, inputs: RunInputs, frames_per_task: int) -> int:
+def estimate_task_memory(config: PipelineConfig, frames, frames_per_task: int) -> int:
     """Bytes one task needs at its peak (an estimate, on the safe side).
 
-    Inputs as read, float32 working copies, the padded FFT buffers and spectra of the
-    correlations, correlograms, contribution images and coefficient maps; image-sized
-    outputs are held for the whole batch before they are written.
+    Inputs as read (the whole batch), float32 working copies, the padded FFT buffers
+    and spectra of the correlations, the correlograms, contribution images and
+    coefficient maps (image outputs are held for the batch). Needs only the frame
+    shape: it runs before anything is planned.
     """
     from cccdask.kernels.correlate import padded_shape
+    from cccdask.kernels.profile import shift_range
 
-    frames = inputs.frames
-    geometry = plan.geometry()
-    voxels = math.prod(frames.frame_shape)
-    item = np.dtype(plan.ccc["dtype"]).itemsize
-    padded = math.prod(padded_shape(frames.frame_shape, geometry.shift_lo, geometry.shift_hi))
+    shape = tuple(frames.frame_shape)
+    voxels = math.prod(shape)
+    item = np.dtype(config.ccc.dtype).itemsize
+    lo, hi = shift_range(shape, tuple(frames.spacing), config.ccc.max_distance)
+    padded = math.prod(padded_shape(shape, lo, hi))
+    ccf = math.prod(h - l + 1 for l, h in zip(lo, hi))
     read = voxels * (frames.image1.dtype.itemsize + frames.image2.dtype.itemsize
                      + (frames.mask.dtype.itemsize if frames.mask is not None else 0))
     working = voxels * item * 3 + voxels  # masked images, mean-subtracted image, bool mask
     ffts = padded * item * 2 + (padded // 2 + 1) * 2 * item * 3  # real buffers + 3 half spectra
-    ccfs = math.prod(geometry.ccf_shape) * item * 3
-    outputs = 0
-    for name, shape, dtype, _ in plan.variables:
-        size = math.prod(shape) * np.dtype(dtype).itemsize if np.dtype(dtype).kind != "O" else 64
-        outputs += size * frames_per_task
-    extra = 0
-    if plan.ccc["contributions"]:
-        extra += padded * item * 3
-    if plan.coefficients is not None:
-        extra += voxels * 8 * 6  # float64 channels, ranks and products
-    if plan.preprocess is not None:
-        extra += voxels * 4 * 3
-    return int(1.25 * (read + working + ffts + ccfs + outputs + extra))
+    ccfs = ccf * item * 3 + ccf * 8 * 2  # correlograms, distance keys
+    images = 0
+    if config.ccc.contributions:
+        images += voxels * item * 2 * frames_per_task + padded * item * 3
+    if config.ccc.intermediates:
+        images += ccf * item * 3 * frames_per_task
+    if config.coefficients is not None:
+        images += voxels * 8 * 6  # float64 channels, ranks and products
+        if config.coefficients.maps:
+            images += voxels * 8 * 8 * frames_per_task
+    if config.preprocessing is not None:
+        images += voxels * 4 * 3
+    return int(1.25 * (read * frames_per_task + working + ffts + ccfs + images))
 
 
 def _check_memory(estimate: int, per_thread: float | None, frame_shape) -> None:
@@ -567,15 +604,37 @@ def output_state(config: PipelineConfig) -> str:
     PermissionError, FileExistsError, StoreConflictError
         As :func:`run` would, without touching anything.
     """
-    path = Path(config.output.store)
+    return _output_state(Path(config.output.store), run_identity(config, open_inputs(config).frames),
+                         config.output.overwrite)
+
+
+def run_identity(config: PipelineConfig, frames) -> str:
+    """The identity hash of a run: its analysis settings and what its inputs hold.
+
+    A store is resumed only by a run of the same identity; the frame count, frame shape,
+    dtypes and spacing are included so that a changed input file is never resumed into.
+    """
+    identity = config.analysis_identity()
+    identity["inputs_seen"] = {
+        "n_frames": frames.n_frames,
+        "frame_shape": list(frames.frame_shape),
+        "spacing": list(frames.spacing),
+        "units": frames.units,
+        "dtypes": [str(frames.image1.dtype), str(frames.image2.dtype),
+                   None if frames.mask is None else str(frames.mask.dtype)],
+        "mask_dims": None if frames.mask is None else list(frames.mask.dims),
+    }
+    return results_store.identity_hash(identity)
+
+
+def _output_state(path: Path, identity: str, overwrite: bool) -> str:
     check_output_location(path)
     if not path.exists():
         return "new"
     attrs = results_store.read_store_attrs(path)
-    identity = results_store.identity_hash(config.analysis_identity())
     if attrs is not None and attrs.get("identity_hash") == identity:
         return "resume"
-    if attrs is not None and config.output.overwrite:
+    if attrs is not None and overwrite:
         return "replace"
     if path.is_dir() and not any(path.iterdir()):
         return "new"
@@ -685,7 +744,7 @@ def plan_run(config: PipelineConfig, inputs: RunInputs, identity: str, settings=
         shared_generated_mask=shared_generated,
         background_regions=regions,
     )
-    fpt = config.execution.frames_per_task
+    fpt = resolve_frames_per_task(config.execution.frames_per_task, tuple(frames.frame_shape), frames.n_frames)
     layouts, extra_dims = _output_layout(plan, frames.n_frames, inputs.chunks, fpt)
     layouts = [replace(v, attrs=_variable_attrs(v.name, frames.units)) for v in layouts]
     coefficient_coords = _coefficient_coords(plan)
@@ -694,7 +753,7 @@ def plan_run(config: PipelineConfig, inputs: RunInputs, identity: str, settings=
     variables = tuple(
         (v.name, v.shape[1:], v.dtype, v.fill_value) for v in layouts
     )
-    plan = replace(plan, variables=variables)
+    plan = replace(plan, variables=variables, frames_per_task=fpt)
     image1 = frames.image1
     layout = StoreLayout(
         n_frames=frames.n_frames,
@@ -778,18 +837,18 @@ def run(
     log = log or (lambda message: None)
     overwrite = config.output.overwrite if overwrite is None else overwrite
     path = Path(config.output.store)
-    identity = results_store.identity_hash(config.analysis_identity())
-
     inputs = open_inputs(config)
-    check_output_location(path)
-    resume = _existing_store(path, identity, overwrite)
-    settings = _prepare_preprocessing(config, inputs, log)
-    plan, layout = plan_run(config, inputs, identity, settings)
-    fpt = config.execution.frames_per_task
-    estimate = estimate_task_memory(plan, inputs, fpt)
+    identity = run_identity(config, inputs.frames)
+    _output_state(path, identity, overwrite)  # refuse a conflicting store before starting a cluster
+    frames = inputs.frames
+    fpt = resolve_frames_per_task(config.execution.frames_per_task, tuple(frames.frame_shape), frames.n_frames)
+    estimate = estimate_task_memory(config, frames, fpt)
 
     with connect(config.cluster, config.execution, log=log) as cluster:
-        _check_memory(estimate, cluster.memory_per_thread(), inputs.frames.frame_shape)
+        _check_memory(estimate, cluster.memory_per_thread(), frames.frame_shape)
+        resume = _existing_store(path, identity, overwrite)
+        settings = _prepare_preprocessing(config, inputs, log)
+        plan, layout = plan_run(config, inputs, identity, settings)
         if not resume:
             shared_mask = _shared_generated_mask(settings, inputs, plan)
             if shared_mask is not None:
@@ -829,7 +888,6 @@ def _submit(cluster, plan: FramePlan, todo, completion: _Completion, retries: in
 
     client = cluster.client
     tag = uuid.uuid4().hex[:8]
-    plan_future = client.scatter(plan, broadcast=True, hash=False) if todo else None
     queue = list(reversed(todo))
     failures = []
 
@@ -839,7 +897,7 @@ def _submit(cluster, plan: FramePlan, todo, completion: _Completion, retries: in
     def submit_one(batch):
         start, stop = batch
         future = client.submit(
-            compute_frames, plan_future, start, stop, key=f"cccdask-frames-{start}-{tag}",
+            compute_frames, plan, start, stop, key=f"cccdask-frames-{start}-{tag}",
             retries=retries, pure=False,
         )
         batches[future.key] = batch

@@ -18,16 +18,17 @@ from __future__ import annotations
 
 import itertools
 import math
+import operator
 import os
-from typing import Any, Sequence
+from typing import Sequence
 
-import dask
 import dask.array as da
 from dask.base import tokenize
-from dask.delayed import Delayed
 from dask.graph_manipulation import bind
+from dask.highlevelgraph import HighLevelGraph, MaterializedLayer
 import numpy as np
 import psutil
+import xarray as xr
 
 from cccdask.frames import InvalidFrameError, prepare_inputs
 from cccdask.kernels.correlate import MODES, padded_shape
@@ -164,80 +165,25 @@ def _one_frame(image1, image2, mask, spacing):
             f"the tiled functions take one frame, got a time series of {frames.n_frames}; "
             f"select a frame first (e.g. image.isel(t=i))."
         )
+
+    def data(given, prepared):
+        # the user's own array, without the graph layers of the added "t" dim
+        if given is None or isinstance(given, (np.ndarray, da.Array)):
+            return given
+        if isinstance(given, xr.DataArray):
+            spatial = [d for d in prepared.dims if d != "t"]
+            return given.data[0] if "t" in given.dims else given.transpose(*spatial).data
+        return prepared.data[0] if "t" in prepared.dims else prepared.data
+
     mask_frame = frames.mask_frame(0)
-    return (frames.image1.data[0], frames.image2.data[0],
-            None if mask_frame is None else mask_frame.data, frames.spacing)
+    return (data(image1, frames.image1), data(image2, frames.image2), data(mask, mask_frame),
+            frames.spacing)
 
 
 def _as_dask(array, tile_shape):
     if array is None or isinstance(array, da.Array):
         return array
     return da.from_array(np.asarray(array), chunks=tile_shape)
-
-
-def _chunk_grid(array: da.Array | None, after=None):
-    """One Delayed per chunk of ``array`` (and the chunks), read once ``after`` is computed.
-
-    Binding the reads to ``after`` (e.g. the mean under the mask) gives them keys of
-    their own (the earlier pass reads the chunks separately) and keeps the scheduler
-    from reading the whole frame ahead while ``after`` is still being computed.
-    """
-    if array is None:
-        return None
-    if after is not None:
-        array = bind(array, after, seed=tokenize(array, after))
-    return array.to_delayed(optimize_graph=True), array.chunks
-
-
-def _region(source, index: tuple[slice, ...]):
-    """The pieces of the chunks that cover ``array[index]``, and where each goes.
-
-    Returns ``(pieces, places, shape)``: Delayed slices of chunks (only those slices
-    travel to the task), their position in the region as ``(start, stop)`` per axis,
-    and the region's shape; :func:`_assemble` puts them together in the task.
-    """
-    if source is None:
-        return None
-    grid, chunks = source
-    per_axis = []
-    for sl, sizes in zip(index, chunks):
-        bounds = np.cumsum((0,) + tuple(sizes))
-        items = []
-        for i in range(int(np.searchsorted(bounds, sl.start, side="right")) - 1, len(sizes)):
-            if bounds[i] >= sl.stop:
-                break
-            lo, hi = max(sl.start, int(bounds[i])), min(sl.stop, int(bounds[i + 1]))
-            items.append((i, slice(lo - int(bounds[i]), hi - int(bounds[i])), sizes[i],
-                          (lo - sl.start, hi - sl.start)))
-        per_axis.append(items)
-    pieces, places = [], []
-    for combination in itertools.product(*per_axis):
-        block = grid[tuple(c[0] for c in combination)]
-        whole = all(c[1] == slice(0, c[2]) for c in combination)
-        pieces.append(block if whole else block[tuple(c[1] for c in combination)])
-        places.append(tuple(c[3] for c in combination))
-    return pieces, places, tuple(sl.stop - sl.start for sl in index)
-
-
-def _assemble(region) -> np.ndarray | None:
-    """The region's array from its pieces (see :func:`_region`)."""
-    if region is None:
-        return None
-    pieces, places, shape = region
-    if len(pieces) == 1:
-        return np.asarray(pieces[0])
-    out = np.empty(shape, dtype=np.asarray(pieces[0]).dtype)
-    for piece, place in zip(pieces, places):
-        out[tuple(slice(a, b) for a, b in place)] = piece
-    return out
-
-
-def _tiles(frame_shape, tile_shape):
-    """Index and slices of every tile of a regular grid (edge tiles may be smaller)."""
-    starts = [range(0, n, t) for n, t in zip(frame_shape, tile_shape)]
-    for position, origin in zip(itertools.product(*(range(len(s)) for s in starts)),
-                                itertools.product(*starts)):
-        yield position, tuple(slice(o, min(o + t, n)) for o, t, n in zip(origin, tile_shape, frame_shape))
 
 
 def _check_tile_shape(tile_shape, frame_shape):
@@ -248,6 +194,84 @@ def _check_tile_shape(tile_shape, frame_shape):
             f"frame's {len(frame_shape)} axes."
         )
     return tuple(min(t, n) for t, n in zip(tile_shape, frame_shape))
+
+
+def _tiles(frame_shape, tile_shape):
+    """Grid position and slices of every tile (edge tiles may be smaller)."""
+    starts = [range(0, n, t) for n, t in zip(frame_shape, tile_shape)]
+    for position, origin in zip(itertools.product(*(range(len(s)) for s in starts)),
+                                itertools.product(*starts)):
+        yield position, tuple(slice(o, min(o + t, n)) for o, t, n in zip(origin, tile_shape, frame_shape))
+
+
+class _TileGraph:
+    """The tasks of one tiled computation, gathered into one graph layer.
+
+    Tasks are read from the chunks of the input arrays: a region (tile or tile plus
+    halo) is the list of the slices of the chunks that cover it, each slice its own
+    small task, so only the region travels to the task that uses it.
+    """
+
+    def __init__(self, prefix: str, token: str, arrays: Sequence[da.Array]):
+        self.name = f"{prefix}-{token}"
+        self.tasks: dict = {}
+        self.arrays = [a for a in arrays if a is not None]
+        self._pieces = 0
+
+    def region(self, array: da.Array | None, index: tuple[slice, ...]):
+        """``(piece keys, places, shape)`` of ``array[index]`` for :func:`_assemble`."""
+        if array is None:
+            return None
+        per_axis = []
+        for sl, sizes in zip(index, array.chunks):
+            bounds = np.cumsum((0,) + tuple(sizes))
+            first = int(np.searchsorted(bounds, sl.start, side="right")) - 1
+            items = []
+            for i in range(first, len(sizes)):
+                if bounds[i] >= sl.stop:
+                    break
+                lo, hi = max(sl.start, int(bounds[i])), min(sl.stop, int(bounds[i + 1]))
+                items.append((i, slice(lo - int(bounds[i]), hi - int(bounds[i])), int(sizes[i]),
+                              (lo - sl.start, hi - sl.start)))
+            per_axis.append(items)
+        pieces, places = [], []
+        for combination in itertools.product(*per_axis):
+            chunk_key = (array.name, *(c[0] for c in combination))
+            if all(c[1] == slice(0, c[2]) for c in combination):
+                pieces.append(chunk_key)
+            else:
+                key = (f"{self.name}-piece", self._pieces)
+                self._pieces += 1
+                self.tasks[key] = (operator.getitem, chunk_key, tuple(c[1] for c in combination))
+                pieces.append(key)
+            places.append([c[3] for c in combination])
+        return [pieces, np.array(places, dtype=np.int64), tuple(sl.stop - sl.start for sl in index)]
+
+    def graph(self) -> HighLevelGraph:
+        return HighLevelGraph.from_collections(self.name, self.tasks, dependencies=self.arrays)
+
+
+def _output(graph: HighLevelGraph, layer: str, name: str, task, shape, dtype) -> da.Array:
+    """A one-chunk Dask array whose chunk is ``task`` on top of ``graph``'s ``layer``."""
+    key = (name,) + (0,) * len(shape)
+    layers = dict(graph.layers)
+    layers[name] = MaterializedLayer({key: task})
+    dependencies = dict(graph.dependencies)
+    dependencies[name] = {layer}
+    return da.Array(HighLevelGraph(layers, dependencies), name, tuple((n,) for n in shape), dtype=dtype)
+
+
+def _assemble(region) -> np.ndarray | None:
+    """A region's array from its pieces (see :meth:`_TileGraph.region`)."""
+    if region is None:
+        return None
+    pieces, places, shape = region
+    if len(pieces) == 1:
+        return np.asarray(pieces[0])
+    out = np.empty(shape, dtype=np.asarray(pieces[0]).dtype)
+    for piece, place in zip(pieces, places):
+        out[tuple(slice(a, b) for a, b in place)] = piece
+    return out
 
 
 def _inside(mask_block) -> np.ndarray | None:
@@ -313,11 +337,18 @@ def _finish(totals, statistics, crop, dtype) -> list[np.ndarray]:
     return [(t[crop] / statistics[1]).astype(dtype) for t in totals]
 
 
-def _tree_sum(parts: list) -> Any:
-    while len(parts) > 1:
-        parts = [dask.delayed(_sum_partials, pure=True)(parts[i:i + SPLIT_EVERY])
-                 for i in range(0, len(parts), SPLIT_EVERY)]
-    return dask.delayed(_sum_partials, pure=True)(parts)
+def _frame_sums(image1, image2, mask, dtype) -> da.Array:
+    """[sum of image 1 in the mask, count, non-finite voxels of image 1, of image 2] (lazy)."""
+    values1 = image1.astype(dtype)
+    nonfinite1 = ~da.isfinite(values1)
+    nonfinite2 = ~da.isfinite(image2.astype(dtype))
+    if mask is None:
+        sums = [values1.sum(dtype=np.float64), math.prod(image1.shape), nonfinite1.sum(), nonfinite2.sum()]
+    else:
+        inside = mask != 0
+        sums = [da.where(inside, values1, 0).sum(dtype=np.float64), inside.sum(),
+                (nonfinite1 & inside).sum(), (nonfinite2 & inside).sum()]
+    return da.stack([da.asarray(s).astype(np.float64) for s in sums]).rechunk(-1)
 
 
 # --------------------------------------------------------------------------- public
@@ -328,11 +359,17 @@ def tiled_correlograms(image1, image2, mask, spacing, max_distance: float, *,
                        dtype="float32") -> dict[str, da.Array]:
     """Original and subtracted correlograms of one frame restricted to R, tile by tile.
 
+    Two passes over the frame: the reductions (sum of image 1 in the mask, mask count,
+    NaN/Inf check), then one task per tile correlating its masked image 1 (I1m and L)
+    with its masked image 2 grown by the halo (one forward FFT of image 2 for both).
+    The second pass reads the frame again and only once the first is done, so no
+    chunk waits in memory between them. A tree reduction sums the partial correlograms.
+
     Parameters
     ----------
     image1, image2 : array-like
         One 2D ``(y, x)`` or 3D ``(z, y, x)`` frame each: Dask (never loaded whole),
-        NumPy or xarray.
+        NumPy or xarray. Dask chunks should be no larger than a tile.
     mask : array-like or None
         Non-zero = inside; None = every voxel inside.
     spacing : float or sequence of float, optional
@@ -376,41 +413,47 @@ def tiled_correlograms(image1, image2, mask, spacing, max_distance: float, *,
     tile_shape = _check_tile_shape(tile_shape, frame_shape)
     image1, image2, mask = (_as_dask(a, tile_shape) for a in (image1, image2, mask))
 
-    inside = None if mask is None else mask != 0
-    values1 = image1.astype(dtype)
-    nonfinite1 = ~da.isfinite(values1)
-    nonfinite2 = ~da.isfinite(image2.astype(dtype))
-    if inside is None:
-        sums = [values1.sum(dtype=np.float64), math.prod(frame_shape),
-                nonfinite1.sum(), nonfinite2.sum()]
-    else:
-        sums = [da.where(inside, values1, 0).sum(dtype=np.float64), inside.sum(),
-                (nonfinite1 & inside).sum(), (nonfinite2 & inside).sum()]
-    sums = da.stack([da.asarray(s).astype(np.float64) for s in sums]).rechunk(-1)
-    statistics = dask.delayed(_frame_statistics, pure=True, nout=2)(
-        sums.to_delayed(optimize_graph=True).item(), float(np.prod(spacing)))
+    sums = _frame_sums(image1, image2, mask, dtype)
+    token = tokenize(image1, image2, mask, spacing, max_distance, tile_shape, mode, dtype)
+    inputs = bind([a for a in (image1, image2, mask) if a is not None], sums, seed=token, assume_layers=False)
+    image1, image2 = inputs[:2]
+    mask = inputs[2] if mask is not None else None
+    graph = _TileGraph("tiled-correlograms", token, [image1, image2, mask, sums])
+    statistics = (f"{graph.name}-statistics",)
+    graph.tasks[statistics] = (_frame_statistics, (sums.name, 0), float(np.prod(spacing)))
 
-    sources = [_chunk_grid(a, after=statistics) for a in (image1, image2, mask)]
     partials = []
-    for _, tile in _tiles(frame_shape, tile_shape):
+    for position, tile in _tiles(frame_shape, tile_shape):
         halo = tuple(slice(max(0, t.start - k), min(n, t.stop + k))
                      for t, k, n in zip(tile, max_shift, frame_shape))
         zero_halo = tuple((k - (t.start - h.start), k - (h.stop - t.stop))
                           for t, h, k in zip(tile, halo, max_shift))
         tile_in_region = tuple(slice(t.start - h.start, t.stop - h.start) for t, h in zip(tile, halo))
-        partials.append(dask.delayed(_tile_partials, pure=True)(
-            _region(sources[0], tile), _region(sources[1], halo), _region(sources[2], halo),
-            tile_in_region,
-            zero_halo, statistics, max_shift, mode, dtype))
-
+        key = (f"{graph.name}-tile", *position)
+        graph.tasks[key] = (_tile_partials, graph.region(image1, tile), graph.region(image2, halo),
+                            graph.region(mask, halo), tile_in_region, zero_halo, statistics,
+                            max_shift, mode, dtype)
+        partials.append(key)
+    level = 0
+    while len(partials) > 1 or level == 0:
+        groups = [partials[i:i + SPLIT_EVERY] for i in range(0, len(partials), SPLIT_EVERY)]
+        partials = [(f"{graph.name}-sum", level, i) for i in range(len(groups))]
+        graph.tasks.update({key: (_sum_partials, group) for key, group in zip(partials, groups)})
+        level += 1
+    finished = (f"{graph.name}-finish",)
     crop = tuple(slice(k + lo, k + hi + 1) for k, lo, hi in zip(max_shift, shift_lo, shift_hi))
-    finished = dask.delayed(_finish, pure=True, nout=2)(_tree_sum(partials), statistics, crop, dtype)
+    graph.tasks[finished] = (_finish, partials[0], statistics, crop, dtype)
+
+    hlg = graph.graph()
     ccf_shape = tuple(hi - lo + 1 for lo, hi in zip(shift_lo, shift_hi))
     names = [n for n, modes in (("original", ("full", "correlation")),
                                 ("subtracted", ("full", "no_confidence"))) if mode in modes]
-    out = {name: da.from_delayed(finished[i], shape=ccf_shape, dtype=dtype) for i, name in enumerate(names)}
-    out["mean"] = da.from_delayed(statistics[0], shape=(), dtype=np.float64)
-    out["mask_volume"] = da.from_delayed(statistics[1], shape=(), dtype=np.float64)
+    out = {name: _output(hlg, graph.name, f"tiled-{name}-{token}", (operator.getitem, finished, i),
+                         ccf_shape, dtype)
+           for i, name in enumerate(names)}
+    for i, name in enumerate(("mean", "mask_volume")):
+        out[name] = _output(hlg, graph.name, f"tiled-{name}-{token}", (operator.getitem, statistics, i),
+                            (), np.float64)
     return out
 
 
@@ -424,9 +467,9 @@ def _tile_contributions(image1_box, image2_box, mask_box, take, gauss, dtype) ->
     return np.stack(contribution_tile(image1_extended, image2_extended, gauss)).astype(dtype, copy=False)
 
 
-def _symmetric_kernel(gauss, shift_lo) -> np.ndarray:
+def _symmetric_kernel(gauss, shift_lo, dtype) -> np.ndarray:
     """The kernel padded with zeros to ``2K + 1`` per axis, zero shift at the centre."""
-    gauss = np.asarray(gauss)
+    gauss = np.asarray(gauss, dtype=dtype)
     pads = []
     for n, lo in zip(gauss.shape, shift_lo):
         hi = n - 1 + lo
@@ -449,8 +492,9 @@ def tiled_contributions(image1, image2, gauss_correlogram, *, mask=None,
     ----------
     image1, image2 : array-like
         One 2D or 3D frame each (Dask, NumPy or xarray); never loaded whole.
-    gauss_correlogram : numpy.ndarray, dask.array.Array or dask Delayed
-        G, the Gaussian-modified (cropped) correlogram; may be lazy.
+    gauss_correlogram : numpy.ndarray or dask.array.Array
+        G, the Gaussian-modified (cropped) correlogram. A Dask array (e.g. from
+        :func:`tiled_correlograms` and the fit) makes the frame's reads wait for it.
     mask : array-like, optional
         Non-zero = inside.
     shift_lo : sequence of int, optional
@@ -465,23 +509,13 @@ def tiled_contributions(image1, image2, gauss_correlogram, *, mask=None,
     -------
     contribution1, contribution2 : dask.array.Array
         Frame-shaped, chunked like the tiles, so that storing them (e.g.
-        ``dask.array.to_zarr``) writes chunk by chunk; compute or store both together:
+        ``dask.array.to_zarr``) writes chunk by chunk. Compute or store both together:
         one task per tile produces both.
     """
     dtype = np.dtype(dtype)
-    image1, image2, mask, spacing = _one_frame(image1, image2, mask, None)
+    image1, image2, mask, _ = _one_frame(image1, image2, mask, None)
     frame_shape = tuple(image1.shape)
-    if isinstance(gauss_correlogram, da.Array):
-        kernel_shape = gauss_correlogram.shape
-        gauss_correlogram = gauss_correlogram.rechunk(kernel_shape).to_delayed(optimize_graph=True).item()
-    elif isinstance(gauss_correlogram, Delayed):
-        raise ValueError(
-            "a Delayed gauss_correlogram has no known shape; wrap it with "
-            "dask.array.from_delayed(g, shape=..., dtype=...) first."
-        )
-    else:
-        gauss_correlogram = np.asarray(gauss_correlogram)
-        kernel_shape = gauss_correlogram.shape
+    kernel_shape = tuple(np.shape(gauss_correlogram))
     if len(kernel_shape) != len(frame_shape):
         raise ValueError(f"the kernel has {len(kernel_shape)} dims for a {len(frame_shape)}D frame.")
     if shift_lo is None:
@@ -493,29 +527,33 @@ def tiled_contributions(image1, image2, gauss_correlogram, *, mask=None,
         shift_lo = tuple(-(n // 2) for n in kernel_shape)
     shift_lo = tuple(int(v) for v in shift_lo)
     max_shift = tuple(max(-lo, n - 1 + lo) for n, lo in zip(kernel_shape, shift_lo))
-    gauss = dask.delayed(_symmetric_kernel, pure=True)(gauss_correlogram, shift_lo)
     if tile_shape is None:
         chunks = image1.chunksize if isinstance(image1, da.Array) else None
         tile_shape = default_tile_shape(frame_shape, max_shift, dtype=dtype, chunk_shape=chunks)
     tile_shape = _check_tile_shape(tile_shape, frame_shape)
     image1, image2, mask = (_as_dask(a, tile_shape) for a in (image1, image2, mask))
 
-    after = gauss if isinstance(gauss_correlogram, Delayed) else None
-    sources = [_chunk_grid(a, after=after) for a in (image1, image2, mask)]
-    blocks = {}
+    token = tokenize(image1, image2, mask, gauss_correlogram, shift_lo, tile_shape, dtype)
+    lazy_kernel = isinstance(gauss_correlogram, da.Array)
+    if lazy_kernel:
+        kernel_array = gauss_correlogram.rechunk(kernel_shape)
+        inputs = bind([a for a in (image1, image2, mask) if a is not None], kernel_array, seed=token, assume_layers=False)
+        image1, image2 = inputs[:2]
+        mask = inputs[2] if mask is not None else None
+    graph = _TileGraph("tiled-contributions", token, [image1, image2, mask] + ([kernel_array] if lazy_kernel else []))
+    name = graph.name
+    kernel = (f"{name}-kernel",)
+    source = (kernel_array.name,) + (0,) * len(kernel_shape) if lazy_kernel else np.asarray(gauss_correlogram)
+    graph.tasks[kernel] = (_symmetric_kernel, source, shift_lo, dtype)
+    chunks = [(2,)]
+    for n, t in zip(frame_shape, tile_shape):
+        chunks.append(tuple(min(t, n - o) for o in range(0, n, t)))
     for position, tile in _tiles(frame_shape, tile_shape):
         take = [mirror_indices(t.start - k, t.stop + k, n) for t, k, n in zip(tile, max_shift, frame_shape)]
         box = tuple(slice(int(i.min()), int(i.max()) + 1) for i in take)
-        take = [i - b.start for i, b in zip(take, box)]
-        task = dask.delayed(_tile_contributions, pure=True)(
-            *(_region(source, box) for source in sources), take, gauss, dtype)
-        shape = (2,) + tuple(t.stop - t.start for t in tile)
-        blocks[position] = da.from_delayed(task, shape=shape, dtype=dtype)
-    def nested(prefix):
-        if len(prefix) == len(frame_shape):
-            return blocks[prefix]
-        count = len(range(0, frame_shape[len(prefix)], tile_shape[len(prefix)]))
-        return [nested(prefix + (i,)) for i in range(count)]
-
-    stacked = da.block(nested(()))
+        take = tuple(i - b.start for i, b in zip(take, box))
+        graph.tasks[(name, 0, *position)] = (
+            _tile_contributions, graph.region(image1, box), graph.region(image2, box),
+            graph.region(mask, box), take, kernel, dtype)
+    stacked = da.Array(graph.graph(), name, tuple(chunks), dtype=dtype)
     return stacked[0], stacked[1]

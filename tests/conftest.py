@@ -12,7 +12,7 @@ def cluster_address():
         n_workers=2,
         threads_per_worker=1,
         processes=True,
-        dashboard_address=None,
+        dashboard_address=":0",
         host="127.0.0.1",
         memory_limit="1.5GiB",
     )

@@ -219,3 +219,18 @@ def test_lazy_invalid_frame_raises_at_compute():
     ds = cccdask.ccc(a, a, np.zeros((16, 16)))
     with pytest.raises(InvalidFrameError, match="no voxel inside"):
         ds.compute(scheduler="sync")
+
+
+def test_contributions_cropped_to_the_gaussian_support_equal_the_full_kernel():
+    from cccdask.kernels.contributions import contribution_images
+
+    s = paired_spots((160, 200), spacing=(0.05, 0.05), distance=0.3, psf_sigma=0.04, n_pairs=30, n_decoys=5,
+                     min_separation=0.5, seed=5)
+    ds = cccdask.ccc(s.image1, s.image2, s.mask, spacing=s.spacing, contributions=True, intermediates=True,
+                     dtype="float64")
+    reach = abs(float(ds["mean"])) + 39 * float(ds["sigma"])
+    assert reach < 0.05 * 70  # the support is smaller than the frame: the crop is active
+    i1m, i2m = np.where(s.mask, s.image1, 0.0), np.where(s.mask, s.image2, 0.0)
+    c1, c2 = contribution_images(i1m, i2m, ds["ccf_gauss"].values, (-80, -100))
+    np.testing.assert_allclose(ds["contribution1"].values, c1, rtol=1e-6, atol=1e-7 * np.abs(c1).max())
+    np.testing.assert_allclose(ds["contribution2"].values, c2, rtol=1e-6, atol=1e-7 * np.abs(c2).max())

@@ -83,3 +83,26 @@ def test_any_chunking_equals_in_memory(scene):
         np.testing.assert_allclose(in_memory.pearson.values, ss.pearsonr(x, y)[0], rtol=1e-10)
         np.testing.assert_allclose(in_memory.spearman.values, ss.spearmanr(x, y)[0], rtol=1e-10)
         np.testing.assert_allclose(in_memory.kendall_tau.values, ss.kendalltau(x, y)[0], rtol=1e-10)
+
+
+def test_chunks_of_one_voxel_cutting_the_mask_equal_in_memory():
+    rng = np.random.default_rng(21)
+    shape = (2, 4, 5)
+    a = rng.integers(0, 12, shape).astype(np.uint16)
+    b = (a + rng.integers(0, 5, shape)).astype(np.uint16)
+    mask = np.zeros(shape, bool)
+    mask[:, 1:3, 2:5] = True  # a box that one-voxel chunks cut everywhere
+    kwargs = dict(threshold=(2, 3), threshold_range=(0.0, 2.0), maps=True, van_steensel_shifts=2)
+    in_memory = coefficients(a, b, mask, **kwargs)
+    chunked = coefficients(da.from_array(a, chunks=1), da.from_array(b, chunks=1),
+                           da.from_array(mask, chunks=1), **kwargs)
+    with dask.config.set(scheduler="synchronous"):
+        chunked = chunked.compute()
+    for name in in_memory.data_vars:
+        if in_memory[name].dtype.kind == "f":
+            np.testing.assert_allclose(chunked[name].values, in_memory[name].values, rtol=1e-10,
+                                       atol=1e-12, err_msg=name)
+    inside = mask != 0
+    r, g = np.maximum(a[inside] - 2.0, 0), np.maximum(b[inside] - 3.0, 0)
+    np.testing.assert_allclose(in_memory.pearson.values, ss.pearsonr(r, g)[0], rtol=1e-10)
+    np.testing.assert_allclose(in_memory.kendall_tau.values, ss.kendalltau(r, g)[0], rtol=1e-10)

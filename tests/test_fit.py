@@ -2,7 +2,7 @@
 
 import numpy as np
 import pytest
-from scipy.optimize import minimize
+from scipy.optimize import least_squares, minimize
 
 from cccdask.kernels.fit import (
     GaussianFit,
@@ -34,11 +34,14 @@ def test_levenberg_marquardt_reaches_the_least_squares_minimum():
     x, y = mirrored_tail(keys, values)
     p0 = initial_guess(x, y)
     params, converged = levenberg_marquardt(x, y, p0)
-    # an independent, derivative-free minimisation of the same cost
+    # independent minimisations of the same cost: MINPACK, and derivative-free
     cost = lambda q: np.sum((gaussian(x, *q) - y) ** 2)
+    minpack = least_squares(lambda q: gaussian(x, *q) - y, p0, method="lm", xtol=1e-12, ftol=1e-12).x
     reference = minimize(cost, p0, method="Nelder-Mead", options=dict(xatol=1e-10, fatol=1e-12, maxiter=20000)).x
     assert converged
     assert cost(params) <= cost(reference) * (1 + 1e-9)
+    assert cost(params) <= cost(minpack) * (1 + 1e-9)
+    np.testing.assert_allclose(params[:2], minpack[:2], rtol=1e-5)
     np.testing.assert_allclose(params[:2], reference[:2], rtol=1e-5)
     assert abs(params[2]) == pytest.approx(abs(reference[2]), rel=1e-5)
 
@@ -47,11 +50,31 @@ def test_mirrored_tail_follows_the_plugin_rule():
     keys = np.array([0.0, 1.0, 2.0, 3.0, 4.0, 5.0])
     values = np.array([0.1, 0.5, 0.2, 0.1, 0.05, 0.0])
     x, y = mirrored_tail(keys, values)  # maxLoc = 1: keys > 2 mirrored to 2 - key
-    np.testing.assert_array_equal(x, [0, 1, 2, 3, 4, 5, -1, -2, -3])
-    np.testing.assert_array_equal(y, [0.1, 0.5, 0.2, 0.1, 0.05, 0.0, 0.1, 0.05, 0.0])
+    np.testing.assert_array_equal(x, [-3, -2, -1, 0, 1, 2, 3, 4, 5])  # sorted by x
+    np.testing.assert_array_equal(y, [0.0, 0.05, 0.1, 0.1, 0.5, 0.2, 0.1, 0.05, 0.0])
     # the maximum at the first key (or no positive value): maxLoc = 0, every key > 0 mirrored
     x, _ = mirrored_tail(keys, -values)
     assert len(x) == 11 and x.min() == -5
+
+
+def test_support_window_gives_the_full_sums():
+    # points far beyond 39 sigma only add a constant: same fit with or without them
+    rng = np.random.default_rng(2)
+    keys = np.linspace(0, 3, 3000)
+    values = gaussian(keys, 1.0, 1.0, 0.1) + rng.normal(scale=0.05, size=keys.size)
+    far_keys = np.linspace(10, 1000, 200000)
+    far_values = rng.normal(scale=0.05, size=far_keys.size)
+    x, y = mirrored_tail(keys, values)
+    near, _ = levenberg_marquardt(x, y, initial_guess(x, y))
+    xa, ya = mirrored_tail(np.concatenate([keys, far_keys]), np.concatenate([values, far_values]))
+    both, converged = levenberg_marquardt(xa, ya, initial_guess(x, y))
+    assert converged
+    cost = lambda q, xx, yy: np.sum((gaussian(xx, *q) - yy) ** 2)
+    # the same minimum of the full cost
+    minpack = least_squares(lambda q: gaussian(xa, *q) - ya, initial_guess(x, y), method="lm", xtol=1e-12,
+                            ftol=1e-12).x
+    assert cost(both, xa, ya) <= cost(minpack, xa, ya) * (1 + 1e-12)
+    np.testing.assert_allclose(both[:2], minpack[:2], rtol=1e-6)
 
 
 def test_moving_average_is_a_direct_window_mean():

@@ -202,8 +202,8 @@ def _complete_frames(store: Path) -> np.ndarray:
 
 def test_run_killed_midway_resumes_to_the_same_store(tmp_path, cluster_address):
     n = 16
-    image1, image2, mask, _ = paired_spots_series(n, distances=np.linspace(0.3, 0.9, n), shape=(320, 320),
-                                                  n_pairs=150)
+    image1, image2, mask, _ = paired_spots_series(n, distances=np.linspace(0.3, 0.9, n), shape=(288, 288),
+                                                  n_pairs=120)
     write_ome_zarr(tmp_path / "cells.ome.zarr", np.stack([image1, image2], axis=1), "tcyx", (0.05, 0.05))
     write_ome_zarr(tmp_path / "mask.ome.zarr", mask.astype(np.uint8), "tyx", (0.05, 0.05))
     section = {"image1": {"path": "cells.ome.zarr", "channel": 0}, "image2": {"path": "cells.ome.zarr", "channel": 1},
@@ -241,3 +241,79 @@ def test_run_killed_midway_resumes_to_the_same_store(tmp_path, cluster_address):
     assert resumed_ds.attrs["cccdask_status"] == "complete"
     for name in list(clean_ds.data_vars) + list(clean_ds.coords):
         np.testing.assert_array_equal(resumed_ds[name].values, clean_ds[name].values, err_msg=name)
+
+
+def test_frame_that_cannot_fit_a_worker_is_refused_before_any_work(tmp_path, cluster_address):
+    import zarr
+
+    from cccdask.pipeline import FrameTooLargeError
+
+    # 2 frames of 16384 x 16384 float32 (1 GiB per channel per frame), never written: no data on disk
+    group = zarr.open_group(str(tmp_path / "huge.zarr"), mode="w", zarr_format=3)
+    group.create_array("image", shape=(2, 2, 16384, 16384), chunks=(1, 1, 16384, 16384), dtype="float32",
+                       dimension_names=["t", "c", "y", "x"])
+    config = _config(tmp_path, cluster_address, {
+        "image1": {"path": "huge.zarr", "channel": 0}, "image2": {"path": "huge.zarr", "channel": 1}})
+    with pytest.raises(FrameTooLargeError) as caught:
+        run(config)
+    message = str(caught.value)
+    assert "(16384, 16384)" in message and "per thread" in message and "1.50 GiB" in message
+    needed = float(message.split("needs about ")[1].split(" GiB")[0])
+    # at least the two float32 channels plus their padded FFTs (1.5 x 1.5 x the frame, complex halves)
+    assert needed > 2 * 16384**2 * 4 * (1 + 2.25) / 2**30
+    assert not (tmp_path / "results.zarr").exists()
+
+
+def test_a_worker_killed_mid_run_loses_nothing(tmp_path, cluster_address):
+    import threading
+
+    from distributed import Client
+
+    n = 12
+    image1, image2, mask, _ = paired_spots_series(n, distances=np.linspace(0.3, 0.8, n), shape=(256, 256),
+                                                  n_pairs=100)
+    write_ome_zarr(tmp_path / "cells.ome.zarr", np.stack([image1, image2], axis=1), "tcyx", (0.05, 0.05))
+    config = _config(tmp_path, cluster_address, {
+        "image1": {"path": "cells.ome.zarr", "channel": 0}, "image2": {"path": "cells.ome.zarr", "channel": 1}},
+        ccc={"contributions": True, "max_distance": 1.5})
+    store = tmp_path / "results.zarr"
+    outcome = {}
+    runner = threading.Thread(target=lambda: outcome.setdefault("path", run(config)))
+    with Client(cluster_address) as client:
+        pids = list(client.run(os.getpid).values())
+        runner.start()
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not _complete_frames(store).any():
+            time.sleep(0.01)
+        recorded_at_kill = _complete_frames(store).sum()
+        os.kill(pids[0], signal.SIGKILL)  # the nanny starts a new worker; its tasks run again
+        runner.join(120)
+        client.wait_for_workers(2, timeout=60)
+    assert 0 < recorded_at_kill < n, "the worker was not killed mid-run"
+    assert outcome.get("path") == store
+    stored = xr.open_zarr(store)
+    assert stored.attrs["cccdask_status"] == "complete"
+    expected = cccdask.ccc(xr.DataArray(image1, dims=("t", "y", "x")), xr.DataArray(image2, dims=("t", "y", "x")),
+                           spacing=(0.05, 0.05), max_distance=1.5, contributions=True)
+    _assert_equal_to_ccc(stored, expected, CCC_VARIABLES + ("contribution1",))
+
+
+def test_single_frame_with_background_subtraction(tmp_path, cluster_address):
+    image1, image2, mask, _ = paired_spots_series(1, distances=[0.4], shape=(80, 80), n_pairs=40)
+    image1, image2 = image1[0] + 5.0, image2[0] + 3.0
+    tifffile.imwrite(tmp_path / "one.tif", np.stack([image1, image2]), imagej=True, resolution=(20, 20),
+                     metadata={"axes": "CYX", "unit": "um"})
+    config = _config(tmp_path, cluster_address, {
+        "image1": {"path": "one.tif", "channel": 0}, "image2": {"path": "one.tif", "channel": 1}},
+        ccc={"max_distance": 1.2},
+        preprocess={"background": {"image1": {"method": "median"}, "image2": {"method": "constant", "value": 3.0}}})
+    stored = xr.open_zarr(run(config))
+    assert stored.sizes["t"] == 1 and stored.attrs["time_series"] is False
+    np.testing.assert_allclose(stored["background1"].values, [np.median(image1)], rtol=1e-6)
+    np.testing.assert_array_equal(stored["background2"].values, [3.0])
+    expected = cccdask.ccc(image1 - np.float32(np.median(image1)), image2 - np.float32(3.0), spacing=(0.05, 0.05),
+                           max_distance=1.2)
+    for name in ("mean", "sigma", "confidence", "profile_subtracted"):
+        np.testing.assert_allclose(stored[name].values[0], expected[name].values, rtol=1e-5, err_msg=name)
+    reports = tmp_path / "results-reports"
+    assert (reports / "correlation_plot.png").exists() and not (reports / "heatmap.png").exists()

@@ -343,26 +343,27 @@ def write_completion(path: Path | str, record: CompletionRecord) -> None:
     group["frame_status"][...] = np.asarray(record.status, dtype=np.int8)
 
 
-_GROUPS: dict[tuple[str, str], zarr.Group] = {}
-_GROUPS_LOCK = threading.Lock()
+_ARRAYS: dict[tuple[str, str], dict[str, zarr.Array]] = {}
+_ARRAYS_LOCK = threading.Lock()
 
 
-def _writable_group(path: str, identity: str) -> zarr.Group:
-    """The store opened for writing, cached per process (tasks of one run share it)."""
+def _writable_arrays(path: str, identity: str) -> dict[str, zarr.Array]:
+    """The store's arrays opened for writing, cached per process (tasks of one run share them)."""
     key = (path, identity)
-    with _GROUPS_LOCK:
-        group = _GROUPS.get(key)
-        if group is None:
-            group = zarr.open_group(path, mode="r+", use_consolidated=False)
+    with _ARRAYS_LOCK:
+        arrays = _ARRAYS.get(key)
+        if arrays is None:
+            group = zarr.open_group(path, mode="r+", use_consolidated=True)
             if group.attrs.get("identity_hash") != identity:
                 raise RuntimeError(
                     f"the store {path} was replaced by a run with a different config while this "
                     f"run was writing to it."
                 )
-            if len(_GROUPS) > 16:
-                _GROUPS.clear()
-            _GROUPS[key] = group
-        return group
+            arrays = dict(group.arrays())
+            if len(_ARRAYS) > 16:
+                _ARRAYS.clear()
+            _ARRAYS[key] = arrays
+        return arrays
 
 
 def write_frames(path: str, identity: str, start: int, arrays: dict[str, np.ndarray]) -> None:
@@ -379,10 +380,9 @@ def write_frames(path: str, identity: str, start: int, arrays: dict[str, np.ndar
     arrays : dict of str to numpy.ndarray
         Per variable, the frames stacked along a first axis.
     """
-    group = _writable_group(path, identity)
+    opened = _writable_arrays(path, identity)
     for name, values in arrays.items():
-        array = group[name]
-        array[start : start + len(values)] = values
+        opened[name][start : start + len(values)] = values
 
 
 def write_array(path: Path | str, name: str, values: np.ndarray) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from cccdask.kernels.contributions import contribution_images, gaussian_modified
+from cccdask.kernels.contributions import contribution_images, gaussian_modified, gaussian_support
 from cccdask.kernels.correlate import MODES, mask_images, masked_correlograms
 from cccdask.kernels.fit import GaussianFit, confidence, fit_gaussian, r_squared
 from cccdask.kernels.profile import ProfileGeometry, radial_profile
@@ -74,7 +74,9 @@ def ccc_frame(
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}; choose one of {MODES}.")
     masked = mask_images(image1, image2, mask, geometry.spacing, dtype)
-    original, subtracted = masked_correlograms(masked, geometry.shift_lo, geometry.shift_hi, mode)
+    original, subtracted = masked_correlograms(
+        masked, geometry.shift_lo, geometry.shift_hi, mode, keep_images=contributions
+    )
     keys = geometry.distances
     out: dict[str, np.ndarray] = {}
     if original is not None:
@@ -102,8 +104,9 @@ def ccc_frame(
         if gauss is None:
             raise ValueError("contribution images need a Gaussian fit; use mode 'full' or 'no_confidence'.")
         if fit.ok:
+            kernel, kernel_lo = gaussian_support(gauss, geometry, fit)
             out["contribution1"], out["contribution2"] = contribution_images(
-                masked.image1, masked.image2, gauss, geometry.shift_lo
+                masked.image1, masked.image2, kernel, kernel_lo
             )
         else:
             out["contribution1"] = np.zeros_like(masked.image1)

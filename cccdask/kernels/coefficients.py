@@ -28,7 +28,7 @@ statistic (:func:`shifted_moments`), one :class:`Moments` per shift, merged the 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -51,7 +51,7 @@ COEFFICIENT_NAMES = (
 MAP_NAMES = ("pearson", "spearman", "overlap", "k1", "k2", "m1", "m2", "intersection")
 
 # Names of the entries of PartStatistics.sums, in order.
-SUM_NAMES = ("rg", "rr", "gg", "r", "g", "r_wg", "g_wr", "wr", "wg", "wr_wg")
+SUM_NAMES = ("rg", "rr", "gg", "r", "g", "r_wg", "g_wr", "wr", "wg", "wr_wg", "r_wr", "g_wg", "r_wr_wg", "g_wr_wg")
 
 
 # ---------------------------------------------------------------------------------------
@@ -69,10 +69,17 @@ class ChannelThreshold:
     soft_range : float
         Soft-threshold range rho >= 0 in intensity units: the weight rises linearly
         from 0 at ``T - rho/2`` to 1 at ``T + rho/2``. It changes only the weights.
+    subtract : bool
+        Background-correct values as ``max(v - T, 0)`` (Huygens). False: values are used
+        as they are and T only decides what is above threshold (Coloc 2, JACoP, skimage).
+    inclusive : bool
+        "Above threshold" means ``v >= T and v > 0`` (Coloc 2) instead of ``v > T``.
     """
 
     level: float | None = None
     soft_range: float = 0.0
+    subtract: bool = True
+    inclusive: bool = False
 
     def __post_init__(self):
         if self.level is not None and not np.isfinite(self.level):
@@ -91,7 +98,7 @@ class ChannelThreshold:
     def corrected(self, values: np.ndarray) -> np.ndarray:
         """Background-corrected values ``max(v - T, 0)`` as float64 (``v`` when T is None)."""
         values = np.asarray(values, dtype=np.float64)
-        if self.level is None:
+        if self.level is None or not self.subtract:
             return values
         return np.maximum(values - float(self.level), 0.0)
 
@@ -99,21 +106,37 @@ class ChannelThreshold:
         """Weight in [0, 1]: ``v > T`` for a hard threshold, a linear ramp for a soft one."""
         values = np.asarray(values, dtype=np.float64)
         if self.soft_range == 0:
-            return (values > self.cut).astype(np.float64)
+            return self.above(values).astype(np.float64)
         low = self.cut - self.soft_range / 2
         return np.clip((values - low) / self.soft_range, 0.0, 1.0)
 
     def above(self, values: np.ndarray) -> np.ndarray:
         """Boolean: the voxel belongs to this channel's objects (``v > T``)."""
-        return np.asarray(values) > self.cut
+        values = np.asarray(values)
+        if self.inclusive:
+            return (values >= self.cut) & (values > 0)
+        return values > self.cut
 
 
 @dataclass(frozen=True)
 class Thresholds:
-    """The threshold rules of both channels."""
+    """The threshold rules of both channels, and the conventions that differ between tools.
+
+    Attributes
+    ----------
+    channel1, channel2 : ChannelThreshold
+    manders : {"all", "own"}
+        Denominator of m1 (m2 alike): ``"all"``: sum of R' over the mask (Huygens,
+        Coloc 2, scikit-image); ``"own"``: sum of R' over voxels above channel 1's own
+        threshold, the numerator then also requiring it (JACoP).
+    icq_zero_positive : bool
+        ICQ counts zero products as positive (Coloc 2) instead of only positive ones.
+    """
 
     channel1: ChannelThreshold = field(default_factory=ChannelThreshold)
     channel2: ChannelThreshold = field(default_factory=ChannelThreshold)
+    manders: str = "all"
+    icq_zero_positive: bool = False
 
     def object_voxels(self, values1: np.ndarray, values2: np.ndarray) -> np.ndarray:
         """Boolean: ``R > T_R or G > T_G`` (the object set of the object coefficients)."""
@@ -237,6 +260,8 @@ class JointTable:
 
     def corrected(self, thresholds: Thresholds) -> "JointTable":
         """The histogram of ``(R', G')``: values replaced by background-corrected ones."""
+        if thresholds.channel1.level is None and thresholds.channel2.level is None:
+            return self
         return _aggregate(
             thresholds.channel1.corrected(self.values1),
             thresholds.channel2.corrected(self.values2),
@@ -414,6 +439,10 @@ def statistics_from_table(table: JointTable, thresholds: Thresholds, n_nonfinite
             np.dot(counts, wr),
             np.dot(counts, wg),
             np.dot(counts * wr, wg),
+            np.dot(cr, wr),
+            np.dot(cg, wg),
+            np.dot(cr * wr, wg),
+            np.dot(cg * wr, wg),
         ],
         dtype=np.float64,
     )
@@ -429,19 +458,33 @@ def statistics_from_table(table: JointTable, thresholds: Thresholds, n_nonfinite
 # ---------------------------------------------------------------------------------------
 # Rank statistics from a joint histogram
 # ---------------------------------------------------------------------------------------
+def value_codes(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Ascending candidate values and, per entry, the index of its value among them.
+
+    Integer values over a modest span are coded by offset (every value of the span is a
+    candidate, present or not; no sort); others by their distinct values.
+    """
+    if values.dtype.kind in "iu" and values.size:
+        low, high = int(values.min()), int(values.max())
+        if high - low < max(4 * values.size, 1 << 16):
+            return np.arange(low, high + 1, dtype=values.dtype), (values - low).astype(np.int64)
+    distinct, codes = np.unique(values, return_inverse=True)
+    return distinct, codes.reshape(-1).astype(np.int64, copy=False)
+
+
 def average_ranks(values: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Exact average ranks (1-based, ascending) of a multiset given as values and counts.
 
     Returns
     -------
     distinct : numpy.ndarray
-        The distinct values, ascending.
+        Ascending candidate values (see :func:`value_codes`).
     ranks : numpy.ndarray
         float64, the average rank of each distinct value (ties share their mean position).
     codes : numpy.ndarray
         For every input entry, the index of its value in ``distinct``.
     """
-    distinct, codes = np.unique(values, return_inverse=True)
+    distinct, codes = value_codes(values)
     ties = np.bincount(codes, weights=counts, minlength=len(distinct))
     ties = np.rint(ties).astype(np.int64)
     last = np.cumsum(ties)
@@ -467,22 +510,27 @@ def _weighted_inversions(order_codes: np.ndarray, weights: np.ndarray) -> int:
     is an inversion. One stable sort per bit: O(P log P log K) for P entries, K codes.
     """
     total = 0
-    n_bits = int(order_codes.max()).bit_length() if order_codes.size else 0
-    weights = weights.astype(np.int64, copy=False)
+    codes = np.asarray(order_codes, dtype=np.int64)
+    weights = np.asarray(weights, dtype=np.int64)
+    n_bits = int(codes.max()).bit_length() if codes.size else 0
     for bit in range(n_bits):
-        high = order_codes >> (bit + 1)
-        top = int(high.max())
+        high = codes >> (bit + 1)
+        top = int(high.max()) if high.size else 0
         sort_dtype = np.uint16 if top < 2**16 else (np.uint32 if top < 2**32 else np.int64)
-        order = np.argsort(high.astype(sort_dtype), kind="stable")
-        high_sorted = high[order]
-        is_set = ((order_codes[order] >> bit) & 1).astype(bool)
+        order = np.argsort(high.astype(sort_dtype), kind="stable")  # radix sort for uint16
+        sorted_codes = codes[order]
         w = weights[order]
-        set_weight = np.where(is_set, w, 0)
-        before = np.cumsum(set_weight) - set_weight  # set weight strictly before, all groups
-        starts = np.flatnonzero(np.r_[True, high_sorted[1:] != high_sorted[:-1]])
-        group_base = np.repeat(before[starts], np.diff(np.r_[starts, len(high_sorted)]))
-        clear = ~is_set
-        total += int(np.dot(w[clear], before[clear] - group_base[clear]))
+        set_weight = w * ((sorted_codes >> bit) & 1)
+        before = np.cumsum(set_weight)
+        before -= set_weight  # set weight strictly before, over all groups
+        sorted_high = sorted_codes >> (bit + 1)
+        is_start = np.empty(len(sorted_high), dtype=bool)
+        is_start[:1] = True
+        np.not_equal(sorted_high[1:], sorted_high[:-1], out=is_start[1:])
+        # ``before`` never decreases: a running maximum carries each group's start value
+        group_base = np.maximum.accumulate(np.where(is_start, before, 0))
+        before -= group_base
+        total += int(np.dot(w - set_weight, before))
     return total
 
 
@@ -494,14 +542,14 @@ def kendall_tau_b(table: JointTable) -> tuple[float, str]:
     counts = table.counts.astype(np.int64)
     # table is sorted by (values1, values2): an inversion of the values2 order is a
     # discordant pair (pairs tied in values1 are in ascending values2 order: none counted)
-    _, codes2 = np.unique(table.values2, return_inverse=True)
+    _, codes2 = value_codes(table.values2)
     discordant = _weighted_inversions(codes2.astype(np.int64), counts)
 
     def tied_pairs(group_counts):
         t = group_counts.astype(np.int64)
         return int(np.sum(t * (t - 1) // 2))
 
-    _, codes1 = np.unique(table.values1, return_inverse=True)
+    _, codes1 = value_codes(table.values1)
     ties1 = np.bincount(codes1, weights=counts).astype(np.int64)
     ties2 = np.bincount(codes2, weights=counts).astype(np.int64)
     n0 = n * (n - 1) // 2
@@ -515,9 +563,10 @@ def kendall_tau_b(table: JointTable) -> tuple[float, str]:
     return float(np.clip(tau, -1.0, 1.0)), ""
 
 
-def icq_count(table: JointTable, mean1: float, mean2: float) -> int:
-    """Number of voxels with ``(v1 - mean1)(v2 - mean2) > 0`` in a histogram."""
-    positive = (table.values1 - mean1) * (table.values2 - mean2) > 0
+def icq_count(table: JointTable, mean1: float, mean2: float, zero_positive: bool = False) -> int:
+    """Number of voxels with ``(v1 - mean1)(v2 - mean2) > 0`` (``>= 0``) in a histogram."""
+    product = (table.values1 - mean1) * (table.values2 - mean2)
+    positive = product >= 0 if zero_positive else product > 0
     return int(table.counts[positive].sum())
 
 
@@ -564,15 +613,19 @@ def finalize(stats: PartStatistics, thresholds: Thresholds) -> dict[str, tuple[f
     out["overlap"] = _ratio(s["rg"], np.sqrt(s["rr"] * s["gg"]), no_signal)
     out["k1"] = _ratio(s["rg"], s["rr"], "no signal in channel 1: sum of R'^2 is zero")
     out["k2"] = _ratio(s["rg"], s["gg"], "no signal in channel 2: sum of G'^2 is zero")
-    out["m1"] = _ratio(s["r_wg"], s["r"], "no signal in channel 1: sum of R' is zero")
-    out["m2"] = _ratio(s["g_wr"], s["g"], "no signal in channel 2: sum of G' is zero")
+    if thresholds.manders == "own":
+        out["m1"] = _ratio(s["r_wr_wg"], s["r_wr"], "no signal above threshold in channel 1")
+        out["m2"] = _ratio(s["g_wr_wg"], s["g_wg"], "no signal above threshold in channel 2")
+    else:
+        out["m1"] = _ratio(s["r_wg"], s["r"], "no signal in channel 1: sum of R' is zero")
+        out["m2"] = _ratio(s["g_wr"], s["g"], "no signal in channel 2: sum of G' is zero")
     union = s["wr"] + s["wg"] - s["wr_wg"]
     out["intersection"] = _ratio(s["wr_wg"], union, "no voxel above threshold in either channel")
     out["i1"] = _ratio(s["wr_wg"], s["wr"], "no voxel above threshold in channel 1")
     out["i2"] = _ratio(s["wr_wg"], s["wg"], "no voxel above threshold in channel 2")
 
     m = stats.mask_moments
-    positive = icq_count(corrected, float(m.mean_x), float(m.mean_y))
+    positive = icq_count(corrected, float(m.mean_x), float(m.mean_y), thresholds.icq_zero_positive)
     out["icq"] = (positive / stats.table.n - 0.5, "")
     return out
 
@@ -580,9 +633,55 @@ def finalize(stats: PartStatistics, thresholds: Thresholds) -> dict[str, tuple[f
 # ---------------------------------------------------------------------------------------
 # Van Steensel: moments of shifted pairs, per chunk
 # ---------------------------------------------------------------------------------------
-def _lagged_dot(u: np.ndarray, v: np.ndarray, u_slice: slice, v_slice: slice) -> float:
-    letters = "abcdefgh"[: u.ndim]
-    return float(np.einsum(f"{letters},{letters}->", u[..., u_slice], v[..., v_slice]))
+STRIP_VOXELS = 1 << 18  # voxels per strip: temporaries stay small and reused
+TILE_WIDTH = 64  # voxels along the shift axis per matrix product
+
+
+def _lagged_sums(left: np.ndarray, right: np.ndarray, shifts: np.ndarray, core: tuple[int, int]) -> np.ndarray:
+    """``sum over rows and x in core of left[k, row, x - dx] * right[l, row, x]``.
+
+    Parameters
+    ----------
+    left, right : numpy.ndarray
+        float64, shapes ``(K, rows, W)`` and ``(L, rows, W)``.
+    shifts : numpy.ndarray
+        Integer shifts ``dx``; pairs with ``x - dx`` outside ``[0, W)`` are skipped.
+    core : (int, int)
+        ``[start, stop)``: the ``x`` the sums run over.
+
+    Returns
+    -------
+    numpy.ndarray
+        Shape ``(K, L, len(shifts))``.
+
+    Notes
+    -----
+    Tiles of :data:`TILE_WIDTH` columns of ``right`` against the columns of ``left``
+    they can pair with make one matrix product each (BLAS), from which the diagonals
+    give the shifted sums: ``(tile + 2 max|dx|)`` multiply-adds per voxel and pair of
+    inputs, at matrix-product speed rather than one pass per shift.
+    """
+    n_left, rows, width = left.shape
+    n_right = right.shape[0]
+    out = np.zeros((n_left, n_right, len(shifts)))
+    low_shift, high_shift = int(shifts.min()), int(shifts.max())
+    for x0 in range(core[0], core[1], TILE_WIDTH):
+        x1 = min(x0 + TILE_WIDTH, core[1])
+        a, b = max(0, x0 - high_shift), min(width, x1 - low_shift)
+        if b <= a:
+            continue
+        lhs = left[:, :, a:b].transpose(0, 2, 1).reshape(n_left * (b - a), rows)
+        rhs = right[:, :, x0:x1].transpose(1, 0, 2).reshape(rows, n_right * (x1 - x0))
+        product = (lhs @ rhs).reshape(n_left, b - a, n_right, x1 - x0)
+        j = np.arange(x1 - x0)
+        i = j[None, :] + (x0 - a) - shifts[:, None]  # (shift, j): left column of each pair
+        valid = (i >= 0) & (i < b - a)
+        shift_index = np.broadcast_to(np.arange(len(shifts))[:, None], i.shape)[valid]
+        picked = product[:, i[valid], :, j[None, :].repeat(len(shifts), 0)[valid]]  # (pairs, K, L)
+        for k in range(n_left):
+            for m in range(n_right):
+                out[k, m] += np.bincount(shift_index, weights=picked[:, k, m], minlength=len(shifts))
+    return out
 
 
 def shifted_moments(
@@ -616,69 +715,72 @@ def shifted_moments(
         Arrays of ``len(shifts)`` entries. A pair counts when both voxels are inside the
         mask and finite.
     """
-    r = thresholds.channel1.corrected(np.moveaxis(np.asarray(image1), axis, -1))
-    g = thresholds.channel2.corrected(np.moveaxis(np.asarray(image2), axis, -1))
-    inside = np.isfinite(r) & np.isfinite(g)
-    if mask is not None:
-        inside &= np.moveaxis(np.asarray(mask), axis, -1) != 0
-    if not inside.all():
-        weight = inside.astype(np.float64)
-        r = np.where(inside, r, 0.0)
-        g = np.where(inside, g, 0.0)
-    else:
-        weight = None
-    # subtract a centre near the means so the one-pass sums below do not cancel
-    start, stop = core
-    n_core = float(np.count_nonzero(inside[..., start:stop])) if weight is not None else float(g[..., start:stop].size)
-    centre_r = float(r.sum() / max(np.count_nonzero(inside), 1))
-    centre_g = float(g[..., start:stop].sum() / max(n_core, 1.0))
-    rc = r - centre_r
-    gc = g - centre_g
-    if weight is not None:
-        rc *= weight
-        gc *= weight
-    width = r.shape[-1]
-    out = {k: np.zeros(len(shifts)) for k in ("n", "sr", "sg", "srr", "sgg", "srg")}
-    if weight is None:
-        # every voxel inside: the marginal sums are sums over column ranges
-        other_axes = tuple(range(r.ndim - 1))
-        col_r = rc.sum(axis=other_axes)
-        col_rr = (rc * rc).sum(axis=other_axes)
-        col_g = gc.sum(axis=other_axes)
-        col_gg = (gc * gc).sum(axis=other_axes)
-        rows = float(np.prod(r.shape[:-1]))
-    for k, dx in enumerate(np.asarray(shifts, dtype=np.int64)):
-        lo = max(start, int(dx))
-        hi = min(stop, width + int(dx))
-        if hi <= lo:
+    shifts = np.asarray(shifts, dtype=np.int64)
+    r_all = np.moveaxis(np.asarray(image1), axis, -1)
+    width = r_all.shape[-1]
+    r_all = r_all.reshape(-1, width)
+    g_all = np.moveaxis(np.asarray(image2), axis, -1).reshape(-1, width)
+    m_all = None if mask is None else np.moveaxis(np.asarray(mask), axis, -1).reshape(-1, width)
+    n_rows = r_all.shape[0]
+    th1, th2 = thresholds.channel1, thresholds.channel2
+
+    # centres near the means keep the one-pass sums below from cancelling
+    sample = slice(None, None, max(1, n_rows // 16))
+    r_sample, g_sample = th1.corrected(r_all[sample]), th2.corrected(g_all[sample])
+    usable = np.isfinite(r_sample) & np.isfinite(g_sample)
+    if m_all is not None:
+        usable &= m_all[sample] != 0
+    centre_r = float(r_sample[usable].mean()) if usable.any() else 0.0
+    centre_g = float(g_sample[usable].mean()) if usable.any() else 0.0
+
+    # sums[k, l, s] of left_k(x - dx) right_l(x); left = (rc, rc^2, w), right = (gc, gc^2, w)
+    sums = np.zeros((3, 3, len(shifts)))
+    step = max(1, STRIP_VOXELS // max(width, 1))
+    for row0 in range(0, n_rows, step):
+        rows = slice(row0, min(row0 + step, n_rows))
+        rc = th1.corrected(r_all[rows]) - centre_r
+        gc = th2.corrected(g_all[rows]) - centre_g
+        inside = np.isfinite(rc) & np.isfinite(gc)
+        if m_all is not None:
+            inside &= m_all[rows] != 0
+        if inside.all():
+            # every voxel counts: the marginal sums are sums over column ranges
+            sums[0, 0] += _lagged_sums(rc[None], gc[None], shifts, core)[0, 0]
+            columns = {
+                (0, 2): rc.sum(axis=0), (1, 2): (rc * rc).sum(axis=0),
+                (2, 0): gc.sum(axis=0), (2, 1): (gc * gc).sum(axis=0),
+                (2, 2): np.full(width, float(rc.shape[0])),
+            }
+            cumulative = {key: np.concatenate(([0.0], np.cumsum(v))) for key, v in columns.items()}
+            for s, dx in enumerate(shifts):
+                lo, hi = max(core[0], int(dx)), min(core[1], width + int(dx))
+                if hi <= lo:
+                    continue
+                for (k, m), c in cumulative.items():
+                    first, last = (lo - dx, hi - dx) if m == 2 else (lo, hi)  # left side shifted
+                    sums[k, m, s] += c[last] - c[first]
             continue
-        gs = slice(lo, hi)
-        rs = slice(lo - int(dx), hi - int(dx))
-        out["srg"][k] = _lagged_dot(rc, gc, rs, gs)
-        if weight is None:
-            out["n"][k] = rows * (hi - lo)
-            out["sr"][k] = col_r[rs].sum()
-            out["srr"][k] = col_rr[rs].sum()
-            out["sg"][k] = col_g[gs].sum()
-            out["sgg"][k] = col_gg[gs].sum()
-        else:
-            out["n"][k] = _lagged_dot(weight, weight, rs, gs)
-            out["sr"][k] = _lagged_dot(rc, weight, rs, gs)
-            out["srr"][k] = _lagged_dot(rc * rc, weight, rs, gs)
-            out["sg"][k] = _lagged_dot(weight, gc, rs, gs)
-            out["sgg"][k] = _lagged_dot(weight, gc * gc, rs, gs)
-    n = out["n"]
+        w = inside.astype(np.float64)
+        rc = np.where(inside, rc, 0.0)
+        gc = np.where(inside, gc, 0.0)
+        part = _lagged_sums(np.stack([rc, rc * rc, w]), np.stack([gc, w]), shifts, core)
+        sums[:, 0] += part[:, 0]
+        sums[:, 2] += part[:, 1]
+        sums[2, 1] += _lagged_sums(w[None], (gc * gc)[None], shifts, core)[0, 0]
+
+    n, s_r, s_rr, s_g = sums[2, 2], sums[0, 2], sums[1, 2], sums[2, 0]
+    s_gg, s_rg = sums[2, 1], sums[0, 0]
     with np.errstate(invalid="ignore", divide="ignore"):
         safe_n = np.where(n > 0, n, 1.0)
-        mean_r = np.where(n > 0, out["sr"] / safe_n, 0.0)
-        mean_g = np.where(n > 0, out["sg"] / safe_n, 0.0)
+        mean_r = np.where(n > 0, s_r / safe_n, 0.0)
+        mean_g = np.where(n > 0, s_g / safe_n, 0.0)
     return Moments(
         n,
         np.where(n > 0, mean_r + centre_r, 0.0),
         np.where(n > 0, mean_g + centre_g, 0.0),
-        np.maximum(out["srr"] - mean_r * out["sr"], 0.0),
-        np.maximum(out["sgg"] - mean_g * out["sg"], 0.0),
-        out["srg"] - mean_r * out["sg"],
+        np.maximum(s_rr - mean_r * s_r, 0.0),
+        np.maximum(s_gg - mean_g * s_g, 0.0),
+        s_rg - mean_r * s_g,
     )
 
 
@@ -705,8 +807,8 @@ class MapConstants:
     spearman_denominator: float
     sum_rr: float
     sum_gg: float
-    sum_r: float
-    sum_g: float
+    manders_denominator1: float
+    manders_denominator2: float
     intersection_denominator: float
 
     @classmethod
@@ -727,6 +829,7 @@ class MapConstants:
             values1 = ranks1 = values2 = ranks2 = np.empty(0)
             mean_rank = spearman_denominator = np.nan
         invalid = stats.n_nonfinite > 0
+        own = thresholds.manders == "own"
         return cls(
             mean1=float(m.mean_x),
             mean2=float(m.mean_y),
@@ -739,8 +842,8 @@ class MapConstants:
             spearman_denominator=np.nan if invalid else spearman_denominator,
             sum_rr=np.nan if invalid else positive(s["rr"]),
             sum_gg=np.nan if invalid else positive(s["gg"]),
-            sum_r=np.nan if invalid else positive(s["r"]),
-            sum_g=np.nan if invalid else positive(s["g"]),
+            manders_denominator1=np.nan if invalid else positive(s["r_wr" if own else "r"]),
+            manders_denominator2=np.nan if invalid else positive(s["g_wg" if own else "g"]),
             intersection_denominator=np.nan if invalid else positive(s["wr"] + s["wg"] - s["wr_wg"]),
         )
 
@@ -779,8 +882,8 @@ def coefficient_maps(
             rg / np.sqrt(c.sum_rr * c.sum_gg),
             rg / c.sum_rr,
             rg / c.sum_gg,
-            r * wg / c.sum_r,
-            g * wr / c.sum_g,
+            r * wg * (wr if thresholds.manders == "own" else 1.0) / c.manders_denominator1,
+            g * wr * (wg if thresholds.manders == "own" else 1.0) / c.manders_denominator2,
             wr * wg / c.intersection_denominator,
         ]
     )

@@ -34,6 +34,33 @@ def gaussian_modified(subtracted: np.ndarray, distance_grid: np.ndarray, fit: Ga
     return (subtracted * weight).astype(subtracted.dtype, copy=False)
 
 
+# exp(-0.5 * 39**2) is exactly 0 in float64: G vanishes beyond |mu| + 39 sigma.
+_SUPPORT = 39.0
+
+
+def gaussian_support(gauss_ccf: np.ndarray, geometry, fit: GaussianFit):
+    """G cropped to the shifts where its Gaussian weight is not exactly zero.
+
+    The filters then cost a small kernel instead of a frame-sized one, with the
+    same result (the dropped shifts are zeros).
+
+    Returns
+    -------
+    kernel : numpy.ndarray
+        The cropped G.
+    kernel_lo : tuple of int
+        Shift of its index 0 per axis.
+    """
+    reach = abs(fit.mean) + _SUPPORT * fit.sigma
+    crop, kernel_lo = [], []
+    for lo, hi, s in zip(geometry.shift_lo, geometry.shift_hi, geometry.spacing):
+        k = int(np.ceil(reach / s))
+        a, b = max(lo, -k), min(hi, k)
+        crop.append(slice(a - lo, b - lo + 1))
+        kernel_lo.append(a)
+    return gauss_ccf[tuple(crop)], tuple(kernel_lo)
+
+
 def filter_with_kernel(image: np.ndarray, kernel: np.ndarray, shift_lo, correlate: bool) -> np.ndarray:
     """Convolve (or correlate) ``image`` with a shift-indexed kernel, mirror-extended.
 

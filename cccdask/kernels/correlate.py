@@ -75,9 +75,14 @@ class MaskedImages:
     mean: float
     mask_volume: float
 
-    def centred_image1(self) -> np.ndarray:
-        """L = (image1 - mean) inside the mask, exactly 0 outside (a new array)."""
-        centred = self.image1 - self.image1.dtype.type(self.mean)
+    def centred_image1(self, in_place: bool = False) -> np.ndarray:
+        """L = (image1 - mean) inside the mask, exactly 0 outside.
+
+        ``in_place`` overwrites ``image1`` (saving a frame-sized buffer) when the
+        masked image is not needed afterwards.
+        """
+        centred = self.image1 if in_place else self.image1.copy()
+        centred -= centred.dtype.type(self.mean)
         if self.inside is not None:
             centred[~self.inside] = 0
         return centred
@@ -118,7 +123,8 @@ def mask_images(image1, image2, mask, spacing, dtype=np.float32) -> MaskedImages
     return MaskedImages(i1, i2, inside, mean, count * float(np.prod(spacing)))
 
 
-def masked_correlograms(masked: MaskedImages, shift_lo, shift_hi, mode: str = "full"):
+def masked_correlograms(masked: MaskedImages, shift_lo, shift_hi, mode: str = "full",
+                        keep_images: bool = True):
     """Original and/or subtracted correlograms of one masked frame.
 
     Parameters
@@ -129,6 +135,9 @@ def masked_correlograms(masked: MaskedImages, shift_lo, shift_hi, mode: str = "f
     mode : {"full", "no_confidence", "correlation"}
         full: O and S (3 forward + 2 inverse FFTs); no_confidence: S only;
         correlation: O only (2 forward + 1 inverse each).
+    keep_images : bool
+        Leave ``masked.image1``/``image2`` intact (the contribution images need them).
+        False lets the correlation reuse their memory: afterwards they are invalid.
 
     Returns
     -------
@@ -143,6 +152,8 @@ def masked_correlograms(masked: MaskedImages, shift_lo, shift_hi, mode: str = "f
     # conj(F(I2m)) once, in place: every correlation then is one in-place multiply.
     spectrum2 = scipy.fft.rfftn(masked.image2, s=shape, axes=axes)
     np.conjugate(spectrum2, out=spectrum2)
+    if not keep_images:
+        masked.image2 = None
 
     def correlate_with_image2(image):
         spectrum = scipy.fft.rfftn(image, s=shape, axes=axes)
@@ -155,6 +166,8 @@ def masked_correlograms(masked: MaskedImages, shift_lo, shift_hi, mode: str = "f
 
     original = correlate_with_image2(masked.image1) if mode in ("full", "correlation") else None
     subtracted = (
-        correlate_with_image2(masked.centred_image1()) if mode in ("full", "no_confidence") else None
+        correlate_with_image2(masked.centred_image1(in_place=not keep_images))
+        if mode in ("full", "no_confidence")
+        else None
     )
     return original, subtracted

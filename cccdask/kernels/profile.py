@@ -1,5 +1,10 @@
 """Correlogram geometry and the radial profile in calibrated units.
 
+A shift's distance depends on each axis only through ``|offset|``, so the profile
+folds the correlogram onto its non-negative quadrant (octant in 3D) first and groups
+that by distance: the geometry and the work are a quarter (an eighth) of the
+correlogram's size.
+
 The geometry of a correlogram (which shifts it holds, their physical distances, the
 distinct distance keys and the voxel-to-key index) depends only on the frame shape,
 the spacing, the maximum distance and the centre convention. It is computed once per
@@ -41,9 +46,15 @@ class ProfileGeometry:
         Physical distance component per axis of every correlogram index.
     distances : numpy.ndarray
         The distinct distances (float64, ascending): the profile's ``distance`` axis.
+    folds : tuple of (numpy.ndarray, numpy.ndarray, numpy.ndarray)
+        Per axis, how the correlogram folds onto ``|offset|`` (distance depends on
+        each axis only through it): for every distinct ``|offset|`` the position of
+        its first member, then the bins with a second member (the mirrored shift)
+        and that member's position.
     index : numpy.ndarray
-        For every correlogram voxel (flattened), its key's position in ``distances``;
-        ``len(distances)`` for voxels beyond ``max_distance``.
+        For every voxel of the folded correlogram (flattened), its key's position in
+        ``distances``; ``len(distances)`` beyond ``max_distance``. A quarter (2D) or an
+        eighth (3D) of the correlogram's size.
     counts : numpy.ndarray
         Number of correlogram voxels per key.
     """
@@ -56,6 +67,7 @@ class ProfileGeometry:
     shift_hi: tuple[int, ...]
     offsets: tuple[np.ndarray, ...]
     distances: np.ndarray
+    folds: tuple[tuple[np.ndarray, np.ndarray, np.ndarray], ...]
     index: np.ndarray
     counts: np.ndarray
 
@@ -156,6 +168,24 @@ def profile_geometry(
     )
 
 
+def _fold(offsets: np.ndarray):
+    """How one axis folds onto its distinct |offset| values (see ProfileGeometry.folds)."""
+    magnitudes, inverse = np.unique(np.abs(offsets), return_inverse=True)
+    members = np.bincount(inverse, minlength=len(magnitudes))
+    order = np.argsort(inverse, kind="stable")
+    starts = np.concatenate([[0], np.cumsum(members)[:-1]])
+    paired = np.nonzero(members == 2)[0]
+    return magnitudes, members, (order[starts], paired, order[starts[paired] + 1])
+
+
+def _outer(arrays, combine):
+    """Combine 1D arrays over a grid (``combine`` is np.add or np.multiply)."""
+    grid = arrays[0]
+    for a in arrays[1:]:
+        grid = combine.outer(grid, a)
+    return grid
+
+
 @lru_cache(maxsize=16)
 def _cached_geometry(frame_shape, spacing, max_distance, fiji_compat) -> ProfileGeometry:
     lo, hi = shift_range(frame_shape, spacing, max_distance)
@@ -163,13 +193,11 @@ def _cached_geometry(frame_shape, spacing, max_distance, fiji_compat) -> Profile
     for n, s, a, b in zip(frame_shape, spacing, lo, hi):
         centre_shift = (n // 2 - (n - 1) / 2) if fiji_compat else 0.0
         offsets.append((np.arange(a, b + 1) + centre_shift) * s)
+    folded = [_fold(off) for off in offsets]
+    # distances over the folded correlogram: |offset| per axis
+    d2 = _outer([m**2 for m, _, _ in folded], np.add).ravel()
+    multiplicity = _outer([members for _, members, _ in folded], np.multiply).ravel()
     quantum = _QUANTUM * min(spacing) ** 2
-    d2 = np.zeros(tuple(b - a + 1 for a, b in zip(lo, hi)))
-    for axis, off in enumerate(offsets):
-        shape = [1] * len(offsets)
-        shape[axis] = -1
-        d2 = d2 + (off**2).reshape(shape)
-    d2 = d2.ravel()
     keys, first, index = np.unique(np.rint(d2 / quantum).astype(np.int64), return_index=True,
                                    return_inverse=True)
     distances = np.sqrt(d2[first])
@@ -179,10 +207,9 @@ def _cached_geometry(frame_shape, spacing, max_distance, fiji_compat) -> Profile
         n_keys = int(np.searchsorted(distances, max_distance * (1 + 1e-12), side="right"))
         distances = distances[:n_keys]
         index[index >= n_keys] = n_keys
-    counts = np.bincount(index, minlength=n_keys + 1)[:n_keys]
-    for a in offsets:
-        a.setflags(write=False)
-    for a in (distances, index, counts):
+    counts = np.bincount(index, weights=multiplicity, minlength=n_keys + 1)[:n_keys].astype(np.int64)
+    folds = tuple(f for _, _, f in folded)
+    for a in (*offsets, distances, index, counts, *[x for f in folds for x in f]):
         a.setflags(write=False)
     return ProfileGeometry(
         frame_shape=frame_shape,
@@ -193,6 +220,7 @@ def _cached_geometry(frame_shape, spacing, max_distance, fiji_compat) -> Profile
         shift_hi=hi,
         offsets=tuple(offsets),
         distances=distances,
+        folds=folds,
         index=index,
         counts=counts,
     )
@@ -214,6 +242,15 @@ def radial_profile(correlogram: np.ndarray, geometry: ProfileGeometry) -> np.nda
     """
     if correlogram.shape != geometry.ccf_shape:
         raise ValueError(f"correlogram shape {correlogram.shape} != geometry {geometry.ccf_shape}")
+    folded = correlogram
+    for axis, (first, paired_bins, second) in enumerate(geometry.folds):
+        # sum each shift with its mirror: the first fold halves the data and turns it
+        # into float64, so the sums keep double precision at half the memory
+        out = np.take(folded, first, axis=axis).astype(np.float64, copy=False)
+        index = [slice(None)] * folded.ndim
+        index[axis] = paired_bins
+        out[tuple(index)] += np.take(folded, second, axis=axis)
+        folded = out
     n = len(geometry.distances)
-    sums = np.bincount(geometry.index, weights=correlogram.ravel(), minlength=n + 1)[:n]
+    sums = np.bincount(geometry.index, weights=folded.ravel(), minlength=n + 1)[:n]
     return sums / geometry.counts

@@ -79,7 +79,7 @@ def correlate_tile(a_tile, b_tile_with_halo: np.ndarray, max_shift: Sequence[int
     axes = tuple(range(b.ndim))
     spectrum_b = scipy.fft.rfftn(b, s=shape, axes=axes)
     # circular c(t) = sum_i a(i) b_ext(i + t) for t in 0..2K; then P(s) = c(K - s)
-    keep = tuple(slice(2 * k, None, -1) if k else slice(0, 1) for k in max_shift)
+    keep = tuple(slice(2 * k, None, -1) for k in max_shift)
     out = []
     for a in a_tiles:
         spectrum = scipy.fft.rfftn(a, s=shape, axes=axes)

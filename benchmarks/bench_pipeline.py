@@ -1,0 +1,195 @@
+"""Pipeline overhead and out-of-core memory.
+
+1. Throughput: frames/s of a whole run (read from OME-Zarr, CCC, write the store) on a
+   LocalCluster of W single-threaded worker processes, against the kernel alone
+   (``ccc_frame`` on frames already in memory, one process) times frames / W. The
+   ratio is the Dask + I/O overhead (target <= 1.2). Cluster start-up and the reports
+   are left out; the workers are warmed up by a first small run.
+2. Memory: peak resident memory of the driver and all worker processes together,
+   above their level before the run, for a run over N frames and over 10 N frames
+   (out-of-core: the peaks should be within 15%).
+
+    python benchmarks/bench_pipeline.py --size 256 --frames 20 --long 200 --workers 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import psutil
+
+
+def write_input(folder: Path, n_frames: int, size: int) -> None:
+    from cccdask.io.store import write_ome_zarr
+    from cccdask.synthetic import paired_spots
+
+    spacing = (0.05, 0.05)
+    scenes = [paired_spots(shape=(size, size), spacing=spacing, distance=0.3 + 0.05 * (i % 10), seed=i,
+                           n_pairs=int(200 * (size / 256) ** 2)) for i in range(min(n_frames, 10))]
+    images = np.stack([np.stack([scenes[i % len(scenes)].image1, scenes[i % len(scenes)].image2])
+                       for i in range(n_frames)])
+    masks = np.stack([scenes[i % len(scenes)].mask for i in range(n_frames)]).astype(np.uint8)
+    write_ome_zarr(folder / "input.ome.zarr", images, "tcyx", spacing)
+    write_ome_zarr(folder / "mask.ome.zarr", masks, "tyx", spacing)
+
+
+def config_for(folder: Path, store: str, address: str, args):
+    from cccdask.config import config_from_dict
+
+    return config_from_dict({
+        "input": {"image1": {"path": "input.ome.zarr", "channel": 0},
+                  "image2": {"path": "input.ome.zarr", "channel": 1}, "mask": "mask.ome.zarr"},
+        "ccc": {"mode": args.mode, "max_distance": args.max_distance, "contributions": args.contributions},
+        "output": {"store": store, "reports": False},
+        "cluster": {"kind": "address", "address": address},
+        "execution": {"frames_per_task": args.frames_per_task if args.frames_per_task == "auto"
+                      else int(args.frames_per_task)},
+    }, base_dir=folder)
+
+
+def _frames_in_memory(folder: Path, count: int):
+    from cccdask.io.readers import open_image
+
+    image = open_image(folder / "input.ome.zarr")
+    mask = open_image(folder / "mask.ome.zarr")
+    return [(np.asarray(image.isel(t=i, c=0)), np.asarray(image.isel(t=i, c=1)), np.asarray(mask.isel(t=i)))
+            for i in range(min(count, image.sizes["t"]))]
+
+
+def _kernel(frame, args):
+    from cccdask.kernels.ccc import ccc_frame
+    from cccdask.kernels.profile import profile_geometry
+
+    geometry = profile_geometry(frame[0].shape, (0.05, 0.05), args.max_distance, False)
+    start = time.perf_counter()
+    ccc_frame(*frame, geometry, mode=args.mode, contributions=args.contributions)
+    return time.perf_counter() - start
+
+
+def kernel_seconds_per_frame(folder: Path, args, repeats: int) -> float:
+    """Median time of the kernel on frames in memory, in this process."""
+    frames = _frames_in_memory(folder, repeats)
+    _kernel(frames[0], args)  # warm-up
+    return float(np.median([_kernel(frame, args) for frame in frames]))
+
+
+def kernel_seconds_on_workers(client, folder: Path, args, repeats: int) -> float:
+    """Median kernel time per frame measured inside the worker processes during a parallel
+    batch (the same processes and CPU contention as the run, no I/O)."""
+    frames = client.scatter(_frames_in_memory(folder, repeats))
+    client.gather([client.submit(_kernel, f, args, pure=False) for f in frames])  # warm-up
+    return float(np.median(client.gather([client.submit(_kernel, f, args, pure=False) for f in frames])))
+
+
+class PeakMemory:
+    """Peak summed RSS of this process and its children (sampled every 10 ms)."""
+
+    def __init__(self):
+        self.process = psutil.Process()
+        self.baseline = self.current()
+        self.peak = self.baseline
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def current(self) -> int:
+        total = 0
+        for p in [self.process] + self.process.children(recursive=True):
+            try:
+                total += p.memory_info().rss
+            except psutil.Error:
+                pass
+        return total
+
+    def _sample(self):
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self.current())
+            time.sleep(0.01)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self.current())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size", type=int, default=256, help="frame size (pixels per side)")
+    parser.add_argument("--frames", type=int, default=20, help="frames of the short run")
+    parser.add_argument("--long", type=int, default=200, help="frames of the long run")
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--frames-per-task", default="auto", help="an integer, or auto")
+    parser.add_argument("--mode", default="full")
+    parser.add_argument("--max-distance", type=float, default=None)
+    parser.add_argument("--contributions", action="store_true")
+    args = parser.parse_args()
+
+    from distributed import LocalCluster
+
+    from cccdask.pipeline import run
+
+    root = Path(tempfile.mkdtemp(prefix="cccdask-bench-"))
+    try:
+        write_input(root, args.long, args.size)
+        per_frame = kernel_seconds_per_frame(root, args, repeats=10)
+        cluster = LocalCluster(n_workers=args.workers, threads_per_worker=1, processes=True,
+                               dashboard_address=":0", host="127.0.0.1")
+        try:
+            address = cluster.scheduler_address
+            run(config_for(root, "warmup.zarr", address, args))  # imports and caches on the workers
+            from distributed import Client
+
+            with Client(address) as client:
+                on_workers = kernel_seconds_on_workers(client, root, args, repeats=2 * args.workers * 5)
+            rows = []
+            for n in (args.frames, args.long):
+                sub = root / f"n{n}"
+                sub.mkdir()
+                if n == args.long:
+                    for name in ("input.ome.zarr", "mask.ome.zarr"):
+                        (sub / name).symlink_to(root / name)
+                else:
+                    write_input(sub, n, args.size)
+                stamps = []
+                with PeakMemory() as memory:
+                    start = time.perf_counter()
+                    run(config_for(sub, "results.zarr", address, args),
+                        progress=lambda done, total: stamps.append((time.perf_counter(), done)))
+                    elapsed = time.perf_counter() - start
+                ideal = on_workers * n / args.workers
+                # steady state: from the first recorded batch to the last (no set-up, no finalising)
+                (t0, d0), (t1, d1) = next(s for s in stamps if s[1] > 0), stamps[-1]
+                steady = (t1 - t0) / (on_workers * (d1 - d0) / args.workers) if d1 > d0 else float("nan")
+                rows.append((n, elapsed, n / elapsed, ideal, elapsed / ideal, steady, memory.peak,
+                             memory.peak - memory.baseline))
+        finally:
+            cluster.close()
+        print(f"frame {args.size}x{args.size}, mode {args.mode}, contributions {args.contributions}, "
+              f"{args.workers} workers x 1 thread, frames_per_task {args.frames_per_task}")
+        print(f"kernel alone: {per_frame * 1e3:.1f} ms per frame in one process; {on_workers * 1e3:.1f} ms per "
+              f"frame inside the workers running in parallel (used below); load average "
+              f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
+        print("| frames | run time (s) | frames/s | kernel x frames / workers (s) | overhead ratio, whole run "
+              "| overhead ratio, steady state | peak memory, driver + workers (MiB) | above idle (MiB) |")
+        print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+        for n, elapsed, rate, ideal, ratio, steady, peak, above in rows:
+            print(f"| {n} | {elapsed:.2f} | {rate:.1f} | {ideal:.2f} | {ratio:.2f} | {steady:.2f} | "
+                  f"{peak / 2**20:.0f} | {above / 2**20:.0f} |")
+        print(f"peak memory, {args.long} vs {args.frames} frames: {rows[1][6] / rows[0][6]:.3f}x "
+              f"(above idle: {rows[1][7] / 2**20:.0f} vs {rows[0][7] / 2**20:.0f} MiB)")
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
