@@ -7,9 +7,10 @@ For each frame shape and mode, side by side in one run:
 * the FFT floor: 3 forward + 2 inverse real FFTs at the same padded shape, same
   library (scipy.fft) and threads,
 * their ratio,
-* peak memory above the inputs per input voxel, measured as the peak resident set
-  size of a fresh subprocess minus its size once the inputs exist (so allocations
-  inside the FFT library count too).
+* peak memory above the inputs per input voxel: in a fresh subprocess, the kernel's
+  peak-RSS mark (VmHWM) is reset once the inputs exist, and the peak reached while
+  the frame runs (profile geometry included) is read back, so allocations inside
+  the FFT library count too.
 
 Usage::
 
@@ -21,8 +22,8 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import gc
 import json
-import resource
 import statistics
 import subprocess
 import sys
@@ -57,13 +58,20 @@ def make_frame(shape, spacing, seed=0):
     return s.image1, s.image2, s.mask
 
 
-def rss_bytes() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * resource.getpagesize()
+def _status_bytes(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError(f"{field} not in /proc/self/status")
 
 
-def peak_rss_bytes() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+def reset_peak_rss() -> int:
+    """Reset the kernel's peak-RSS mark (VmHWM) to the current RSS and return it."""
+    gc.collect()
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    return _status_bytes("VmRSS")
 
 
 def memory_probe(shape, spacing, mode, contributions):
@@ -72,10 +80,10 @@ def memory_probe(shape, spacing, mode, contributions):
     from cccdask.kernels.profile import profile_geometry
 
     image1, image2, mask = make_frame(shape, spacing)
-    before = rss_bytes()
+    before = reset_peak_rss()  # the scene's own temporaries do not count
     geometry = profile_geometry(shape, spacing)
     ccc_frame(image1, image2, mask, geometry, mode=mode, contributions=contributions)
-    print(json.dumps({"above_inputs": peak_rss_bytes() - before}))
+    print(json.dumps({"above_inputs": _status_bytes("VmHWM") - before}))
 
 
 def fft_floor(image1, image2, padded, repeats):
@@ -85,9 +93,12 @@ def fft_floor(image1, image2, padded, repeats):
         t0 = time.perf_counter()
         f2 = scipy.fft.rfftn(image2, s=padded, axes=axes)
         f1 = scipy.fft.rfftn(image1, s=padded, axes=axes)
+        f1 *= f2
+        scipy.fft.irfftn(f1, s=padded, axes=axes, overwrite_x=True)
+        del f1
         fl = scipy.fft.rfftn(image1, s=padded, axes=axes)
-        scipy.fft.irfftn(f1 * f2, s=padded, axes=axes)
-        scipy.fft.irfftn(fl * f2, s=padded, axes=axes)
+        fl *= f2
+        scipy.fft.irfftn(fl, s=padded, axes=axes, overwrite_x=True)
         times.append(time.perf_counter() - t0)
     return statistics.median(times[1:])
 

@@ -112,10 +112,11 @@ def compare(args) -> None:
     from cccdask.kernels.profile import shift_range
     from cccdask.tiled import default_tile_shape, tiled_correlograms
 
-    shape, spacing = tuple(args.compare_shape), tuple(args.spacing)
+    shape = tuple(args.compare_shape)
+    spacing = tuple(args.compare_spacing or args.spacing)[-len(shape):]
     rng = np.random.default_rng(1)
     image1 = rng.random(shape, dtype=np.float32)
-    image2 = (0.7 * np.roll(image1, (1, 2, 3), axis=(0, 1, 2)) + 0.3 * rng.random(shape)).astype(np.float32)
+    image2 = (0.7 * np.roll(image1, 3, axis=-1) + 0.3 * rng.random(shape)).astype(np.float32)
     mask = np.ones(shape, bool)
     mask[:, : shape[1] // 8] = False
     print(f"\ncomparison frame {shape} ({math.prod(shape) * 4 / 2**20:.0f} MiB float32), one thread each, "
@@ -161,9 +162,12 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--worker-memory", default="1GiB")
     parser.add_argument("--data-dir", default="/tmp/cccdask-bench-tiled")
-    parser.add_argument("--compare-shape", type=int, nargs=3, default=[64, 512, 512])
+    parser.add_argument("--compare-shape", type=int, nargs="+", default=[64, 512, 512],
+                        help="frame for the tiled / whole-frame comparison, 2D or 3D")
+    parser.add_argument("--compare-spacing", type=float, nargs="+", default=None,
+                        help="its spacing (default: the last axes of --spacing)")
     parser.add_argument("--compare-distances", type=float, nargs="+", default=[0.5, 1.0, 2.0])
-    parser.add_argument("--compare-tile", type=int, nargs=3, default=None,
+    parser.add_argument("--compare-tile", type=int, nargs="+", default=None,
                         help="tile for the comparison; default from --tile-budget-mib")
     parser.add_argument("--tile-budget-mib", type=float, default=256)
     parser.add_argument("--repeats", type=int, default=3)

@@ -657,8 +657,9 @@ class _Completion:
         for index, status, reason in outcomes:
             self.record.errors[index] = reason
             self.record.status[index] = status
+        first = not self.record.complete.any() if not self.dirty else False
         self.dirty = True
-        if time.monotonic() - self.last >= self.interval:
+        if first or time.monotonic() - self.last >= self.interval:
             self.flush()
 
     def flush(self) -> None:

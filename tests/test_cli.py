@@ -41,7 +41,7 @@ def _write_config(folder: Path, name: str, address: str | None = None, **changes
         "input": {"image1": {"path": "cells.tif", "channel": 0}, "image2": {"path": "cells.tif", "channel": 1},
                   "mask": "mask.tif"},
         "ccc": {"max_distance": 1.0},
-        "output": {"store": f"{name}.zarr"},
+        "output": {"store": f"{name}.zarr", "reports": False},
     }
     if address:
         config["cluster"] = {"kind": "address", "address": address}
@@ -127,8 +127,15 @@ def test_run_inspect_and_overwrite(files, cluster_address):
 def test_inspect_lists_missing_frames_of_an_interrupted_store(files, cluster_address):
     import zarr
 
-    config = _write_config(files, "partial", address=cluster_address)
-    assert runner.invoke(app, ["run", str(config)]).exit_code == 0
+    # through a scheduler file this time (as `dask scheduler --scheduler-file` writes it)
+    (files / "scheduler.json").write_text(json.dumps({"address": cluster_address}))
+    config = _write_config(files, "partial")
+    text = yaml.safe_load(config.read_text())
+    text["cluster"] = {"kind": "scheduler_file", "scheduler_file": "scheduler.json"}
+    config.write_text(yaml.safe_dump(text))
+    done = runner.invoke(app, ["run", str(config)])
+    assert done.exit_code == 0, _output(done)
+    assert "Connected to the scheduler in" in _output(done)
     # as if the run had died before frames 1 and 2 were recorded
     group = zarr.open_group(str(files / "partial.zarr"), mode="r+")
     group["frame_status"][1:] = 0

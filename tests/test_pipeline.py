@@ -23,8 +23,8 @@ CCC_VARIABLES = ("profile_original", "profile_subtracted", "profile_fit", "mean"
                  "confidence", "r_squared", "fit_ok")
 
 
-def _config(tmp_path, address, input_section, store="results.zarr", **sections):
-    data = {"input": input_section, "output": {"store": str(tmp_path / store)},
+def _config(tmp_path, address, input_section, store="results.zarr", reports=False, **sections):
+    data = {"input": input_section, "output": {"store": str(tmp_path / store), "reports": reports},
             "cluster": {"kind": "address", "address": address}}
     data.update(sections)
     return config_from_dict(data, base_dir=tmp_path)
@@ -61,7 +61,7 @@ def tiff_run(tiff_series, cluster_address):
         "image1": {"path": "cells.tif", "channel": 0},
         "image2": {"path": "cells.tif", "channel": 1},
         "mask": "mask.tif",
-    }, ccc={"max_distance": 1.5, "contributions": True})
+    }, reports=True, ccc={"max_distance": 1.5, "contributions": True})
     return run(config), config
 
 
@@ -186,7 +186,7 @@ def test_existing_store_of_another_config_is_refused(tiff_series, tiff_run, clus
     before = read_completion(store).status.copy()
     other = _config(folder, cluster_address, {
         "image1": {"path": "cells.tif", "channel": 0}, "image2": {"path": "cells.tif", "channel": 1},
-        "mask": "mask.tif"}, ccc={"max_distance": 1.0})
+        "mask": "mask.tif"}, reports=True, ccc={"max_distance": 1.0})
     with pytest.raises(StoreConflictError, match="different config"):
         run(other)
     np.testing.assert_array_equal(read_completion(store).status, before)
@@ -210,8 +210,9 @@ def test_run_killed_midway_resumes_to_the_same_store(tmp_path, cluster_address):
                "mask": "mask.ome.zarr"}
     common = {"input": section, "ccc": {"contributions": True},
               "cluster": {"kind": "address", "address": cluster_address}}
+    killed_output = {"store": "killed.zarr", "reports": False}
     config_file = tmp_path / "run.yaml"
-    config_file.write_text(yaml.safe_dump({**common, "output": {"store": "killed.zarr"}}))
+    config_file.write_text(yaml.safe_dump({**common, "output": killed_output}))
     store = tmp_path / "killed.zarr"
 
     process = subprocess.Popen([sys.executable, "-m", "cccdask", "run", str(config_file)],
@@ -225,7 +226,7 @@ def test_run_killed_midway_resumes_to_the_same_store(tmp_path, cluster_address):
     assert 0 < complete.sum() < n, "the run was not caught midway"
     assert read_store_attrs(store)["cccdask_status"] == "running"
 
-    clean = run(config_from_dict({**common, "output": {"store": "clean.zarr"}}, base_dir=tmp_path))
+    clean = run(config_from_dict({**common, "output": {"store": "clean.zarr", "reports": False}}, base_dir=tmp_path))
     clean_ds = xr.open_zarr(clean)
     # frames recorded complete by the killed run already hold their final data
     killed_ds = xr.open_zarr(store)
@@ -234,7 +235,7 @@ def test_run_killed_midway_resumes_to_the_same_store(tmp_path, cluster_address):
         np.testing.assert_array_equal(killed_ds[name].values[done], clean_ds[name].values[done])
     chunk_times = {i: os.stat(store / "mean" / "c" / str(i)).st_mtime_ns for i in done}
 
-    resumed = run(config_from_dict({**common, "output": {"store": "killed.zarr"}}, base_dir=tmp_path))
+    resumed = run(config_from_dict({**common, "output": killed_output}, base_dir=tmp_path))
     resumed_ds = xr.open_zarr(resumed)
     # only the missing frames were computed again
     assert {i: os.stat(store / "mean" / "c" / str(i)).st_mtime_ns for i in done} == chunk_times
@@ -269,7 +270,7 @@ def test_a_worker_killed_mid_run_loses_nothing(tmp_path, cluster_address):
 
     from distributed import Client
 
-    n = 12
+    n = 16
     image1, image2, mask, _ = paired_spots_series(n, distances=np.linspace(0.3, 0.8, n), shape=(256, 256),
                                                   n_pairs=100)
     write_ome_zarr(tmp_path / "cells.ome.zarr", np.stack([image1, image2], axis=1), "tcyx", (0.05, 0.05))
@@ -305,7 +306,7 @@ def test_single_frame_with_background_subtraction(tmp_path, cluster_address):
                      metadata={"axes": "CYX", "unit": "um"})
     config = _config(tmp_path, cluster_address, {
         "image1": {"path": "one.tif", "channel": 0}, "image2": {"path": "one.tif", "channel": 1}},
-        ccc={"max_distance": 1.2},
+        reports=True, ccc={"max_distance": 1.2},
         preprocess={"background": {"image1": {"method": "median"}, "image2": {"method": "constant", "value": 3.0}}})
     stored = xr.open_zarr(run(config))
     assert stored.sizes["t"] == 1 and stored.attrs["time_series"] is False

@@ -213,6 +213,14 @@ def ngff_multiscales(
     return {"version": "0.5", "multiscales": multiscales}
 
 
+def fast_compressors() -> list:
+    """Blosc LZ4 with byte shuffle: 2-5x faster than Zarr's default zstd to read and write
+    (performance.md), at a somewhat larger size. Used for the results and the demo data."""
+    from zarr.codecs import BloscCodec
+
+    return [BloscCodec(cname="lz4", clevel=5, shuffle="shuffle")]
+
+
 def _consolidate(path: Path) -> None:
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Consolidated metadata", category=UserWarning)
@@ -229,6 +237,8 @@ def _template(layout: StoreLayout, attrs: dict[str, Any]) -> tuple[xr.Dataset, d
             data = da.full(v.shape, v.fill_value, dtype=v.dtype, chunks=v.chunks)
         data_vars[v.name] = xr.Variable(v.dims, data, attrs=v.attrs)
         encoding[v.name] = {"chunks": v.chunks}
+        if v.dtype.kind in "biuf":
+            encoding[v.name]["compressors"] = fast_compressors()
         if v.dtype.kind == "f":
             encoding[v.name]["_FillValue"] = np.nan
     n = layout.n_frames
@@ -424,6 +434,6 @@ def write_ome_zarr(
     group = zarr.open_group(str(path), mode="w", zarr_format=3)
     group.attrs["ome"] = ngff_multiscales([("0", tuple(dims))], tuple(spacing), units, time_interval, time_units)
     array = group.create_array("0", shape=data.shape, dtype=data.dtype, chunks=chunks,
-                               dimension_names=list(dims))
+                               dimension_names=list(dims), compressors=fast_compressors())
     array[...] = data
     return path

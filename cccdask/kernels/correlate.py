@@ -1,7 +1,9 @@
 """Masked linear cross-correlation by real FFTs.
 
 Convention: ``CC_raw(A, B)(s) = sum_m A(m + s) B(m)`` (no wrap-around). The forward
-transform of image 2 is shared; full mode needs 3 forward and 2 inverse real FFTs.
+transform of image 2 is shared; full mode needs 3 forward and 2 inverse real FFTs,
+each done axis by axis so that all-zero padding lines are skipped going forward and
+shifts that are not reported are dropped going back.
 The FFTs run with scipy.fft's thread setting (``scipy.fft.set_workers``), so callers
 choose threads; nothing here starts threads of its own.
 """
@@ -33,24 +35,64 @@ def padded_shape(frame_shape, shift_lo, shift_hi) -> tuple[int, ...]:
     )
 
 
-def crop_shifts(circular: np.ndarray, shift_lo, shift_hi) -> np.ndarray:
+def crop_shifts(circular: np.ndarray, shift_lo, shift_hi, axes=None) -> np.ndarray:
     """Shifts ``lo..hi`` of a circular correlogram, zero shift moved to index ``-lo``.
 
-    Copies 2**ndim blocks (negative and non-negative shifts per axis) into a new
+    Parameters
+    ----------
+    circular : numpy.ndarray
+        Circular correlogram (shift s at index ``s mod P``) along ``axes``.
+    shift_lo, shift_hi : sequence of int
+        Shift range per cropped axis.
+    axes : sequence of int, optional
+        The axes to crop (default all, in order).
+
+    Copies 2**len(axes) blocks (negative and non-negative shifts per axis) into a new
     array, cheaper than fancy indexing or repeated rolls.
     """
-    out = np.empty(tuple(h - lo + 1 for lo, h in zip(shift_lo, shift_hi)), dtype=circular.dtype)
-    for halves in product((0, 1), repeat=circular.ndim):
-        src, dst = [], []
-        for half, lo, hi, p in zip(halves, shift_lo, shift_hi, circular.shape):
+    axes = tuple(range(circular.ndim)) if axes is None else tuple(a % circular.ndim for a in axes)
+    shape = list(circular.shape)
+    for axis, lo, hi in zip(axes, shift_lo, shift_hi):
+        shape[axis] = hi - lo + 1
+    out = np.empty(shape, dtype=circular.dtype)
+    for halves in product((0, 1), repeat=len(axes)):
+        src, dst = [slice(None)] * circular.ndim, [slice(None)] * circular.ndim
+        for half, axis, lo, hi in zip(halves, axes, shift_lo, shift_hi):
+            p = circular.shape[axis]
             if half == 0:  # negative shifts, stored at the end of the circular axis
-                src.append(slice(p + lo, p))
-                dst.append(slice(0, -lo))
+                src[axis], dst[axis] = slice(p + lo, p), slice(0, -lo)
             else:
-                src.append(slice(0, hi + 1))
-                dst.append(slice(-lo, -lo + hi + 1))
+                src[axis], dst[axis] = slice(0, hi + 1), slice(-lo, -lo + hi + 1)
         out[tuple(dst)] = circular[tuple(src)]
     return out
+
+
+def padded_spectrum(image: np.ndarray, shape) -> np.ndarray:
+    """Real FFT of ``image`` zero-padded to ``shape``, one axis at a time.
+
+    The last axis first (real to complex), then the others from the last to the
+    first: lines that are all padding are never transformed, and no padded copy of
+    the whole image is made.
+    """
+    spectrum = scipy.fft.rfft(image, n=shape[-1], axis=-1)
+    for axis in range(image.ndim - 2, -1, -1):
+        spectrum = scipy.fft.fft(spectrum, n=shape[axis], axis=axis, overwrite_x=True)
+    return spectrum
+
+
+def cropped_inverse(spectrum: np.ndarray, shape, shift_lo, shift_hi) -> np.ndarray:
+    """Inverse of :func:`padded_spectrum`, keeping only shifts ``lo..hi``.
+
+    Axis by axis, each axis cropped as soon as it is transformed, so the later
+    transforms run on fewer lines and the full padded result never exists.
+    ``spectrum`` is overwritten.
+    """
+    ndim = spectrum.ndim
+    for axis in range(ndim - 1):
+        spectrum = scipy.fft.ifft(spectrum, axis=axis, overwrite_x=True)
+        spectrum = crop_shifts(spectrum, [shift_lo[axis]], [shift_hi[axis]], axes=[axis])
+    real = scipy.fft.irfft(spectrum, n=shape[-1], axis=-1, overwrite_x=True)
+    return crop_shifts(real, [shift_lo[-1]], [shift_hi[-1]], axes=[-1])
 
 
 @dataclass
@@ -148,19 +190,16 @@ def masked_correlograms(masked: MaskedImages, shift_lo, shift_hi, mode: str = "f
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}; choose one of {MODES}.")
     shape = padded_shape(masked.image1.shape, shift_lo, shift_hi)
-    axes = tuple(range(len(shape)))
     # conj(F(I2m)) once, in place: every correlation then is one in-place multiply.
-    spectrum2 = scipy.fft.rfftn(masked.image2, s=shape, axes=axes)
+    spectrum2 = padded_spectrum(masked.image2, shape)
     np.conjugate(spectrum2, out=spectrum2)
     if not keep_images:
         masked.image2 = None
 
     def correlate_with_image2(image):
-        spectrum = scipy.fft.rfftn(image, s=shape, axes=axes)
+        spectrum = padded_spectrum(image, shape)
         spectrum *= spectrum2
-        circular = scipy.fft.irfftn(spectrum, s=shape, axes=axes, overwrite_x=True)
-        del spectrum
-        out = crop_shifts(circular, shift_lo, shift_hi)
+        out = cropped_inverse(spectrum, shape, shift_lo, shift_hi)
         out /= out.dtype.type(masked.mask_volume)
         return out
 
