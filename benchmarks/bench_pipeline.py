@@ -132,6 +132,8 @@ def main() -> None:
     parser.add_argument("--mode", default="full")
     parser.add_argument("--max-distance", type=float, default=None)
     parser.add_argument("--contributions", action="store_true")
+    parser.add_argument("--default-malloc", action="store_true",
+                        help="keep distributed's MALLOC_TRIM_THRESHOLD_=64KiB in the workers")
     args = parser.parse_args()
 
     from distributed import LocalCluster
@@ -142,8 +144,13 @@ def main() -> None:
     try:
         write_input(root, args.long, args.size)
         per_frame = kernel_seconds_per_frame(root, args, repeats=10)
-        cluster = LocalCluster(n_workers=args.workers, threads_per_worker=1, processes=True,
-                               dashboard_address=":0", host="127.0.0.1")
+        import dask
+
+        from cccdask.cluster import worker_environment_settings
+
+        with dask.config.set(worker_environment_settings() if not args.default_malloc else {}):
+            cluster = LocalCluster(n_workers=args.workers, threads_per_worker=1, processes=True,
+                                   dashboard_address=":0", host="127.0.0.1")
         try:
             address = cluster.scheduler_address
             run(config_for(root, "warmup.zarr", address, args))  # imports and caches on the workers
@@ -174,8 +181,9 @@ def main() -> None:
                              memory.peak - memory.baseline))
         finally:
             cluster.close()
-        print(f"frame {args.size}x{args.size}, mode {args.mode}, contributions {args.contributions}, "
-              f"{args.workers} workers x 1 thread, frames_per_task {args.frames_per_task}")
+        print(f"frame {args.size}x{args.size}, mode {args.mode}, max_distance {args.max_distance}, contributions "
+              f"{args.contributions}, {args.workers} workers x 1 thread, frames_per_task {args.frames_per_task}, "
+              f"worker malloc {'distributed default' if args.default_malloc else 'cccdask (no trimming)'}")
         print(f"kernel alone: {per_frame * 1e3:.1f} ms per frame in one process; {on_workers * 1e3:.1f} ms per "
               f"frame inside the workers running in parallel (used below); load average "
               f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")

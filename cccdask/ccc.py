@@ -10,9 +10,10 @@ import numpy as np
 import xarray as xr
 
 from cccdask.frames import Frames, frame_time_coords, prepare_inputs
-from cccdask.kernels.ccc import ccc_frame, output_names
+from cccdask.kernels.ccc import analyse_correlograms, ccc_frame, output_names
 from cccdask.kernels.correlate import MODES
 from cccdask.kernels.profile import ProfileGeometry, profile_geometry
+from cccdask.tiled import tiled_contributions, tiled_correlograms, whole_frame_fits, worker_memory_budget
 
 _DESCRIPTIONS = {
     "profile_original": "radial profile of the original cross-correlation O",
@@ -63,6 +64,65 @@ def _best_frame_block(values: np.ndarray, mode: str) -> np.ndarray:
     return np.asarray(best_frame(values, mode), dtype=np.int64)
 
 
+def _delayed_frames(frames: Frames):
+    """One (image1, image2, mask) tuple of Delayed objects per frame.
+
+    Each input is rechunked to whole frames (a no-op for per-frame chunks) and split
+    without graph optimisation: calling Delayed functions on Dask arrays would
+    optimise (and rename) their graphs once per frame.
+    """
+
+    def per_frame(array: xr.DataArray):
+        data = array.data if isinstance(array.data, da.Array) else da.from_array(array.data, chunks=-1)
+        frame_chunks = {0: 1, **{axis: -1 for axis in range(1, data.ndim)}}
+        return list(data.rechunk(frame_chunks).to_delayed(optimize_graph=False).ravel())
+
+    image1, image2 = per_frame(frames.image1), per_frame(frames.image2)
+    if frames.mask is None:
+        masks = [None] * frames.n_frames
+    elif "t" in frames.mask.dims:
+        masks = per_frame(frames.mask)
+    else:
+        masks = per_frame(frames.mask.expand_dims("t")) * frames.n_frames
+    squeeze = dask.delayed(_squeeze_frame, pure=True)
+    return [
+        (squeeze(a), squeeze(b), None if m is None else squeeze(m))
+        for a, b, m in zip(image1, image2, masks)
+    ]
+
+
+def _squeeze_frame(block: np.ndarray) -> np.ndarray:
+    return block[0]
+
+
+def _tiled_frame(frames: Frames, t: int, geometry: ProfileGeometry, *, mode, contributions, intermediates,
+                 dtype, tile_shape) -> dict:
+    """One frame by tiles (issue: frames larger than memory); results as Dask arrays/Delayed."""
+    image1, image2, mask = _frame_arrays(frames, t)
+    correlograms = tiled_correlograms(image1, image2, mask, frames.spacing, geometry.max_distance,
+                                      tile_shape=tile_shape, mode=mode, dtype=dtype)
+
+    def as_delayed(name):
+        array = correlograms.get(name)
+        return None if array is None else array.to_delayed(optimize_graph=False).ravel()[0]
+
+    analysis = dask.delayed(analyse_correlograms, pure=True, nout=None)(
+        as_delayed("original"), as_delayed("subtracted"), geometry,
+        mode=mode, gauss=contributions or intermediates, intermediates=False,
+    )
+    result = {name: analysis[name] for name in output_names(mode)}
+    if intermediates:
+        result.update({f"ccf_{name}": array for name, array in correlograms.items()
+                       if name in ("original", "subtracted")})
+        result["ccf_gauss"] = analysis["ccf_gauss"]
+    if contributions:
+        gauss = da.from_delayed(analysis["ccf_gauss"], shape=geometry.ccf_shape, dtype=np.dtype(dtype))
+        result["contribution1"], result["contribution2"] = tiled_contributions(
+            image1, image2, gauss, mask=mask, shift_lo=geometry.shift_lo, tile_shape=tile_shape, dtype=dtype
+        )
+    return result
+
+
 def _frame_arrays(frames: Frames, index: int):
     m = frames.mask_frame(index)
     return (
@@ -84,6 +144,8 @@ def ccc(
     intermediates: bool = False,
     fiji_compat: bool = False,
     dtype: str = "float32",
+    memory_budget: float | None = None,
+    tile_shape: Sequence[int] | None = None,
 ) -> xr.Dataset:
     """Colocalization by Cross Correlation of two channels, frame by frame.
 
@@ -112,6 +174,14 @@ def ccc(
         voxel off on every even axis). Default: from the true zero shift.
     dtype : {"float32", "float64"}
         Working precision of the correlations.
+    memory_budget : float, optional
+        Bytes one frame's whole-frame FFTs may use. A Dask-backed frame with
+        ``max_distance`` whose FFTs would exceed it is correlated tile by tile
+        (:mod:`cccdask.tiled`; never loaded whole; same numbers to float32 rounding).
+        Default: half a worker's memory limit per thread
+        (:func:`cccdask.tiled.worker_memory_budget`).
+    tile_shape : sequence of int, optional
+        Tile edge per axis (voxels) for the tiled path; default from the budget.
 
     Returns
     -------
@@ -149,13 +219,21 @@ def ccc(
 
     per_frame = {name: [] for name in names}
     if frames.lazy:
-        for t in range(frames.n_frames):
-            result = dask.delayed(ccc_frame, pure=True, nout=None)(
-                *_frame_arrays(frames, t), geometry, **options
-            )
+        tiled = max_distance is not None and not whole_frame_fits(
+            frames.frame_shape, max_distance, frames.spacing,
+            worker_memory_budget() if memory_budget is None else memory_budget, dtype,
+        )
+        for t, arrays in enumerate(_delayed_frames(frames)):
+            if tiled:
+                result = _tiled_frame(frames, t, geometry, tile_shape=tile_shape, **options)
+            else:
+                result = dask.delayed(ccc_frame, pure=True, nout=None)(*arrays, geometry, **options)
             for name in names:
                 _, shape, dt = _output_layout(name, frames, geometry, dtype)
-                per_frame[name].append(da.from_delayed(result[name], shape=shape, dtype=dt))
+                value = result[name]
+                per_frame[name].append(
+                    value if isinstance(value, da.Array) else da.from_delayed(value, shape=shape, dtype=dt)
+                )
         stack = da.stack
     else:
         for t in range(frames.n_frames):

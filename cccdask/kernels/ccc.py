@@ -73,14 +73,63 @@ def ccc_frame(
     """
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}; choose one of {MODES}.")
+    if contributions and mode == "correlation":
+        raise ValueError("contribution images need a Gaussian fit; use mode 'full' or 'no_confidence'.")
     masked = mask_images(image1, image2, mask, geometry.spacing, dtype)
     original, subtracted = masked_correlograms(
         masked, geometry.shift_lo, geometry.shift_hi, mode, keep_images=contributions
     )
+    out = analyse_correlograms(original, subtracted, geometry, mode=mode,
+                               gauss=contributions or intermediates, intermediates=intermediates)
+    if contributions:
+        gauss = out["ccf_gauss"] if intermediates else out.pop("ccf_gauss")
+        if bool(out["fit_ok"]):
+            fit = GaussianFit(float(out["mean"]), float(out["sigma"]), float(out["height"]), True, 0.0)
+            kernel, kernel_lo = gaussian_support(gauss, geometry, fit)
+            out["contribution1"], out["contribution2"] = contribution_images(
+                masked.image1, masked.image2, kernel, kernel_lo
+            )
+        else:
+            out["contribution1"] = np.zeros_like(masked.image1)
+            out["contribution2"] = np.zeros_like(masked.image2)
+    return out
+
+
+def analyse_correlograms(
+    original: np.ndarray | None,
+    subtracted: np.ndarray | None,
+    geometry: ProfileGeometry,
+    *,
+    mode: str = "full",
+    gauss: bool = False,
+    intermediates: bool = False,
+) -> dict[str, np.ndarray]:
+    """Profiles, Gaussian fit and statistics of one frame's correlograms.
+
+    Shared by the whole-frame and the tiled paths (which differ only in how the
+    correlograms are computed).
+
+    Parameters
+    ----------
+    original, subtracted : numpy.ndarray or None
+        O and S, shape ``geometry.ccf_shape`` (None where the mode has none).
+    geometry : ProfileGeometry
+    mode : {"full", "no_confidence", "correlation"}
+    gauss : bool
+        Also return ``ccf_gauss``, the Gaussian-modified correlogram G (zeros when
+        the fit failed).
+    intermediates : bool
+        Also return ``ccf_original`` and ``ccf_subtracted``.
+
+    Returns
+    -------
+    dict of numpy.ndarray
+    """
     keys = geometry.distances
     out: dict[str, np.ndarray] = {}
     if original is not None:
         out["profile_original"] = radial_profile(original, geometry)
+    fit = GaussianFit.failed()
     if subtracted is not None:
         profile = radial_profile(subtracted, geometry)
         fit = fit_gaussian(keys, profile, pixel_size=geometry.spacing[-1])
@@ -91,30 +140,12 @@ def ccc_frame(
             out["confidence"] = confidence(keys, profile, out["profile_original"], fit)
         out["r_squared"] = r_squared(keys, profile, fit)
         out["fit_ok"] = fit.ok
-    else:
-        fit = GaussianFit.failed()
-    gauss = None
-    if (contributions or intermediates) and subtracted is not None:
-        gauss = (
-            gaussian_modified(subtracted, geometry.distance_grid(), fit)
-            if fit.ok
-            else np.zeros_like(subtracted)
+    if intermediates and original is not None:
+        out["ccf_original"] = original
+    if intermediates and subtracted is not None:
+        out["ccf_subtracted"] = subtracted
+    if (gauss or intermediates) and subtracted is not None:
+        out["ccf_gauss"] = (
+            gaussian_modified(subtracted, geometry.distance_grid(), fit) if fit.ok else np.zeros_like(subtracted)
         )
-    if contributions:
-        if gauss is None:
-            raise ValueError("contribution images need a Gaussian fit; use mode 'full' or 'no_confidence'.")
-        if fit.ok:
-            kernel, kernel_lo = gaussian_support(gauss, geometry, fit)
-            out["contribution1"], out["contribution2"] = contribution_images(
-                masked.image1, masked.image2, kernel, kernel_lo
-            )
-        else:
-            out["contribution1"] = np.zeros_like(masked.image1)
-            out["contribution2"] = np.zeros_like(masked.image2)
-    if intermediates:
-        if original is not None:
-            out["ccf_original"] = original
-        if subtracted is not None:
-            out["ccf_subtracted"] = subtracted
-            out["ccf_gauss"] = gauss
     return {k: np.asarray(v) for k, v in out.items()}
