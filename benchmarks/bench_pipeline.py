@@ -3,8 +3,13 @@
 1. Throughput: frames/s of a whole run (read from OME-Zarr, CCC, write the store) on a
    LocalCluster of W single-threaded worker processes, against the kernel alone
    (``ccc_frame`` on frames already in memory, one process) times frames / W. The
-   ratio is the Dask + I/O overhead (target <= 1.2). Cluster start-up and the reports
-   are left out; the workers are warmed up by a first small run.
+   ratio is the Dask + I/O overhead (target <= 1.2); "steady state" leaves out the
+   run's set-up and finalisation (from the first recorded batch to the last). Cluster
+   start-up and the reports are left out; the workers are warmed up by a first run.
+   On a 2-core machine the driver and scheduler share the cores with the W workers.
+   The CPU time the workers spent per frame (reading, kernel, writing) is printed
+   beside it: compared with the kernel's own time it separates the pipeline's cost from
+   CPU contention on a busy machine.
 2. Memory: peak resident memory of the driver and all worker processes together,
    above their level before the run, for a run over N frames and over 10 N frames
    (out-of-core: the peaks should be within 15%).
@@ -16,6 +21,11 @@ from __future__ import annotations
 
 import argparse
 import os
+
+# The kernel alone is timed with one thread, as the workers run it (distributed sets these
+# in worker processes); set before NumPy is imported.
+for _name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_name, "1")
 import shutil
 import tempfile
 import threading
@@ -68,24 +78,17 @@ def _kernel(frame, args):
     from cccdask.kernels.profile import profile_geometry
 
     geometry = profile_geometry(frame[0].shape, (0.05, 0.05), args.max_distance, False)
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     ccc_frame(*frame, geometry, mode=args.mode, contributions=args.contributions)
-    return time.perf_counter() - start
+    return time.perf_counter() - start, time.process_time() - cpu
 
 
-def kernel_seconds_per_frame(folder: Path, args, repeats: int) -> float:
-    """Median time of the kernel on frames in memory, in this process."""
+def kernel_seconds_per_frame(folder: Path, args, repeats: int) -> tuple[float, float]:
+    """Median wall and CPU time of the kernel on frames in memory, in this process."""
     frames = _frames_in_memory(folder, repeats)
     _kernel(frames[0], args)  # warm-up
-    return float(np.median([_kernel(frame, args) for frame in frames]))
-
-
-def kernel_seconds_on_workers(client, folder: Path, args, repeats: int) -> float:
-    """Median kernel time per frame measured inside the worker processes during a parallel
-    batch (the same processes and CPU contention as the run, no I/O)."""
-    frames = client.scatter(_frames_in_memory(folder, repeats))
-    client.gather([client.submit(_kernel, f, args, pure=False) for f in frames])  # warm-up
-    return float(np.median(client.gather([client.submit(_kernel, f, args, pure=False) for f in frames])))
+    times = np.array([_kernel(frame, args) for frame in frames])
+    return float(np.median(times[:, 0])), float(np.median(times[:, 1]))
 
 
 class PeakMemory:
@@ -112,7 +115,19 @@ class PeakMemory:
             self.peak = max(self.peak, self.current())
             time.sleep(0.01)
 
+    def cpu_seconds(self) -> tuple[float, float]:
+        """CPU time (user + system) so far of this process and of its children."""
+        own = sum(self.process.cpu_times()[:2])
+        children = 0.0
+        for p in self.process.children(recursive=True):
+            try:
+                children += sum(p.cpu_times()[:2])
+            except psutil.Error:
+                pass
+        return own, children
+
     def __enter__(self):
+        self.cpu_start = self.cpu_seconds()
         self._thread.start()
         return self
 
@@ -120,6 +135,8 @@ class PeakMemory:
         self._stop.set()
         self._thread.join()
         self.peak = max(self.peak, self.current())
+        end = self.cpu_seconds()
+        self.driver_cpu, self.workers_cpu = (end[0] - self.cpu_start[0], end[1] - self.cpu_start[1])
 
 
 def main() -> None:
@@ -132,6 +149,7 @@ def main() -> None:
     parser.add_argument("--mode", default="full")
     parser.add_argument("--max-distance", type=float, default=None)
     parser.add_argument("--contributions", action="store_true")
+    parser.add_argument("--no-profiler", action="store_true", help="turn off the workers' statistical profiler")
     parser.add_argument("--default-malloc", action="store_true",
                         help="keep distributed's MALLOC_TRIM_THRESHOLD_=64KiB in the workers")
     args = parser.parse_args()
@@ -143,21 +161,20 @@ def main() -> None:
     root = Path(tempfile.mkdtemp(prefix="cccdask-bench-"))
     try:
         write_input(root, args.long, args.size)
-        per_frame = kernel_seconds_per_frame(root, args, repeats=10)
+        per_frame, per_frame_cpu = kernel_seconds_per_frame(root, args, repeats=10)
         import dask
 
         from cccdask.cluster import worker_environment_settings
 
-        with dask.config.set(worker_environment_settings() if not args.default_malloc else {}):
+        settings = worker_environment_settings() if not args.default_malloc else {}
+        if args.no_profiler:
+            settings["distributed.worker.profile.enabled"] = False
+        with dask.config.set(settings):
             cluster = LocalCluster(n_workers=args.workers, threads_per_worker=1, processes=True,
                                    dashboard_address=":0", host="127.0.0.1")
         try:
             address = cluster.scheduler_address
             run(config_for(root, "warmup.zarr", address, args))  # imports and caches on the workers
-            from distributed import Client
-
-            with Client(address) as client:
-                on_workers = kernel_seconds_on_workers(client, root, args, repeats=2 * args.workers * 5)
             rows = []
             for n in (args.frames, args.long):
                 sub = root / f"n{n}"
@@ -173,25 +190,26 @@ def main() -> None:
                     run(config_for(sub, "results.zarr", address, args),
                         progress=lambda done, total: stamps.append((time.perf_counter(), done)))
                     elapsed = time.perf_counter() - start
-                ideal = on_workers * n / args.workers
+                ideal = per_frame * n / args.workers
                 # steady state: from the first recorded batch to the last (no set-up, no finalising)
                 (t0, d0), (t1, d1) = next(s for s in stamps if s[1] > 0), stamps[-1]
-                steady = (t1 - t0) / (on_workers * (d1 - d0) / args.workers) if d1 > d0 else float("nan")
+                steady = (t1 - t0) / (per_frame * (d1 - d0) / args.workers) if d1 > d0 else float("nan")
                 rows.append((n, elapsed, n / elapsed, ideal, elapsed / ideal, steady, memory.peak,
-                             memory.peak - memory.baseline))
+                             memory.peak - memory.baseline, memory.workers_cpu / n, memory.driver_cpu))
         finally:
             cluster.close()
         print(f"frame {args.size}x{args.size}, mode {args.mode}, max_distance {args.max_distance}, contributions "
               f"{args.contributions}, {args.workers} workers x 1 thread, frames_per_task {args.frames_per_task}, "
               f"worker malloc {'distributed default' if args.default_malloc else 'cccdask (no trimming)'}")
-        print(f"kernel alone: {per_frame * 1e3:.1f} ms per frame in one process; {on_workers * 1e3:.1f} ms per "
-              f"frame inside the workers running in parallel (used below); load average "
-              f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
+        print(f"kernel alone (ccc_frame on frames in memory, one process): {per_frame * 1e3:.1f} ms per frame "
+              f"({per_frame_cpu * 1e3:.1f} ms CPU); load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
         print("| frames | run time (s) | frames/s | kernel x frames / workers (s) | overhead ratio, whole run "
-              "| overhead ratio, steady state | peak memory, driver + workers (MiB) | above idle (MiB) |")
-        print("| --- | --- | --- | --- | --- | --- | --- | --- |")
-        for n, elapsed, rate, ideal, ratio, steady, peak, above in rows:
+              "| overhead ratio, steady state | worker CPU per frame (ms) | CPU ratio to the kernel "
+              "| driver + scheduler CPU (s) | peak memory, driver + workers (MiB) | above idle (MiB) |")
+        print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+        for n, elapsed, rate, ideal, ratio, steady, peak, above, worker_cpu, driver_cpu in rows:
             print(f"| {n} | {elapsed:.2f} | {rate:.1f} | {ideal:.2f} | {ratio:.2f} | {steady:.2f} | "
+                  f"{worker_cpu * 1e3:.1f} | {worker_cpu / per_frame_cpu:.2f} | {driver_cpu:.2f} | "
                   f"{peak / 2**20:.0f} | {above / 2**20:.0f} |")
         print(f"peak memory, {args.long} vs {args.frames} frames: {rows[1][6] / rows[0][6]:.3f}x "
               f"(above idle: {rows[1][7] / 2**20:.0f} vs {rows[0][7] / 2**20:.0f} MiB)")

@@ -19,7 +19,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from cccdask.config import ConfigError, PipelineConfig, config_from_dict, json_schema, load_config
+from cccdask.config import ConfigError, PipelineConfig, json_schema, load_config
 
 app = typer.Typer(
     name="cccdask",

@@ -60,7 +60,8 @@ THRESHOLD_SEMANTICS = (
     "T + rho/2; with T 'none' the weight uses T = 0. m1 = sum R' wG / sum R', "
     "m2 = sum G' wR / sum G'; intersection, i1, i2 from the weights. Object voxels "
     "(object_pearson, object_spearman): R > T_R or G > T_G on the raw values (hard, rho "
-    "ignored). rho changes only the weights."
+    "ignored). rho changes only the weights. kendall_tau is tau-b over the mask. With "
+    "threshold='costes' T is found per frame (variable 'threshold')."
 )
 
 

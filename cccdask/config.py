@@ -255,6 +255,11 @@ class ExecutionConfig(_Section):
         "more for small ones (about 4 Mvoxels per task, at least ~16 tasks).",
     )
     retries: int = Field(1, ge=0, description="Times a task that raised is retried.")
+    memory_budget: Optional[str] = Field(
+        None,
+        description="Memory one task may use, e.g. '2GiB'. Default: the workers' memory limit per thread. "
+        "A frame over it is correlated tile by tile when ccc.max_distance is set, else refused.",
+    )
     memory_target: Optional[float] = Field(
         None, gt=0, le=1, description="distributed.worker.memory.target (fraction)."
     )
@@ -271,6 +276,19 @@ class ExecutionConfig(_Section):
         default_factory=dict,
         description="Other Dask settings, e.g. {'distributed.scheduler.allowed-failures': 5}.",
     )
+
+    @field_validator("memory_budget")
+    @classmethod
+    def _bytes(cls, value):
+        if value is not None:
+            from dask.utils import parse_bytes
+
+            try:
+                if parse_bytes(value) <= 0:
+                    raise ValueError
+            except (ValueError, TypeError):
+                raise ValueError(f"memory_budget must be a size such as '512MiB' or '4GB', not {value!r}") from None
+        return value
 
     @field_validator("frames_per_task")
     @classmethod

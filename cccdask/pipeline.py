@@ -243,27 +243,70 @@ def analyse_frame(
     return outputs, FRAME_OK, ""
 
 
-def _read_batch(spec: SourceSpec | None, start: int, stop: int):
-    """Frames ``start..stop-1`` of an input as one lazy array (None when absent).
+class _StoredArray:
+    """Reads frames of one input straight from its stored array, in one call per batch.
 
-    One Dask compute per batch and input: the graph of a long series is culled once
-    per task, not once per frame.
+    The same array, axes and channel that :func:`cccdask.io.readers.open_image` uses
+    (through the readers' own format detection and axis resolution), without a Dask
+    graph: computing a slice of ``open_image``'s lazy array costs a cull of the whole
+    series' graph (O(frames)) and one Zarr call per chunk; reading a batch here is one
+    Zarr (or TIFF/.npy) call. Built only when its shape agrees with ``open_image``'s.
+    """
+
+    def __init__(self, spec: SourceSpec, expected: xr.DataArray):
+        from cccdask.io import readers
+
+        path = Path(spec.path)
+        source = readers._READERS[readers._detect_format(path)](path, spec.component)
+        storage_dims = readers._resolve_dims(spec.dims, source, path)
+        self.array = source.array
+        select = spec.channel is not None and "c" in storage_dims
+        self.index = [spec.channel if (d == "c" and select) else slice(None) for d in storage_dims]
+        kept = [d for d in storage_dims if not (d == "c" and select)]
+        self.t_axis = kept.index("t") if "t" in kept else None
+        self.order = [kept.index(d) for d in expected.dims]
+        shape = tuple(source.array.shape[storage_dims.index(d)] for d in expected.dims)
+        if shape != tuple(expected.shape):
+            raise ValueError(f"stored shape {shape} differs from the opened image {tuple(expected.shape)}")
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        index = list(self.index)
+        if self.t_axis is not None:
+            position = [i for i, s in enumerate(index) if isinstance(s, slice)][self.t_axis]
+            index[position] = slice(start, stop)
+        return np.asarray(self.array[tuple(index)]).transpose(self.order)
+
+
+@lru_cache(maxsize=16)
+def _stored_array(spec: SourceSpec, mtime_ns: int) -> _StoredArray | None:
+    try:
+        return _StoredArray(spec, spec.open())
+    except Exception:  # the readers changed shape: read through the Dask graph instead
+        return None
+
+
+def _read_batch(spec: SourceSpec | None, start: int, stop: int):
+    """Frames ``start..stop-1`` of an input (None when absent), with a leading frame axis.
+
+    An input without a t dim (a single frame, a shared mask) is one frame for all.
     """
     if spec is None:
         return None
+    stored = _stored_array(spec, os.stat(spec.path).st_mtime_ns)
     array = spec.open()
-    if "t" in array.dims:
-        return array.isel(t=slice(start, stop)).data
-    return array.data[None]  # a single frame (or a shared mask): the same for every frame
+    has_t = "t" in array.dims
+    if stored is not None:
+        data = stored.read(start, stop)
+        return data if has_t else data[None]
+    data = array.isel(t=slice(start, stop)).data if has_t else array.data[None]
+    return np.asarray(data.compute(scheduler="synchronous"))
 
 
 def _batch_inputs(plan: FramePlan, start: int, stop: int):
     """The input arrays of frames ``start..stop-1``, read from storage in one go."""
     mask_spec = plan.mask if plan.mask_per_frame else None
-    lazy = [_read_batch(s, start, stop) for s in (plan.image1, plan.image2, mask_spec) + tuple(plan.background_regions)]
-    present = [a for a in lazy if a is not None]
-    values = iter(dask.compute(*present, scheduler="synchronous"))
-    image1, image2, masks, *regions = [None if a is None else next(values) for a in lazy]
+    specs = (plan.image1, plan.image2, mask_spec) + tuple(plan.background_regions)
+    image1, image2, masks, *regions = [_read_batch(s, start, stop) for s in specs]
     if plan.shared_generated_mask:
         shared = _read_generated_mask(plan.store, plan.identity)
     elif plan.mask is not None and not plan.mask_per_frame:
@@ -523,42 +566,63 @@ def estimate_task_memory(config: PipelineConfig, frames, frames_per_task: int) -
     return int(1.25 * (read * frames_per_task + working + ffts + ccfs + images))
 
 
-def _check_memory(estimate: int, per_thread: float | None, frame_shape) -> None:
+def _check_memory(estimate: int, per_thread: float | None, config: PipelineConfig, frame_shape) -> bool:
+    """Whether frames fit one task; False: take the tiled path. Raises when neither works.
+
+    The tiled path (:mod:`cccdask.tiled`, through :func:`cccdask.ccc`) needs
+    ``ccc.max_distance`` and, for now, no contribution images, correlograms,
+    coefficients or preprocessing.
+    """
     from dask.utils import format_bytes
 
     if per_thread is None or estimate <= per_thread:
-        return
+        return True
+    blockers = [name for name, on in (
+        ("ccc.max_distance is not set", config.ccc.max_distance is None),
+        ("ccc.contributions", config.ccc.contributions),
+        ("ccc.intermediates", config.ccc.intermediates),
+        ("coefficients", config.coefficients is not None),
+        ("preprocess", config.preprocessing is not None),
+    ) if on]
+    if not blockers:
+        return False
+    which = "a worker thread's memory limit" if config.execution.memory_budget is None else "execution.memory_budget"
     raise FrameTooLargeError(
         f"one frame of shape {tuple(frame_shape)} needs about {format_bytes(estimate)} per task, but the "
-        f"workers have {format_bytes(int(per_thread))} per thread. Give the workers more memory "
-        f"(cluster.local.memory_limit, or fewer threads_per_worker), set execution.frames_per_task to 1, "
-        f"turn off ccc.contributions / coefficients.maps, or set ccc.max_distance to bound the shifts."
+        f"workers have {format_bytes(int(per_thread))} per thread ({which}). Frames this large are correlated "
+        f"tile by tile when ccc.max_distance is set and contributions, intermediates, coefficients and "
+        f"preprocess are off (here: {', '.join(blockers)}). Otherwise give the workers more memory "
+        f"(cluster.local.memory_limit, or fewer threads_per_worker) or set execution.frames_per_task to 1."
     )
 
 
 # --------------------------------------------------------------------------- driver
 
 
-def check_output_location(path: Path) -> None:
-    """Fail early, before any work, when the store cannot be written at ``path``."""
-    parent = path.parent
-    probe_dir = parent
-    while not probe_dir.exists():
+def check_output_location(path: Path, create: bool = False) -> None:
+    """Fail early, before any work, when the store cannot be written at ``path``.
+
+    Writes (and removes) a probe file in the nearest existing folder; with ``create``,
+    first creates the store's parent folders.
+    """
+    probe_dir = path.parent
+    while not probe_dir.exists() and probe_dir != probe_dir.parent:
         probe_dir = probe_dir.parent
     if not probe_dir.is_dir():
         raise PermissionError(
             f"output.store {path}: {probe_dir} is a file, not a folder; choose another output location."
         )
-    if not os.access(probe_dir, os.W_OK | os.X_OK):
-        raise PermissionError(f"output.store {path}: the folder {probe_dir} is not writable; choose another output location.")
     try:
-        parent.mkdir(parents=True, exist_ok=True)
-        probe = parent / f".{path.name}.write-test-{uuid.uuid4().hex[:8]}"
+        if create:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            probe_dir = path.parent
+        probe = probe_dir / f".{path.name}.write-test-{uuid.uuid4().hex[:8]}"
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as error:
         raise PermissionError(
-            f"output.store {path}: cannot write in {parent} ({error.strerror or error}); choose another output location."
+            f"output.store {path}: cannot write in {probe_dir} ({error.strerror or error}); choose another "
+            f"output location."
         ) from None
     if path.exists() and not path.is_dir():
         raise FileExistsError(f"output.store {path} exists and is a file, not a results store.")
@@ -840,13 +904,18 @@ def run(
     path = Path(config.output.store)
     inputs = open_inputs(config)
     identity = run_identity(config, inputs.frames)
+    check_output_location(path, create=True)
     _output_state(path, identity, overwrite)  # refuse a conflicting store before starting a cluster
     frames = inputs.frames
     fpt = resolve_frames_per_task(config.execution.frames_per_task, tuple(frames.frame_shape), frames.n_frames)
     estimate = estimate_task_memory(config, frames, fpt)
 
     with connect(config.cluster, config.execution, log=log) as cluster:
-        _check_memory(estimate, cluster.memory_per_thread(), frames.frame_shape)
+        budget = (cluster.memory_per_thread() if config.execution.memory_budget is None
+                  else _parse_bytes(config.execution.memory_budget))
+        whole_frames = _check_memory(estimate, budget, config, frames.frame_shape)
+        if not whole_frames:
+            log("Frames do not fit one task: correlating each frame tile by tile (ccc.max_distance)")
         resume = _existing_store(path, identity, overwrite)
         settings = _prepare_preprocessing(config, inputs, log)
         plan, layout = plan_run(config, inputs, identity, settings)
@@ -857,9 +926,10 @@ def run(
                 layout = replace(layout, variables=layout.variables + (VariableLayout(
                     GENERATED_MASK, spatial, shared_mask.shape, np.dtype(np.uint8), shared_mask.shape, image=False,
                     attrs={"description": "the mask generated once and used for every frame"}),))
-            results_store.create_store(path, layout, {**_provenance(config, inputs, identity, settings), **layout.attrs})
-            if shared_mask is not None:
-                results_store.write_array(path, GENERATED_MASK, shared_mask.astype(np.uint8))
+            results_store.create_store(
+                path, layout, {**_provenance(config, inputs, identity, settings), **layout.attrs},
+                initial=None if shared_mask is None else {GENERATED_MASK: shared_mask.astype(np.uint8)},
+            )
         else:
             log(f"Resuming {path}")
         record = results_store.read_completion(path)
@@ -871,7 +941,10 @@ def run(
         if progress:
             progress(done, n_frames)
         completion = _Completion(path, record)
-        failures = _submit(cluster, plan, todo, completion, config.execution.retries, progress, n_frames)
+        if whole_frames:
+            failures = _submit(cluster, plan, todo, completion, config.execution.retries, progress, n_frames)
+        else:
+            failures = _run_tiled(cluster, plan, inputs, config, budget, todo, completion, progress, n_frames)
         completion.flush()
         if failures:
             lines = "\n".join(f"  frames {s}-{e - 1}: {message}" for (s, e), message in failures[:10])
@@ -929,6 +1002,58 @@ def _submit(cluster, plan: FramePlan, todo, completion: _Completion, retries: in
                 pending.add(submit_one(queue.pop()))
     finally:
         completion.flush()
+    return failures
+
+
+def _parse_bytes(text: str) -> int:
+    from dask.utils import parse_bytes
+
+    return int(parse_bytes(text))
+
+
+def _run_tiled(cluster, plan: FramePlan, inputs: RunInputs, config: PipelineConfig, budget: float, todo,
+               completion: _Completion, progress, n_frames):
+    """Frames over the task budget: each frame correlated tile by tile on the cluster.
+
+    :func:`cccdask.ccc` builds the tiled graph of one frame (tasks read their own tiles;
+    the frame is never loaded whole); its small results (profiles, fit) come back to the
+    driver, which writes them into the frame's own chunks and then records the frame.
+    """
+    import cccdask
+
+    frames = inputs.frames
+    dtypes = {name: dtype for name, _, dtype, _ in plan.variables}
+    failures = []
+    for start, stop in todo:
+        arrays = {name: np.full((stop - start,) + tuple(shape), fill, dtype=dtype)
+                  for name, shape, dtype, fill in plan.variables}
+        outcomes = []
+        try:
+            for k, index in enumerate(range(start, stop)):
+                mask = frames.mask_frame(index)
+                result = cccdask.ccc(
+                    frames.image1.isel(t=index).data, frames.image2.isel(t=index).data,
+                    None if mask is None else mask.data, mode=config.ccc.mode, spacing=frames.spacing,
+                    max_distance=config.ccc.max_distance, fiji_compat=config.ccc.fiji_compat,
+                    dtype=config.ccc.dtype, memory_budget=budget,
+                )
+                try:
+                    values = cluster.client.compute(result).result()
+                except InvalidFrameError as error:
+                    outcomes.append((index, FRAME_INVALID, str(error)))
+                    continue
+                for name in values.data_vars:
+                    if name in arrays:
+                        arrays[name][k] = np.asarray(values[name].values).astype(dtypes[name], copy=False)
+                ok = bool(values["fit_ok"]) if "fit_ok" in values else True
+                outcomes.append((index, FRAME_OK if ok else FRAME_FIT_FAILED, "" if ok else FIT_FAILED_REASON))
+            results_store.write_frames(plan.store, plan.identity, start, arrays)
+        except Exception as error:  # report, keep going with the other frames
+            failures.append(((start, stop), f"{type(error).__name__}: {error}"))
+            continue
+        completion.add(outcomes)
+        if progress:
+            progress(int(completion.record.complete.sum()), n_frames)
     return failures
 
 

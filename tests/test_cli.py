@@ -12,7 +12,6 @@ import yaml
 from typer.testing import CliRunner
 
 from cccdask.cli import app
-from cccdask.io.store import write_ome_zarr
 from cccdask.synthetic import paired_spots_series
 
 runner = CliRunner()

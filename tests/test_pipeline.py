@@ -201,14 +201,14 @@ def _complete_frames(store: Path) -> np.ndarray:
 
 
 def test_run_killed_midway_resumes_to_the_same_store(tmp_path, cluster_address):
-    n = 16
+    n = 20
     image1, image2, mask, _ = paired_spots_series(n, distances=np.linspace(0.3, 0.9, n), shape=(288, 288),
                                                   n_pairs=120)
     write_ome_zarr(tmp_path / "cells.ome.zarr", np.stack([image1, image2], axis=1), "tcyx", (0.05, 0.05))
     write_ome_zarr(tmp_path / "mask.ome.zarr", mask.astype(np.uint8), "tyx", (0.05, 0.05))
     section = {"image1": {"path": "cells.ome.zarr", "channel": 0}, "image2": {"path": "cells.ome.zarr", "channel": 1},
                "mask": "mask.ome.zarr"}
-    common = {"input": section, "ccc": {"contributions": True},
+    common = {"input": section, "ccc": {"contributions": True}, "execution": {"frames_per_task": 1},
               "cluster": {"kind": "address", "address": cluster_address}}
     killed_output = {"store": "killed.zarr", "reports": False}
     config_file = tmp_path / "run.yaml"
@@ -270,13 +270,13 @@ def test_a_worker_killed_mid_run_loses_nothing(tmp_path, cluster_address):
 
     from distributed import Client
 
-    n = 16
+    n = 24
     image1, image2, mask, _ = paired_spots_series(n, distances=np.linspace(0.3, 0.8, n), shape=(256, 256),
                                                   n_pairs=100)
     write_ome_zarr(tmp_path / "cells.ome.zarr", np.stack([image1, image2], axis=1), "tcyx", (0.05, 0.05))
     config = _config(tmp_path, cluster_address, {
         "image1": {"path": "cells.ome.zarr", "channel": 0}, "image2": {"path": "cells.ome.zarr", "channel": 1}},
-        ccc={"contributions": True, "max_distance": 1.5})
+        ccc={"contributions": True, "max_distance": 1.5}, execution={"frames_per_task": 1})
     store = tmp_path / "results.zarr"
     outcome = {}
     runner = threading.Thread(target=lambda: outcome.setdefault("path", run(config)))
@@ -318,3 +318,75 @@ def test_single_frame_with_background_subtraction(tmp_path, cluster_address):
         np.testing.assert_allclose(stored[name].values[0], expected[name].values, rtol=1e-5, err_msg=name)
     reports = tmp_path / "results-reports"
     assert (reports / "correlation_plot.png").exists() and not (reports / "heatmap.png").exists()
+
+
+def test_a_task_that_fails_leaves_an_incomplete_store_that_resumes(tmp_path, cluster_address):
+    from cccdask.pipeline import PipelineError
+
+    n = 4
+    image1, image2, mask, _ = paired_spots_series(n, distances=[0.3, 0.4, 0.5, 0.6], shape=(64, 64), n_pairs=30)
+    write_ome_zarr(tmp_path / "cells.ome.zarr", np.stack([image1, image2], axis=1), "tcyx", (0.05, 0.05))
+    chunk = tmp_path / "cells.ome.zarr" / "0" / "c" / "2" / "1" / "0" / "0"  # frame 2, channel 1
+    good = chunk.read_bytes()
+    chunk.write_bytes(b"not a blosc chunk")
+    config = _config(tmp_path, cluster_address, {
+        "image1": {"path": "cells.ome.zarr", "channel": 0}, "image2": {"path": "cells.ome.zarr", "channel": 1}},
+        ccc={"max_distance": 1.0}, execution={"retries": 0})
+    with pytest.raises(PipelineError, match=r"frames 2-2: .*the store .* is incomplete|frames 2-2"):
+        run(config)
+    store = tmp_path / "results.zarr"
+    assert list(read_completion(store).status) == [FRAME_OK, FRAME_OK, FRAME_MISSING, FRAME_OK]
+    assert xr.open_zarr(store).attrs["cccdask_status"] == "running"
+    chunk.write_bytes(good)
+    stored = xr.open_zarr(run(config))
+    expected = cccdask.ccc(xr.DataArray(image1, dims=("t", "y", "x")), xr.DataArray(image2, dims=("t", "y", "x")),
+                           spacing=(0.05, 0.05), max_distance=1.0)
+    _assert_equal_to_ccc(stored, expected)
+    assert stored.attrs["cccdask_status"] == "complete"
+
+
+def test_frames_over_the_task_budget_are_correlated_tile_by_tile(tmp_path, cluster_address):
+    image1, image2, mask, _ = paired_spots_series(2, distances=[0.3, 0.45], shape=(384, 384), n_pairs=150)
+    write_ome_zarr(tmp_path / "cells.ome.zarr", np.stack([image1, image2], axis=1), "tcyx", (0.05, 0.05))
+    write_ome_zarr(tmp_path / "mask.ome.zarr", mask.astype(np.uint8), "tyx", (0.05, 0.05))
+    config = _config(tmp_path, cluster_address, {
+        "image1": {"path": "cells.ome.zarr", "channel": 0}, "image2": {"path": "cells.ome.zarr", "channel": 1},
+        "mask": "mask.ome.zarr"}, ccc={"max_distance": 0.6}, execution={"memory_budget": "4MiB"})
+    logged = []
+    stored = xr.open_zarr(run(config, log=logged.append))
+    assert any("tile by tile" in line for line in logged)
+    expected = cccdask.ccc(xr.DataArray(image1, dims=("t", "y", "x")), xr.DataArray(image2, dims=("t", "y", "x")),
+                           mask, spacing=(0.05, 0.05), max_distance=0.6)
+    # the tiled correlation equals the whole-frame one up to float32 rounding
+    for name in ("profile_original", "profile_subtracted", "mean", "sigma", "confidence"):
+        np.testing.assert_allclose(stored[name].values, expected[name].values, rtol=1e-4, atol=1e-6, err_msg=name)
+    assert list(stored["frame_status"].values) == [FRAME_OK, FRAME_OK]
+    # without a maximum distance there is no tiled path: refused before any work
+    from cccdask.pipeline import FrameTooLargeError
+
+    unbounded = _config(tmp_path, cluster_address, {
+        "image1": {"path": "cells.ome.zarr", "channel": 0}, "image2": {"path": "cells.ome.zarr", "channel": 1}},
+        store="unbounded.zarr", execution={"memory_budget": "4MiB"})
+    with pytest.raises(FrameTooLargeError, match="ccc.max_distance is not set"):
+        run(unbounded)
+    assert not (tmp_path / "unbounded.zarr").exists()
+
+
+def test_a_mask_generated_once_is_stored_and_used_for_every_frame(tmp_path, cluster_address):
+    from cccdask.preprocess import Preprocessing, generate_shared_mask
+
+    image1, image2, _, _ = paired_spots_series(3, distances=[0.3, 0.4, 0.5], shape=(72, 72), n_pairs=30)
+    np.save(tmp_path / "c1.npy", image1)
+    np.save(tmp_path / "c2.npy", image2)
+    section = {"mask": {"source": "image1", "sigma": 0.1, "method": "otsu", "from_frame": 1}}
+    config = _config(tmp_path, cluster_address, {
+        "image1": {"path": "c1.npy", "dims": "tyx"}, "image2": {"path": "c2.npy", "dims": "tyx"},
+        "spacing": [0.05, 0.05]}, ccc={"max_distance": 1.0}, preprocess=section)
+    stored = xr.open_zarr(run(config))
+    settings = Preprocessing.model_validate(section)
+    generated, _ = generate_shared_mask(image1[1], image2[1], None, settings, (0.05, 0.05))
+    np.testing.assert_array_equal(stored["generated_mask"].values != 0, generated)
+    expected = cccdask.ccc(xr.DataArray(image1, dims=("t", "y", "x")), xr.DataArray(image2, dims=("t", "y", "x")),
+                           generated, spacing=(0.05, 0.05), max_distance=1.0)
+    for name in ("mean", "sigma", "profile_subtracted"):
+        np.testing.assert_allclose(stored[name].values, expected[name].values, rtol=1e-6, err_msg=name)

@@ -156,17 +156,28 @@ def heatmap(ds: xr.Dataset, path: Path) -> None:
     times = np.asarray(ds["t"].values)[columns]
     units = ds["distance"].attrs.get("units", "")
     t_units = ds["t"].attrs.get("units", "")
-    figure, axes = plt.subplots(1, len(names), figsize=(4.2 * len(names), 4), dpi=110, squeeze=False)
+    figure, axes = plt.subplots(1, len(names) + 1, figsize=(4.2 * (len(names) + 1), 4), dpi=110, squeeze=False)
     labels = {"profile_fit": "Gaussian fit", "profile_subtracted": "subtracted", "profile_original": "original"}
+    # the plugin's channel colours: fit magenta, subtracted green, original blue
+    colours = {"profile_fit": (1.0, 0.0, 1.0), "profile_subtracted": (0.0, 1.0, 0.0), "profile_original": (0.0, 0.0, 1.0)}
+    extent = (times[0], times[-1] if len(times) > 1 else times[0] + 1, grid[-1], grid[0])
+    composite = np.zeros((len(grid), len(columns), 3))
     for axis, name in zip(axes[0], names):
         profiles = np.asarray(ds[name].isel(t=columns).values, dtype=float)
         image = np.stack([np.interp(grid, distance, p, left=np.nan, right=np.nan) for p in profiles], axis=1)
-        extent = (times[0], times[-1] if len(times) > 1 else times[0] + 1, grid[-1], grid[0])
         shown = axis.imshow(image, aspect="auto", extent=extent, cmap="magma", interpolation="nearest")
         axis.set_title(labels[name])
         axis.set_xlabel(f"time ({t_units})")
         axis.set_ylabel(f"distance ({units})")
         figure.colorbar(shown, ax=axis, fraction=0.046)
+        finite = image[np.isfinite(image)]
+        if finite.size and finite.max() > finite.min():  # each channel over its own range
+            scaled = np.clip((np.nan_to_num(image, nan=finite.min()) - finite.min()) / (finite.max() - finite.min()), 0, 1)
+            composite += scaled[..., None] * np.asarray(colours[name])
+    axis = axes[0][-1]
+    axis.imshow(np.clip(composite, 0, 1), aspect="auto", extent=extent, interpolation="nearest")
+    axis.set_title("composite (fit magenta, subtracted green, original blue)", fontsize=8)
+    axis.set_xlabel(f"time ({t_units})")
     figure.tight_layout()
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png")

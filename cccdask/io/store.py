@@ -256,11 +256,13 @@ def _template(layout: StoreLayout, attrs: dict[str, Any]) -> tuple[xr.Dataset, d
     return dataset, encoding
 
 
-def create_store(path: Path | str, layout: StoreLayout, attrs: dict[str, Any]) -> None:
-    """Create the empty store at ``path`` atomically (metadata only, no frame data).
+def create_store(path: Path | str, layout: StoreLayout, attrs: dict[str, Any],
+                 initial: dict[str, np.ndarray] | None = None) -> None:
+    """Create the empty store at ``path`` atomically (metadata, no frame data).
 
-    The layout is written into a temporary sibling folder and renamed into place, so a
-    store at ``path`` always has its complete layout.
+    The layout (and the ``initial`` arrays, e.g. a mask shared by all frames) is
+    written into a temporary sibling folder and renamed into place, so a store at
+    ``path`` always has its complete layout and initial data.
 
     Raises
     ------
@@ -284,6 +286,8 @@ def create_store(path: Path | str, layout: StoreLayout, attrs: dict[str, Any]) -
             warnings.filterwarnings("ignore", message="Consolidated metadata", category=UserWarning)
             dataset.to_zarr(str(temporary), mode="w-", zarr_format=3, consolidated=True,
                             compute=False, encoding=encoding)
+        for name, values in (initial or {}).items():
+            zarr.open_group(str(temporary), mode="r+", use_consolidated=False)[name][...] = values
         os.replace(temporary, path)
     finally:
         if temporary.exists():
@@ -393,11 +397,6 @@ def write_frames(path: str, identity: str, start: int, arrays: dict[str, np.ndar
     opened = _writable_arrays(path, identity)
     for name, values in arrays.items():
         opened[name][start : start + len(values)] = values
-
-
-def write_array(path: Path | str, name: str, values: np.ndarray) -> None:
-    """Write a whole array of the store (driver only, e.g. a mask shared by all frames)."""
-    zarr.open_group(str(path), mode="r+", use_consolidated=False)[name][...] = values
 
 
 def open_results(path: Path | str) -> xr.Dataset:

@@ -22,12 +22,28 @@ Every chunk of a frame is summarised by a :class:`PartStatistics`:
   of parts in any order.
 * ``sums``: plain sums of non-negative terms (overlap, k, Manders, intersection).
 
+A chunk's moments and sums are computed from its own joint histogram (one entry per
+distinct pair: far fewer operations than voxels for integer images).
+
 Van Steensel's cross-correlation needs voxel neighbours, so it has its own per-chunk
-statistic (:func:`shifted_moments`), one :class:`Moments` per shift, merged the same way.
+statistic (:func:`shifted_moments`): for each shift, the moments of the shifted pairs
+whose channel-2 voxel lies in the chunk, merged the same way. The shifted sums of all
+shifts come from banded matrix products (BLAS) rather than one pass per shift.
+
+Memory of the joint histogram: 24 bytes per distinct ``(R, G)`` pair inside the mask
+(int64 value pairs and a count), plus about as much again while two are merged. For
+8-bit images at most 65,536 pairs; for 12- to 16-bit microscope data typically 10-20%
+of the voxels (0.7 M pairs for a noisy 2048 x 2048 12-bit frame, 17 MB); for float
+images up to one pair per voxel (a frame's voxels inside the mask, 24 bytes each).
+
+Cost: building a chunk's table is one sort of 32-bit pair codes (integer images);
+Kendall's tau-b is O(P log P log K) in the P entries and K distinct channel-2 values of
+the frame's table, once per frame.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -205,8 +221,17 @@ class Moments:
         )
 
     def pearson(self) -> tuple[np.ndarray, np.ndarray]:
-        """Pearson r and, where r is undefined, the reason (``""`` where defined)."""
-        denominator = np.sqrt(self.m2_x * self.m2_y)
+        """Pearson r and, where r is undefined, the reason (``""`` where defined).
+
+        A variance within rounding of zero (``m2 <= 16 n (eps mean)^2``: what rounding the
+        mean of a constant leaves) counts as zero, so r of constant data is NaN however
+        the data were chunked.
+        """
+        eps = np.finfo(np.float64).eps
+        spurious_x = 16 * self.n * (eps * self.mean_x) ** 2
+        spurious_y = 16 * self.n * (eps * self.mean_y) ** 2
+        real_variance = (self.m2_x > spurious_x) & (self.m2_y > spurious_y)
+        denominator = np.where(real_variance, np.sqrt(self.m2_x * self.m2_y), 0.0)
         with np.errstate(invalid="ignore", divide="ignore"):
             r = np.where(denominator > 0, self.c_xy / np.where(denominator > 0, denominator, 1.0), np.nan)
         r = np.clip(r, -1.0, 1.0)
@@ -509,28 +534,27 @@ def _weighted_inversions(order_codes: np.ndarray, weights: np.ndarray) -> int:
     entries sharing the higher bits, an entry with that bit set before one with it clear
     is an inversion. One stable sort per bit: O(P log P log K) for P entries, K codes.
     """
-    total = 0
-    codes = np.asarray(order_codes, dtype=np.int64)
+    codes = np.asarray(order_codes)
+    top_code = int(codes.max()) if codes.size else 0
+    codes = codes.astype(np.int32 if top_code < 2**31 else np.int64)
     weights = np.asarray(weights, dtype=np.int64)
-    n_bits = int(codes.max()).bit_length() if codes.size else 0
-    for bit in range(n_bits):
+    total = 0
+    for bit in range(top_code.bit_length()):
         high = codes >> (bit + 1)
-        top = int(high.max()) if high.size else 0
+        top = top_code >> (bit + 1)
         sort_dtype = np.uint16 if top < 2**16 else (np.uint32 if top < 2**32 else np.int64)
         order = np.argsort(high.astype(sort_dtype), kind="stable")  # radix sort for uint16
         sorted_codes = codes[order]
         w = weights[order]
         set_weight = w * ((sorted_codes >> bit) & 1)
+        clear_weight = w - set_weight
         before = np.cumsum(set_weight)
-        before -= set_weight  # set weight strictly before, over all groups
-        sorted_high = sorted_codes >> (bit + 1)
-        is_start = np.empty(len(sorted_high), dtype=bool)
-        is_start[:1] = True
-        np.not_equal(sorted_high[1:], sorted_high[:-1], out=is_start[1:])
-        # ``before`` never decreases: a running maximum carries each group's start value
-        group_base = np.maximum.accumulate(np.where(is_start, before, 0))
-        before -= group_base
-        total += int(np.dot(w - set_weight, before))
+        before -= set_weight  # set weight strictly before, counted over all groups
+        # minus, per group, the set weight before the group starts
+        sizes = np.bincount(high, minlength=top + 1)
+        starts = np.concatenate(([0], np.cumsum(sizes)[:-1]))[sizes > 0]
+        total += int(np.dot(clear_weight, before))
+        total -= int(np.dot(before[starts], np.add.reduceat(clear_weight, starts)))
     return total
 
 
@@ -563,9 +587,24 @@ def kendall_tau_b(table: JointTable) -> tuple[float, str]:
     return float(np.clip(tau, -1.0, 1.0)), ""
 
 
-def icq_count(table: JointTable, mean1: float, mean2: float, zero_positive: bool = False) -> int:
-    """Number of voxels with ``(v1 - mean1)(v2 - mean2) > 0`` (``>= 0``) in a histogram."""
-    product = (table.values1 - mean1) * (table.values2 - mean2)
+def icq_count(table: JointTable, zero_positive: bool = False) -> int:
+    """Number of voxels with ``(v1 - mean1)(v2 - mean2) > 0`` (``>= 0``) in a histogram.
+
+    The means are those of the histogram. Voxels at a channel's mean make the product
+    exactly zero, so the comparison is made exactly: in integers for integer values
+    (``sign(n v - sum v)``), else against means from an exactly rounded sum. The
+    histogram of a frame is the same however it was chunked, so is the count.
+    """
+    n = table.n
+    signs = []
+    for values in (table.values1, table.values2):
+        if table.integer and float(np.abs(values).max()) * n < 2**62:
+            total = int(np.dot(table.counts, values))  # exact: below 2^62 by the test above
+            signs.append(np.sign(values * n - total))
+        else:
+            products = table.counts.astype(np.float64) * values.astype(np.float64)
+            signs.append(np.sign(values - math.fsum(products) / n))
+    product = signs[0] * signs[1]
     positive = product >= 0 if zero_positive else product > 0
     return int(table.counts[positive].sum())
 
@@ -624,8 +663,7 @@ def finalize(stats: PartStatistics, thresholds: Thresholds) -> dict[str, tuple[f
     out["i1"] = _ratio(s["wr_wg"], s["wr"], "no voxel above threshold in channel 1")
     out["i2"] = _ratio(s["wr_wg"], s["wg"], "no voxel above threshold in channel 2")
 
-    m = stats.mask_moments
-    positive = icq_count(corrected, float(m.mean_x), float(m.mean_y), thresholds.icq_zero_positive)
+    positive = icq_count(corrected, thresholds.icq_zero_positive)
     out["icq"] = (positive / stats.table.n - 0.5, "")
     return out
 
@@ -774,12 +812,17 @@ def shifted_moments(
         safe_n = np.where(n > 0, n, 1.0)
         mean_r = np.where(n > 0, s_r / safe_n, 0.0)
         mean_g = np.where(n > 0, s_g / safe_n, 0.0)
+    # one-pass second moments are exact only to a few eps of the sums of squares:
+    # smaller values are rounding of a zero variance
+    tolerance = 64 * np.finfo(np.float64).eps
+    m2_r = s_rr - mean_r * s_r
+    m2_g = s_gg - mean_g * s_g
     return Moments(
         n,
         np.where(n > 0, mean_r + centre_r, 0.0),
         np.where(n > 0, mean_g + centre_g, 0.0),
-        np.maximum(s_rr - mean_r * s_r, 0.0),
-        np.maximum(s_gg - mean_g * s_g, 0.0),
+        np.where(m2_r > tolerance * s_rr, m2_r, 0.0),
+        np.where(m2_g > tolerance * s_gg, m2_g, 0.0),
         s_rg - mean_r * s_g,
     )
 
