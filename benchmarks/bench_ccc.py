@@ -8,9 +8,10 @@ For each frame shape and mode, side by side in one run:
   library (scipy.fft) and threads,
 * their ratio,
 * peak memory above the inputs per input voxel: in a fresh subprocess, the kernel's
-  peak-RSS mark (VmHWM) is reset once the inputs exist, and the peak reached while
-  the frame runs (profile geometry included) is read back, so allocations inside
-  the FFT library count too.
+  peak-RSS mark (VmHWM) is reset once the inputs and the profile geometry exist
+  (built once per frame shape, shared by all frames), and the peak reached while the
+  frame runs is read back, so allocations inside the FFT library count too; the
+  geometry's own arrays are added to it.
 
 Usage::
 
@@ -80,10 +81,14 @@ def memory_probe(shape, spacing, mode, contributions):
     from cccdask.kernels.profile import profile_geometry
 
     image1, image2, mask = make_frame(shape, spacing)
-    before = reset_peak_rss()  # the scene's own temporaries do not count
+    # the geometry is built once per frame shape and shared by every frame of a
+    # series: its (exact) size is reported on its own; then the scene's and the
+    # geometry's temporaries are forgotten
     geometry = profile_geometry(shape, spacing)
+    cached = sum(a.nbytes for a in (geometry.distances, geometry.index, geometry.counts))
+    before = reset_peak_rss()
     ccc_frame(image1, image2, mask, geometry, mode=mode, contributions=contributions)
-    print(json.dumps({"above_inputs": _status_bytes("VmHWM") - before}))
+    print(json.dumps({"above_inputs": _status_bytes("VmHWM") - before, "geometry": cached}))
 
 
 def fft_floor(image1, image2, padded, repeats):
@@ -149,7 +154,8 @@ def main():
                     [sys.executable, __file__, "--probe", probe, "--threads", str(args.threads)],
                     capture_output=True, text=True, check=True,
                 )
-                above = json.loads(out.stdout.strip().splitlines()[-1])["above_inputs"]
+                probed = json.loads(out.stdout.strip().splitlines()[-1])
+                above = probed["above_inputs"] + probed["geometry"]
                 label = mode + (" +contributions" if contributions else "")
                 rows.append((name, "x".join(map(str, shape)), "x".join(map(str, padded)), label,
                              t * 1e3, floor * 1e3, t / floor, above / np.prod(shape), floor_plugin * 1e3))

@@ -9,6 +9,10 @@
   (``dask scheduler`` + ``dask worker``, a JupyterHub gateway, ...).
 * ``slurm``: dask-jobqueue's SLURMCluster (``pip install 'cccdask[slurm]'``), imported
   only then.
+* ``threads`` / ``synchronous``: no distributed at all: the tasks run in a thread pool
+  of this process, or one at a time in it (debugging, and the determinism checks: every
+  kind must write the same bytes). :class:`InProcessClient` offers the few Client
+  methods the pipeline uses, so the run code is the same.
 
 Dask settings from ``execution:`` (memory thresholds, other keys) are applied while
 the cluster is created, so workers started by cccdask inherit them; a cluster that is
@@ -17,6 +21,7 @@ already running keeps its own.
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import os
 from dataclasses import dataclass
@@ -33,10 +38,18 @@ from cccdask.config import ClusterConfig, ExecutionConfig, SlurmConfig
 class ClusterHandle:
     """A connected client and what the run needs to know about its workers."""
 
-    client: Client
+    client: Client  # or an InProcessClient for the in-process kinds
     kind: str
     dashboard_link: str | None
     declared_memory_per_thread: float | None = None
+
+    def as_completed(self):
+        """An empty iterator of futures in completion order (``add``, ``count``, iterate)."""
+        if isinstance(self.client, InProcessClient):
+            return _InProcessAsCompleted()
+        from distributed import as_completed
+
+        return as_completed()
 
     def total_threads(self) -> int:
         """Threads of the workers connected now."""
@@ -53,6 +66,99 @@ class ClusterHandle:
         if budgets:
             return float(min(budgets))
         return self.declared_memory_per_thread
+
+
+class _InProcessFuture:
+    """A task of an :class:`InProcessClient`: the subset of distributed.Future the pipeline uses."""
+
+    def __init__(self, key: str, future: concurrent.futures.Future):
+        self.key, self._future = key, future
+
+    @property
+    def status(self) -> str:
+        if not self._future.done():
+            return "pending"
+        return "error" if self._future.exception() is not None else "finished"
+
+    def result(self, timeout: float | None = None):
+        return self._future.result(timeout)
+
+    def release(self) -> None:
+        pass
+
+
+class _InProcessAsCompleted:
+    """distributed.as_completed for :class:`_InProcessFuture`: yields futures as they finish."""
+
+    def __init__(self):
+        self._pending: list[_InProcessFuture] = []
+
+    def add(self, future: _InProcessFuture) -> None:
+        self._pending.append(future)
+
+    def count(self) -> int:
+        return len(self._pending)
+
+    def __iter__(self):
+        while self._pending:
+            concurrent.futures.wait([f._future for f in self._pending], return_when=concurrent.futures.FIRST_COMPLETED)
+            done = next(f for f in self._pending if f._future.done())  # submission order among the finished
+            self._pending.remove(done)
+            yield done
+
+
+class _SynchronousExecutor(concurrent.futures.Executor):
+    """Runs each task when it is submitted, in the calling thread."""
+
+    def submit(self, fn, /, *args, **kwargs):
+        future = concurrent.futures.Future()
+        try:
+            future.set_result(fn(*args, **kwargs))
+        except BaseException as error:  # handed to the caller through the future, like a pool would
+            future.set_exception(error)
+        return future
+
+
+class InProcessClient:
+    """Runs tasks in this process: a thread pool (``threads``) or one at a time (``synchronous``).
+
+    Offers the part of :class:`distributed.Client` the pipeline uses: ``submit`` (with
+    ``retries``), ``compute``, ``nthreads``, ``scheduler_info``, ``close``.
+    """
+
+    def __init__(self, kind: str, threads: int):
+        self.kind, self.threads = kind, threads
+        self._executor = (_SynchronousExecutor() if kind == "synchronous"
+                          else concurrent.futures.ThreadPoolExecutor(threads, thread_name_prefix="cccdask"))
+
+    def submit(self, function, *args, key: str, retries: int = 0, pure: bool = False, **kwargs) -> _InProcessFuture:
+        def attempt():
+            for remaining in range(retries, -1, -1):
+                try:
+                    return function(*args, **kwargs)
+                except Exception:
+                    if not remaining:
+                        raise
+
+        return _InProcessFuture(key, self._executor.submit(attempt))
+
+    def compute(self, collection) -> _InProcessFuture:
+        scheduler = "synchronous" if self.kind == "synchronous" else "threads"
+        done = concurrent.futures.Future()
+        try:
+            done.set_result(dask.compute(collection, scheduler=scheduler, num_workers=self.threads)[0])
+        except Exception as error:
+            done.set_exception(error)
+        return _InProcessFuture("compute", done)
+
+    def nthreads(self) -> dict[str, int]:
+        return {self.kind: self.threads}
+
+    def scheduler_info(self, **kwargs) -> dict:
+        return {"workers": {}, "services": {}}
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=True)
 
 
 # glibc returns freed memory to the OS above 64 KiB by default under distributed, so every
@@ -138,7 +244,12 @@ def connect(
         started = None
         declared = None
         try:
-            if cluster.kind == "local":
+            if cluster.kind in ("threads", "synchronous"):
+                threads = 1 if cluster.kind == "synchronous" else (cluster.threads or local_cluster_size(None, 1)[0])
+                client = InProcessClient(cluster.kind, threads)
+                declared = psutil.virtual_memory().total * 0.9 / threads
+                log(f"Running in this process: {cluster.kind}" + (f", {threads} thread(s)" if threads > 1 else ""))
+            elif cluster.kind == "local":
                 local = cluster.local
                 workers, memory = local_cluster_size(local.n_workers, local.threads_per_worker)
                 memory_limit = local.memory_limit or memory
@@ -149,6 +260,8 @@ def connect(
                     memory_limit=memory_limit,
                     dashboard_address=local.dashboard_address,
                     host=local.host,
+                    # in-thread workers default to the inproc transport, which cannot bind a host
+                    protocol="tcp://" if local.host and not local.processes else None,
                 )
                 client = Client(started, timeout=cluster.connect_timeout)
                 log(f"Started a local cluster: {workers} worker(s) x {local.threads_per_worker} thread(s), "

@@ -225,9 +225,14 @@ class SlurmConfig(_Section):
 class ClusterConfig(_Section):
     """Where the work runs. The same run code works on all of them."""
 
-    kind: Literal["local", "address", "scheduler_file", "slurm"] = Field(
+    kind: Literal["local", "address", "scheduler_file", "slurm", "threads", "synchronous"] = Field(
         "local", description="local: start an embedded LocalCluster; address / scheduler_file: "
-        "connect to a running scheduler; slurm: submit workers with dask-jobqueue."
+        "connect to a running scheduler; slurm: submit workers with dask-jobqueue; threads: a "
+        "thread pool in this process (no distributed); synchronous: one task at a time in this "
+        "process (debugging, determinism checks)."
+    )
+    threads: Optional[int] = Field(
+        None, ge=1, description="Threads for kind 'threads'; default: one per core."
     )
     address: Optional[str] = Field(None, description="Scheduler address, e.g. 'tcp://10.0.0.5:8786'.")
     scheduler_file: Optional[Path] = Field(None, description="Scheduler file written by `dask scheduler`.")

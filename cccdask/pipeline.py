@@ -17,9 +17,12 @@ reason, never a crash of the run.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import math
 import os
+import signal
 import time
 import uuid
 from dataclasses import dataclass, replace
@@ -56,6 +59,10 @@ class PipelineError(RuntimeError):
 
 class StoreConflictError(ValueError):
     """The output store exists and was written with a different config."""
+
+
+class InputReadError(RuntimeError):
+    """A task could not read its frames from an input file (corrupted or truncated data)."""
 
 
 class FrameTooLargeError(ValueError):
@@ -239,8 +246,17 @@ def analyse_frame(
         return {}, FRAME_INVALID, str(error)
     fit_ok = outputs.get("fit_ok")
     if fit_ok is not None and not bool(fit_ok[1]):
-        return outputs, FRAME_FIT_FAILED, FIT_FAILED_REASON
+        return outputs, FRAME_FIT_FAILED, _fit_failed_reason(image1, image2, mask)
     return outputs, FRAME_OK, ""
+
+
+def _fit_failed_reason(image1: np.ndarray, image2: np.ndarray, mask: np.ndarray | None) -> str:
+    """Why a frame has no fit: a channel without signal inside the mask (e.g. all zero), or the fit."""
+    for name, image in (("image1", image1), ("image2", image2)):
+        inside = np.asarray(image) if mask is None else np.asarray(image)[np.asarray(mask) != 0]
+        if inside.size and inside.min() == inside.max():
+            return f"{name} is constant inside the mask (every voxel {inside.flat[0]:g}): no signal to correlate"
+    return FIT_FAILED_REASON
 
 
 class _StoredArray:
@@ -292,14 +308,22 @@ def _read_batch(spec: SourceSpec | None, start: int, stop: int):
     """
     if spec is None:
         return None
-    stored = _stored_array(spec, os.stat(spec.path).st_mtime_ns)
-    array = spec.open()
-    has_t = "t" in array.dims
-    if stored is not None:
-        data = stored.read(start, stop)
-        return data if has_t else data[None]
-    data = array.isel(t=slice(start, stop)).data if has_t else array.data[None]
-    return np.asarray(data.compute(scheduler="synchronous"))
+    try:
+        stored = _stored_array(spec, os.stat(spec.path).st_mtime_ns)
+        array = spec.open()
+        has_t = "t" in array.dims
+        if stored is not None:
+            data = stored.read(start, stop)
+            return data if has_t else data[None]
+        data = array.isel(t=slice(start, stop)).data if has_t else array.data[None]
+        return np.asarray(data.compute(scheduler="synchronous"))
+    except Exception as error:
+        frames = f"frame {start}" if stop - start == 1 else f"frames {start}-{stop - 1}"
+        raise InputReadError(
+            f"cannot read {frames} of {spec.path}" + (f" (channel {spec.channel})" if spec.channel is not None else "")
+            + f": {type(error).__name__}: {error}. The file may be corrupted, truncated or changed: repair or "
+            f"rewrite it, then rerun the same config"
+        ) from error
 
 
 def _batch_inputs(plan: FramePlan, start: int, stop: int):
@@ -406,6 +430,11 @@ def open_inputs(config: PipelineConfig) -> RunInputs:
         frames = prepare_inputs(image1, image2, mask, spacing=section.spacing, units=section.units)
     except ValueError as error:
         raise ValueError(f"input: {error}") from None
+    if frames.mask is not None and "t" not in frames.mask.dims and not bool(np.asarray(frames.mask.any().values)):
+        raise ValueError(
+            f"input.mask: {section.mask.path} has no voxel inside (all zero), so every frame would be empty; "
+            f"give a mask with non-zero voxels where the signal is, or remove input.mask to use whole frames."
+        )
     chunks = tuple(c[0] for c in frames.image1.chunks[1:]) if frames.lazy else frames.frame_shape
 
     def spec(source):
@@ -718,10 +747,10 @@ class _Completion:
         self.last = time.monotonic()
 
     def add(self, outcomes) -> None:
+        first = not self.dirty and not self.record.complete.any()  # the first frames are flushed at once
         for index, status, reason in outcomes:
             self.record.errors[index] = reason
             self.record.status[index] = status
-        first = not self.record.complete.any() if not self.dirty else False
         self.dirty = True
         if first or time.monotonic() - self.last >= self.interval:
             self.flush()
@@ -910,7 +939,7 @@ def run(
     fpt = resolve_frames_per_task(config.execution.frames_per_task, tuple(frames.frame_shape), frames.n_frames)
     estimate = estimate_task_memory(config, frames, fpt)
 
-    with connect(config.cluster, config.execution, log=log) as cluster:
+    with connect(config.cluster, config.execution, log=log) as cluster, _disk_full_is_named(path):
         budget = (cluster.memory_per_thread() if config.execution.memory_budget is None
                   else _parse_bytes(config.execution.memory_budget))
         whole_frames = _check_memory(estimate, budget, config, frames.frame_shape)
@@ -952,14 +981,26 @@ def run(
                 f"{len(failures)} task(s) failed; the store {path} is incomplete. Fix the cause and rerun "
                 f"the same config: only the missing frames are computed.\n{lines}"
             )
-    finalise(path, config)
+    with _disk_full_is_named(path):
+        finalise(path, config)
     return path
+
+
+@contextlib.contextmanager
+def _disk_full_is_named(path: Path):
+    """Turn a full disk met by the driver (store, completion record, reports) into a PipelineError."""
+    try:
+        yield
+    except OSError as error:
+        if error.errno not in DISK_FULL_ERRNOS:
+            raise
+        state = "is incomplete" if path.exists() else "was not created"
+        raise PipelineError(f"writing {path} failed: {error.strerror} ({error.filename or path}); the store "
+                            f"{state}. Cause: {DISK_FULL_HINT}.") from error
 
 
 def _submit(cluster, plan: FramePlan, todo, completion: _Completion, retries: int, progress, n_frames):
     """Submit the batches with a bounded number in flight; record each as it finishes."""
-    from distributed import as_completed
-
     client = cluster.client
     tag = uuid.uuid4().hex[:8]
     queue = list(reversed(todo))
@@ -978,7 +1019,7 @@ def _submit(cluster, plan: FramePlan, todo, completion: _Completion, retries: in
         return future
 
     batches: dict[str, tuple[int, int]] = {}
-    pending = as_completed()
+    pending = cluster.as_completed()
     limit = window()
     for _ in range(min(limit, len(queue))):
         pending.add(submit_one(queue.pop()))
@@ -987,14 +1028,18 @@ def _submit(cluster, plan: FramePlan, todo, completion: _Completion, retries: in
         for future in pending:
             batch = batches.pop(future.key)
             if future.status == "finished":
-                completion.add(future.result())
+                outcomes = future.result()
+                _test_kill_point("first_frame")  # its frames are written, not yet recorded
+                completion.add(outcomes)
                 if progress:
                     progress(int(completion.record.complete.sum()), n_frames)
+                if completion.record.complete.sum() >= n_frames // 2:
+                    _test_kill_point("midway")
             else:
                 try:
                     future.result()
                 except Exception as error:  # the task raised: report, keep going
-                    failures.append((batch, f"{type(error).__name__}: {error}"))
+                    failures.append((batch, _failure_message(error)))
             future.release()
             if time.monotonic() - last_window > 2.0:
                 limit, last_window = window(), time.monotonic()
@@ -1049,7 +1094,7 @@ def _run_tiled(cluster, plan: FramePlan, inputs: RunInputs, config: PipelineConf
                 outcomes.append((index, FRAME_OK if ok else FRAME_FIT_FAILED, "" if ok else FIT_FAILED_REASON))
             results_store.write_frames(plan.store, plan.identity, start, arrays)
         except Exception as error:  # report, keep going with the other frames
-            failures.append(((start, stop), f"{type(error).__name__}: {error}"))
+            failures.append(((start, stop), _failure_message(error)))
             continue
         completion.add(outcomes)
         if progress:
@@ -1082,4 +1127,33 @@ def finalise(path: Path, config: PipelineConfig | None = None) -> None:
         from cccdask.io.reports import write_reports
 
         write_reports(path)
+    _test_kill_point("finalise")
     results_store.update_store_attrs(path, cccdask_status=results_store.STATUS_COMPLETE)
+
+
+DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EFBIG, errno.EDQUOT})
+DISK_FULL_HINT = ("the disk holding the store is full, or a file size or quota limit was reached: free space "
+                  "and rerun the same config; frames already recorded are kept")
+
+
+def _failure_message(error: BaseException) -> str:
+    """One line for a failed task: the exception, with what to do when the disk is full."""
+    message = f"{type(error).__name__}: {error}"
+    if isinstance(error, OSError) and error.errno in DISK_FULL_ERRNOS:
+        message += f" ({DISK_FULL_HINT})"
+    return message
+
+
+TEST_KILL_ENV = "CCCDASK_TEST_KILL_AT"
+
+
+def _test_kill_point(stage: str) -> None:
+    """Test-only: SIGKILL this process at ``stage`` when ``$CCCDASK_TEST_KILL_AT`` names it.
+
+    Lets tests/test_reliability.py interrupt a real ``cccdask run`` at a chosen moment
+    (``first_frame``: a task's frames written but not recorded; ``midway``: half the
+    frames recorded; ``finalise``: reports written, store not yet marked complete).
+    The variable is never set in normal use.
+    """
+    if os.environ.get(TEST_KILL_ENV) == stage:
+        os.kill(os.getpid(), signal.SIGKILL)

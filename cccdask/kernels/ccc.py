@@ -84,8 +84,7 @@ def ccc_frame(
     if contributions:
         gauss = out["ccf_gauss"] if intermediates else out.pop("ccf_gauss")
         if bool(out["fit_ok"]):
-            fit = GaussianFit(float(out["mean"]), float(out["sigma"]), float(out["height"]), True, 0.0)
-            kernel, kernel_lo = gaussian_support(gauss, geometry, fit)
+            kernel, kernel_lo = gaussian_support(gauss, geometry.shift_lo)
             out["contribution1"], out["contribution2"] = contribution_images(
                 masked.image1, masked.image2, kernel, kernel_lo
             )

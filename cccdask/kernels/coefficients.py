@@ -812,19 +812,44 @@ def shifted_moments(
         safe_n = np.where(n > 0, n, 1.0)
         mean_r = np.where(n > 0, s_r / safe_n, 0.0)
         mean_g = np.where(n > 0, s_g / safe_n, 0.0)
-    # one-pass second moments are exact only to a few eps of the sums of squares:
-    # smaller values are rounding of a zero variance
-    tolerance = 64 * np.finfo(np.float64).eps
     m2_r = s_rr - mean_r * s_r
     m2_g = s_gg - mean_g * s_g
-    return Moments(
+    moments = Moments(
         n,
         np.where(n > 0, mean_r + centre_r, 0.0),
         np.where(n > 0, mean_g + centre_g, 0.0),
-        np.where(m2_r > tolerance * s_rr, m2_r, 0.0),
-        np.where(m2_g > tolerance * s_gg, m2_g, 0.0),
+        m2_r,
+        m2_g,
         s_rg - mean_r * s_g,
     )
+    # The one-pass moments lose the digits their centre is off by: where a shift's pairs
+    # vary little around a mean far from the centre, recompute them in two passes.
+    ill_conditioned = (n > 0) & ((m2_r <= 1e-6 * s_rr) | (m2_g <= 1e-6 * s_gg))
+    if ill_conditioned.any():
+        moments = _with_direct_shifts(moments, np.flatnonzero(ill_conditioned), r_all, g_all, m_all,
+                                      thresholds, shifts, core)
+    return moments
+
+
+def _with_direct_shifts(moments: Moments, indices: np.ndarray, r_all: np.ndarray, g_all: np.ndarray,
+                        m_all: np.ndarray | None, thresholds: Thresholds, shifts: np.ndarray,
+                        core: tuple[int, int]) -> Moments:
+    """``moments`` with the shifts at ``indices`` recomputed from their pairs (two-pass)."""
+    fields = {name: np.array(getattr(moments, name), dtype=np.float64) for name in
+              ("n", "mean_x", "mean_y", "m2_x", "m2_y", "c_xy")}
+    width = r_all.shape[-1]
+    for k in indices:
+        dx = int(shifts[k])
+        lo, hi = max(core[0], dx), min(core[1], width + dx)
+        r = thresholds.channel1.corrected(r_all[:, lo - dx:hi - dx])
+        g = thresholds.channel2.corrected(g_all[:, lo:hi])
+        inside = np.isfinite(r) & np.isfinite(g)
+        if m_all is not None:
+            inside &= (m_all[:, lo - dx:hi - dx] != 0) & (m_all[:, lo:hi] != 0)
+        direct = Moments.from_weighted(r[inside], g[inside], np.ones(int(inside.sum())))
+        for name in fields:
+            fields[name][k] = getattr(direct, name)
+    return Moments(**fields)
 
 
 # ---------------------------------------------------------------------------------------

@@ -80,19 +80,31 @@ def padded_spectrum(image: np.ndarray, shape) -> np.ndarray:
     return spectrum
 
 
-def cropped_inverse(spectrum: np.ndarray, shape, shift_lo, shift_hi) -> np.ndarray:
-    """Inverse of :func:`padded_spectrum`, keeping only shifts ``lo..hi``.
+def inverse_leading_axes(spectrum: np.ndarray, shift_lo, shift_hi, slab: int = 64) -> np.ndarray:
+    """Inverse complex FFTs of all but the last axis, each cropped to shifts ``lo..hi``.
 
-    Axis by axis, each axis cropped as soon as it is transformed, so the later
-    transforms run on fewer lines and the full padded result never exists.
-    ``spectrum`` is overwritten.
+    Slab by slab along the last (half-spectrum) axis, so besides the result only a
+    slab-sized temporary exists. With :func:`inverse_last_axis` the inverse of
+    :func:`padded_spectrum` keeping only the reported shifts: each axis is cropped as
+    soon as it is transformed, so later transforms run on fewer lines and the full
+    padded result never exists.
     """
     ndim = spectrum.ndim
-    for axis in range(ndim - 1):
-        spectrum = scipy.fft.ifft(spectrum, axis=axis, overwrite_x=True)
-        spectrum = crop_shifts(spectrum, [shift_lo[axis]], [shift_hi[axis]], axes=[axis])
-    real = scipy.fft.irfft(spectrum, n=shape[-1], axis=-1, overwrite_x=True)
-    return crop_shifts(real, [shift_lo[-1]], [shift_hi[-1]], axes=[-1])
+    out_shape = tuple(h - lo + 1 for lo, h in zip(shift_lo[:-1], shift_hi[:-1])) + spectrum.shape[-1:]
+    out = np.empty(out_shape, dtype=spectrum.dtype)
+    for start in range(0, spectrum.shape[-1], slab):
+        block = spectrum[..., start : start + slab]
+        for axis in range(ndim - 1):
+            block = scipy.fft.ifft(block, axis=axis, overwrite_x=axis > 0)
+            block = crop_shifts(block, [shift_lo[axis]], [shift_hi[axis]], axes=[axis])
+        out[..., start : start + slab] = block
+    return out
+
+
+def inverse_last_axis(partial: np.ndarray, n: int, lo: int, hi: int) -> np.ndarray:
+    """Complex-to-real inverse FFT (length ``n``) of the last axis, cropped to ``lo..hi``."""
+    real = scipy.fft.irfft(partial, n=n, axis=-1, overwrite_x=True)
+    return crop_shifts(real, [lo], [hi], axes=[-1])
 
 
 @dataclass
@@ -199,7 +211,9 @@ def masked_correlograms(masked: MaskedImages, shift_lo, shift_hi, mode: str = "f
     def correlate_with_image2(image):
         spectrum = padded_spectrum(image, shape)
         spectrum *= spectrum2
-        out = cropped_inverse(spectrum, shape, shift_lo, shift_hi)
+        partial = inverse_leading_axes(spectrum, shift_lo, shift_hi)
+        del spectrum  # before the last axis: the padded spectrum is the largest array
+        out = inverse_last_axis(partial, shape[-1], shift_lo[-1], shift_hi[-1])
         out /= out.dtype.type(masked.mask_volume)
         return out
 
