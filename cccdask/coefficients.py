@@ -9,8 +9,6 @@ Dask (or Dask-backed xarray) inputs give a lazy :class:`xarray.Dataset`.
 from __future__ import annotations
 
 import itertools
-import sys
-import types
 from dataclasses import dataclass, replace
 from numbers import Real
 from typing import Any, Sequence
@@ -745,19 +743,3 @@ def _attrs(frames: Frames, thresholds: Thresholds, axis_name: str, shifts: np.nd
         "units": frames.units,
         "definitions": "Huygens Colocalization Analyzer (spec/coefficients.md)",
     }
-
-
-class _CallableModule(types.ModuleType):
-    """This module, callable as :func:`coefficients`.
-
-    The package exposes the function as ``cccdask.coefficients``, but Python's import
-    system binds the package attribute of that name to this submodule once it has been
-    imported; making the module callable keeps ``cccdask.coefficients(...)`` working
-    whichever of the two the name resolves to.
-    """
-
-    def __call__(self, *args: Any, **kwargs: Any) -> xr.Dataset:
-        return coefficients(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule

@@ -156,15 +156,25 @@ class CCCConfig(_Section):
 class CoefficientsConfig(_Section):
     """The classic coefficients (Pearson, Manders, ...), computed per frame."""
 
-    threshold: Optional[Union[float, tuple[float, float]]] = Field(
-        None, description="Threshold for both channels, or [channel 1, channel 2]. None: no threshold."
+    threshold: Optional[Union[Literal["costes"], float, tuple[float, float]]] = Field(
+        None,
+        description="Threshold for both channels, or [channel 1, channel 2], or 'costes' (automatic, "
+        "per frame). None: no threshold.",
     )
     threshold_range: Union[float, tuple[float, float]] = Field(
         0.0, description="Soft-threshold range (>= 0), one value or a pair."
     )
     maps: bool = Field(False, description="Store the per-voxel coefficient maps.")
-    van_steensel_shifts: int = Field(20, ge=0, description="Van Steensel shifts -S..S (voxels).")
+    van_steensel_shifts: Optional[int] = Field(
+        20, ge=0, description="Van Steensel shifts -S..S (voxels); null: no Van Steensel CCF."
+    )
     van_steensel_axis: Literal["x", "y", "z"] = Field("x", description="Axis of the Van Steensel shifts.")
+    preset: Literal["huygens", "coloc2", "jacop", "skimage"] = Field(
+        "huygens", description="Whose conventions (Manders denominators, > or >=, ICQ zeros, Costes rule)."
+    )
+    cytofluorogram: Optional[int] = Field(
+        None, ge=2, description="Store the 2D histogram of the two channels with this many bins per axis."
+    )
 
     @field_validator("threshold_range")
     @classmethod

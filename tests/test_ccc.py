@@ -7,7 +7,6 @@ import dask.array as da
 import numpy as np
 import pytest
 import xarray as xr
-from scipy import signal
 
 import cccdask
 from cccdask.frames import InvalidFrameError
