@@ -946,6 +946,7 @@ def run(
         if not whole_frames:
             log("Frames do not fit one task: correlating each frame tile by tile (ccc.max_distance)")
         resume = _existing_store(path, identity, overwrite)
+        results_store.remove_interrupted_writes(path)
         settings = _prepare_preprocessing(config, inputs, log)
         plan, layout = plan_run(config, inputs, identity, settings)
         if not resume:

@@ -26,6 +26,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import sys
 import threading
@@ -321,6 +322,29 @@ def remove_store(path: Path | str) -> None:
     doomed = path.with_name(f".{path.name}.deleting-{uuid.uuid4().hex[:8]}")
     os.replace(path, doomed)
     shutil.rmtree(doomed)
+
+
+_PARTIAL_WRITE = re.compile(r"\.[0-9a-f]{32}\.partial$")  # zarr LocalStore's temporary file of one write
+
+
+def remove_interrupted_writes(path: Path | str) -> list[Path]:
+    """Delete what writes cut off by a killed run left behind; return what was deleted.
+
+    Zarr writes each chunk to a temporary ``<chunk>.<hex>.partial`` file and renames it,
+    so a killed writer leaves that file (never a torn chunk); a killed :func:`create_store`
+    or :func:`remove_store` leaves a hidden ``.<name>.creating-*`` / ``.deleting-*``
+    sibling. Call only while no other run writes this store.
+    """
+    path = Path(path)
+    leftovers = [p for p in path.rglob("*.partial") if p.is_file() and _PARTIAL_WRITE.search(p.name)]
+    for pattern in (f".{path.name}.creating-*", f".{path.name}.deleting-*"):
+        leftovers += list(path.parent.glob(pattern))
+    for leftover in leftovers:
+        if leftover.is_dir():
+            shutil.rmtree(leftover, ignore_errors=True)
+        else:
+            leftover.unlink(missing_ok=True)
+    return leftovers
 
 
 @dataclass
