@@ -256,8 +256,11 @@ def demo_command(
         _fail(f"cannot create the demo folder {output}: {error}")
     console.print(f"Writing {frames} synthetic frames of {size}x{size} (spacing {spacing[0]} um) to {output}")
     scenes = [
+        # well-separated pairs (no spot within 1.2 um of another but its partner) and
+        # unpaired decoys: the known answer is not blurred by chance coincidences
         paired_spots(shape=(size, size), spacing=spacing, distance=float(d), psf_sigma=0.1,
-                     n_pairs=int(200 * (size / 256) ** 2), n_decoys=int(50 * (size / 256) ** 2), seed=i)
+                     n_pairs=int(30 * (size / 256) ** 2), n_decoys=int(8 * (size / 256) ** 2),
+                     min_separation=1.2, seed=i)
         for i, d in enumerate(distances)
     ]
     images = np.stack([np.stack([s.image1, s.image2]) for s in scenes])  # t, c, y, x
