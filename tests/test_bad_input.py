@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import xarray as xr
-import yaml
+from yaml_configs import write_config
 from typer.testing import CliRunner
 
 import cccdask
@@ -70,15 +70,7 @@ def _config(folder: Path, name: str, **changes) -> Path:
         "output": {"store": f"{name}.zarr", "reports": False},
         "cluster": {"kind": "synchronous"},
     }
-    for key, value in changes.items():
-        section, field = key.split("__")
-        if value is None:
-            config[section].pop(field)
-        else:
-            config[section][field] = value
-    path = folder / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return path
+    return write_config(folder, name, config, **changes)
 
 
 # name, config changes, exit code, message ({config}: the YAML file, {folder}: the data folder)

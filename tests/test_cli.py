@@ -9,6 +9,7 @@ import pytest
 import tifffile
 import xarray as xr
 import yaml
+from yaml_configs import write_config
 from typer.testing import CliRunner
 
 from cccdask.cli import app
@@ -44,15 +45,7 @@ def _write_config(folder: Path, name: str, address: str | None = None, **changes
     }
     if address:
         config["cluster"] = {"kind": "address", "address": address}
-    for key, value in changes.items():
-        section, field = key.split("__")
-        if value is None:
-            config[section].pop(field)
-        else:
-            config[section][field] = value
-    path = folder / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return path
+    return write_config(folder, name, config, **changes)
 
 
 @pytest.mark.parametrize(
