@@ -1,6 +1,5 @@
 """The configs/ examples run: the preprocessing example on data with a known shift and background."""
 
-import shutil
 from pathlib import Path
 
 import numpy as np
