@@ -10,7 +10,7 @@ import numpy as np
 import xarray as xr
 
 from cccdask.frames import Frames, frame_time_coords, prepare_inputs
-from cccdask.kernels.ccc import analyse_correlograms, ccc_frame, output_names
+from cccdask.kernels.ccc import analyse_correlograms, ccc_frame, output_dims, output_names
 from cccdask.kernels.correlate import MODES
 from cccdask.kernels.profile import ProfileGeometry, profile_geometry
 from cccdask.tiled import tiled_contributions, tiled_correlograms, whole_frame_fits, worker_memory_budget
@@ -36,15 +36,16 @@ _LENGTH_UNITS = {"mean", "sigma"}
 
 def _output_layout(name: str, frames: Frames, geometry: ProfileGeometry, dtype) -> tuple[tuple[str, ...], tuple[int, ...], np.dtype]:
     """Dims (without t), shape and dtype of one per-frame output."""
+    dims = output_dims(name, frames.spatial_dims)
     if name.startswith("profile_"):
-        return ("distance",), (len(geometry.distances),), np.dtype(np.float64)
+        return dims, (len(geometry.distances),), np.dtype(np.float64)
     if name == "fit_ok":
-        return (), (), np.dtype(bool)
+        return dims, (), np.dtype(bool)
     if name.startswith("contribution"):
-        return frames.spatial_dims, frames.frame_shape, np.dtype(dtype)
+        return dims, frames.frame_shape, np.dtype(dtype)
     if name.startswith("ccf_"):
-        return tuple(f"shift_{d}" for d in frames.spatial_dims), geometry.ccf_shape, np.dtype(dtype)
-    return (), (), np.dtype(np.float64)
+        return dims, geometry.ccf_shape, np.dtype(dtype)
+    return dims, (), np.dtype(np.float64)
 
 
 def best_frame(values: np.ndarray, mode: str) -> int:

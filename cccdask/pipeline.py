@@ -201,7 +201,7 @@ def analyse_frame(
     reason : str
         Why the frame has no (valid) result; empty when ok.
     """
-    from cccdask.kernels.ccc import ccc_frame
+    from cccdask.kernels.ccc import ccc_frame, output_dims
 
     geometry = geometry if geometry is not None else plan.geometry()
     spatial = plan.spatial_dims
@@ -222,15 +222,7 @@ def analyse_frame(
         options = {k: plan.ccc[k] for k in ("mode", "contributions", "intermediates", "dtype")}
         results = ccc_frame(image1, image2, mask, geometry, **options)
         for name, value in results.items():
-            if name.startswith("profile_"):
-                dims = ("distance",)
-            elif name.startswith("ccf_"):
-                dims = tuple(f"shift_{d}" for d in spatial)
-            elif name.startswith("contribution"):
-                dims = spatial
-            else:
-                dims = ()
-            outputs[name] = (dims, np.asarray(value))
+            outputs[name] = (output_dims(name, spatial), np.asarray(value))
         if plan.coefficients is not None:
             from cccdask.coefficients import coefficients
 

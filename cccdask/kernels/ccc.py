@@ -12,6 +12,17 @@ from cccdask.kernels.profile import ProfileGeometry, radial_profile
 SCALARS = ("mean", "sigma", "height", "confidence", "r_squared", "fit_ok")
 
 
+def output_dims(name: str, spatial_dims: tuple[str, ...]) -> tuple[str, ...]:
+    """Dims (without t) of the :func:`ccc_frame` output ``name`` for a frame with ``spatial_dims``."""
+    if name.startswith("profile_"):
+        return ("distance",)
+    if name.startswith("contribution"):
+        return tuple(spatial_dims)
+    if name.startswith("ccf_"):
+        return tuple(f"shift_{d}" for d in spatial_dims)
+    return ()
+
+
 def output_names(mode: str, contributions: bool = False, intermediates: bool = False) -> list[str]:
     """The names :func:`ccc_frame` returns for a mode and options, in a fixed order."""
     names = []
