@@ -34,6 +34,14 @@ _DESCRIPTIONS = {
 _LENGTH_UNITS = {"mean", "sigma"}
 
 
+def variable_attrs(name: str, units: str) -> dict[str, str]:
+    """Attributes of a CCC output variable: its description, and its unit for lengths."""
+    attrs = {"description": _DESCRIPTIONS[name]} if name in _DESCRIPTIONS else {}
+    if name in _LENGTH_UNITS:
+        attrs["units"] = units
+    return attrs
+
+
 def _output_layout(name: str, frames: Frames, geometry: ProfileGeometry, dtype) -> tuple[tuple[str, ...], tuple[int, ...], np.dtype]:
     """Dims (without t), shape and dtype of one per-frame output."""
     dims = output_dims(name, frames.spatial_dims)
@@ -247,10 +255,8 @@ def ccc(
     data_vars = {}
     for name in names:
         dims, _, dt = _output_layout(name, frames, geometry, dtype)
-        attrs = {"description": _DESCRIPTIONS[name]}
-        if name in _LENGTH_UNITS:
-            attrs["units"] = frames.units
-        data_vars[name] = (("t",) + dims, stack(per_frame[name]).astype(dt, copy=False), attrs)
+        data_vars[name] = (("t",) + dims, stack(per_frame[name]).astype(dt, copy=False),
+                           variable_attrs(name, frames.units))
 
     coords = {"distance": ("distance", geometry.distances, {"units": frames.units, "long_name": "distance"})}
     coords.update({k: ("t", v) for k, v in frame_time_coords(frames).items()})

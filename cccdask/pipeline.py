@@ -484,16 +484,9 @@ def _output_layout(plan: FramePlan, n_frames: int, chunks: tuple[int, ...], fram
 
 
 def _variable_attrs(name: str, units: str) -> dict[str, Any]:
-    try:
-        from cccdask.ccc import _DESCRIPTIONS, _LENGTH_UNITS
-    except ImportError:  # pragma: no cover
-        _DESCRIPTIONS, _LENGTH_UNITS = {}, set()
-    attrs = {}
-    if name in _DESCRIPTIONS:
-        attrs["description"] = _DESCRIPTIONS[name]
-    if name in _LENGTH_UNITS:
-        attrs["units"] = units
-    return attrs
+    from cccdask.ccc import variable_attrs
+
+    return variable_attrs(name, units)
 
 
 def _coordinates(inputs: RunInputs, plan: FramePlan, layouts, extra_dims, coefficient_coords) -> dict:
