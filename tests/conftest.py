@@ -3,12 +3,10 @@
 import pytest
 
 
-@pytest.fixture(scope="session")
-def cluster_address():
-    """Address of a scheduler with two single-threaded worker processes, for the whole session."""
+def _local_cluster():
     from distributed import LocalCluster
 
-    cluster = LocalCluster(
+    return LocalCluster(
         n_workers=2,
         threads_per_worker=1,
         processes=True,
@@ -16,6 +14,23 @@ def cluster_address():
         host="127.0.0.1",
         memory_limit="1.5GiB",
     )
+
+
+@pytest.fixture(scope="session")
+def cluster_address():
+    """Address of a scheduler with two single-threaded worker processes, for the whole session."""
+    cluster = _local_cluster()
+    try:
+        yield cluster.scheduler_address
+    finally:
+        cluster.close()
+
+
+@pytest.fixture
+def killable_cluster_address():
+    """A cluster of its own for a test that kills a worker: whether and when its nanny
+    restarts the worker cannot disturb the tests that share the session cluster."""
+    cluster = _local_cluster()
     try:
         yield cluster.scheduler_address
     finally:

@@ -265,7 +265,7 @@ def test_frame_that_cannot_fit_a_worker_is_refused_before_any_work(tmp_path, clu
     assert not (tmp_path / "results.zarr").exists()
 
 
-def test_a_worker_killed_mid_run_loses_nothing(tmp_path, cluster_address):
+def test_a_worker_killed_mid_run_loses_nothing(tmp_path, killable_cluster_address):
     import threading
 
     from distributed import Client
@@ -274,6 +274,7 @@ def test_a_worker_killed_mid_run_loses_nothing(tmp_path, cluster_address):
     image1, image2, mask, _ = paired_spots_series(n, distances=np.linspace(0.3, 0.8, n), shape=(256, 256),
                                                   n_pairs=100)
     write_ome_zarr(tmp_path / "cells.ome.zarr", np.stack([image1, image2], axis=1), "tcyx", (0.05, 0.05))
+    cluster_address = killable_cluster_address
     config = _config(tmp_path, cluster_address, {
         "image1": {"path": "cells.ome.zarr", "channel": 0}, "image2": {"path": "cells.ome.zarr", "channel": 1}},
         ccc={"contributions": True, "max_distance": 1.5}, execution={"frames_per_task": 1})
@@ -287,9 +288,8 @@ def test_a_worker_killed_mid_run_loses_nothing(tmp_path, cluster_address):
         while time.monotonic() < deadline and not _complete_frames(store).any():
             time.sleep(0.01)
         recorded_at_kill = _complete_frames(store).sum()
-        os.kill(pids[0], signal.SIGKILL)  # the nanny starts a new worker; its tasks run again
+        os.kill(pids[0], signal.SIGKILL)  # its tasks run again on the other worker (or its restart)
         runner.join(120)
-        client.wait_for_workers(2, timeout=60)
     assert 0 < recorded_at_kill < n, "the worker was not killed mid-run"
     assert outcome.get("path") == store
     stored = xr.open_zarr(store)

@@ -166,10 +166,11 @@ def clean(series):
 # --------------------------------------------------------------------------- 1. worker loss
 
 
-def test_a_worker_killed_inside_its_task_loses_nothing(series, clean, cluster_address):
+def test_a_worker_killed_inside_its_task_loses_nothing(series, clean, killable_cluster_address):
     """SIGKILL of the worker process that is running a frame: the frame runs again elsewhere."""
     from distributed import Client
 
+    cluster_address = killable_cluster_address
     folder = series[0]
     config = config_from_dict(yaml.safe_load(_yaml(folder, "worker_lost", {"kind": "address",
                                                                           "address": cluster_address}).read_text()),
@@ -192,9 +193,8 @@ def test_a_worker_killed_inside_its_task_loses_nothing(series, clean, cluster_ad
                 time.sleep(0.005)
         assert victim is not None, "no worker was caught running a frame"
         recorded_at_kill = int((read_completion(store).status != FRAME_MISSING).sum())
-        os.kill(pids[victim], signal.SIGKILL)  # the nanny starts a new worker; the task runs again
+        os.kill(pids[victim], signal.SIGKILL)  # the task runs again on another worker
         runner_thread.join(120)
-        client.wait_for_workers(2, timeout=60)
         assert pids[victim] not in client.run(os.getpid).values()
     assert recorded_at_kill < N_FRAMES, "the worker was killed after the run"
     assert outcome.get("path") == store
