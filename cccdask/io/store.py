@@ -55,7 +55,6 @@ FRAME_STATUS_NAMES = {
 STORE_FORMAT = 1
 STATUS_RUNNING = "running"
 STATUS_COMPLETE = "complete"
-COMPLETION_VARIABLES = ("frame_status", "frame_error")
 
 # NGFF unit names for the unit strings cccdask uses
 _NGFF_UNITS = {
@@ -421,11 +420,6 @@ def write_frames(path: str, identity: str, start: int, arrays: dict[str, np.ndar
     opened = _writable_arrays(path, identity)
     for name, values in arrays.items():
         opened[name][start : start + len(values)] = values
-
-
-def open_results(path: Path | str) -> xr.Dataset:
-    """Open a results store as an xarray Dataset (lazy): what a notebook gets."""
-    return xr.open_zarr(str(path))
 
 
 def write_ome_zarr(
