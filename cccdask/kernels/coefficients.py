@@ -45,8 +45,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import numpy as np
+from numba import njit
 
 COEFFICIENT_NAMES = (
     "pearson",
@@ -162,6 +164,28 @@ class Thresholds:
 # ---------------------------------------------------------------------------------------
 # Moments and the Chan et al. pairwise merge
 # ---------------------------------------------------------------------------------------
+@njit(nogil=True, cache=True, fastmath={"reassoc", "contract"})
+def _weighted_comoments(x, y, weights):
+    """``(n, mean_x, mean_y, m2_x, m2_y, c_xy)`` of values occurring ``weights`` times (two-pass)."""
+    n = mean_x = mean_y = 0.0
+    for i in range(x.size):
+        n += weights[i]
+        mean_x += weights[i] * x[i]
+        mean_y += weights[i] * y[i]
+    if n == 0:
+        return 0.0, 0.0, 0.0, 0.0, 0.0, 0.0
+    mean_x /= n
+    mean_y /= n
+    m2_x = m2_y = c_xy = 0.0
+    for i in range(x.size):
+        dx = x[i] - mean_x
+        dy = y[i] - mean_y
+        m2_x += weights[i] * dx * dx
+        m2_y += weights[i] * dy * dy
+        c_xy += weights[i] * dx * dy
+    return n, mean_x, mean_y, m2_x, m2_y, c_xy
+
+
 @dataclass(frozen=True)
 class Moments:
     """Count, means and centred second moments of value pairs ``(x, y)``.
@@ -185,23 +209,8 @@ class Moments:
     @classmethod
     def from_weighted(cls, x: np.ndarray, y: np.ndarray, weights: np.ndarray) -> "Moments":
         """Moments of values ``x, y`` each occurring ``weights`` times (two-pass, centred)."""
-        w = np.asarray(weights, dtype=np.float64)
-        n = float(w.sum())
-        if n == 0:
-            return cls.empty()
-        mean_x = float(np.dot(w, x)) / n
-        mean_y = float(np.dot(w, y)) / n
-        dx = x - mean_x
-        dy = y - mean_y
-        wdx = w * dx
-        return cls(
-            np.float64(n),
-            np.float64(mean_x),
-            np.float64(mean_y),
-            np.float64(np.dot(wdx, dx)),
-            np.float64(np.dot(w * dy, dy)),
-            np.float64(np.dot(wdx, dy)),
-        )
+        return cls(*(np.float64(v) for v in _weighted_comoments(
+            np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64), np.asarray(weights, dtype=np.float64))))
 
     def merge(self, other: "Moments") -> "Moments":
         """Moments of the union of two disjoint sets (Chan, Golub & LeVeque pairwise update)."""
@@ -266,6 +275,16 @@ class JointTable:
     def integer(self) -> bool:
         return self.values1.dtype.kind == "i"
 
+    @cached_property
+    def marginals(self) -> tuple[tuple[np.ndarray, np.ndarray, np.ndarray], ...]:
+        """Per channel: ``(distinct, codes, ties)``, from :func:`value_codes` and the
+        number of voxels of each candidate value (computed once, on first use)."""
+        out = []
+        for values in (self.values1, self.values2):
+            distinct, codes = value_codes(values)
+            out.append((distinct, codes, _tie_counts(codes, self.counts, len(distinct))))
+        return tuple(out)
+
     def select(self, keep: np.ndarray) -> "JointTable":
         return JointTable(self.values1[keep], self.values2[keep], self.counts[keep])
 
@@ -308,6 +327,34 @@ def _codes(values: np.ndarray) -> tuple[np.ndarray | int, np.ndarray, int]:
     return distinct, codes.reshape(-1), len(distinct)
 
 
+@njit(nogil=True, cache=True)
+def _pair_keys(codes1, low1, codes2, low2, size2, out):
+    """``out[i] = (codes1[i] - low1) * size2 + (codes2[i] - low2)`` in ``out``'s unsigned type.
+
+    The arithmetic is modular (unsigned 64-bit), so ``code - low`` is exact even where a
+    signed code wraps on conversion; the result fits ``out`` by the caller's choice of type.
+    """
+    for i in range(out.size):
+        out[i] = (np.uint64(codes1[i]) - low1) * size2 + (np.uint64(codes2[i]) - low2)
+
+
+@njit(nogil=True, cache=True)
+def _run_starts(sorted_keys):
+    """Where each run of equal keys of a sorted array starts, and its length at the end."""
+    size = sorted_keys.size
+    n_runs = 1 if size else 0
+    for i in range(1, size):
+        n_runs += sorted_keys[i] != sorted_keys[i - 1]
+    starts = np.empty(n_runs + 1, np.int64)
+    starts[0] = 0
+    run = 1
+    for i in range(1, size):  # branch-free (run boundaries come at random): a store that
+        starts[run] = i       # is not a boundary is overwritten by the next one
+        run += sorted_keys[i] != sorted_keys[i - 1]
+    starts[n_runs] = size
+    return starts
+
+
 def _aggregate(values1: np.ndarray, values2: np.ndarray, counts: np.ndarray | None) -> JointTable:
     """Collapse value pairs (each with a count, or 1) into a sorted :class:`JointTable`.
 
@@ -329,14 +376,9 @@ def _aggregate(values1: np.ndarray, values2: np.ndarray, counts: np.ndarray | No
         decoder1, codes1, size1 = _codes(values1.astype(np.float64))
         decoder2, codes2, size2 = _codes(values2.astype(np.float64))
     key_dtype = np.uint32 if size1 * size2 <= 2**32 else np.uint64
-    # modular unsigned arithmetic: (v - low) is exact even where v wraps on conversion
-    key = codes1.astype(key_dtype)
-    if integer:
-        key -= key_dtype(decoder1 % 2 ** (8 * key.itemsize))
-    key *= key_dtype(size2)
-    key += codes2.astype(key_dtype, copy=False)
-    if integer:
-        key -= key_dtype(decoder2 % 2 ** (8 * key.itemsize))
+    key = np.empty(codes1.size, dtype=key_dtype)
+    low1, low2 = (decoder1, decoder2) if integer else (0, 0)
+    _pair_keys(codes1, np.uint64(low1 % 2**64), codes2, np.uint64(low2 % 2**64), np.uint64(size2), key)
     if counts is None and size1 * size2 <= max(key.size, 1 << 16):
         dense = np.bincount(key, minlength=size1 * size2)
         keys = np.flatnonzero(dense)
@@ -348,12 +390,9 @@ def _aggregate(values1: np.ndarray, values2: np.ndarray, counts: np.ndarray | No
             order = np.argsort(key, kind="stable")
             key = key[order]
             counts = np.asarray(counts, dtype=np.int64)[order]
-        starts = np.flatnonzero(np.concatenate(([True], key[1:] != key[:-1])))
-        keys = key[starts]
-        if counts is None:
-            pair_counts = np.diff(np.append(starts, key.size))
-        else:
-            pair_counts = np.add.reduceat(counts, starts)
+        starts = _run_starts(key)
+        keys = key[starts[:-1]]
+        pair_counts = np.diff(starts) if counts is None else np.add.reduceat(counts, starts[:-1])
     index1, index2 = np.divmod(keys.astype(np.int64), size2)
     if integer:
         out1 = index1 + decoder1
@@ -441,6 +480,30 @@ def part_statistics(
     return statistics_from_table(table, thresholds, n_nonfinite)
 
 
+@njit(nogil=True, cache=True, fastmath={"reassoc", "contract"})
+def _threshold_sums(r, g, wr, wg, counts):
+    """The sums of :data:`SUM_NAMES`, in order, over entries occurring ``counts`` times."""
+    sums = np.zeros(len(SUM_NAMES))
+    for i in range(r.size):
+        cr = counts[i] * r[i]
+        cg = counts[i] * g[i]
+        sums[0] += cr * g[i]
+        sums[1] += cr * r[i]
+        sums[2] += cg * g[i]
+        sums[3] += cr
+        sums[4] += cg
+        sums[5] += cr * wg[i]
+        sums[6] += cg * wr[i]
+        sums[7] += counts[i] * wr[i]
+        sums[8] += counts[i] * wg[i]
+        sums[9] += counts[i] * wr[i] * wg[i]
+        sums[10] += cr * wr[i]
+        sums[11] += cg * wg[i]
+        sums[12] += cr * wr[i] * wg[i]
+        sums[13] += cg * wr[i] * wg[i]
+    return sums
+
+
 def statistics_from_table(table: JointTable, thresholds: Thresholds, n_nonfinite: int = 0) -> PartStatistics:
     """The :class:`PartStatistics` of the voxels a joint histogram describes."""
     th1, th2 = thresholds.channel1, thresholds.channel2
@@ -450,32 +513,11 @@ def statistics_from_table(table: JointTable, thresholds: Thresholds, n_nonfinite
     wg = th2.weight(table.values2)
     counts = table.counts.astype(np.float64)
     in_object = thresholds.object_voxels(table.values1, table.values2)
-    cr = counts * r
-    cg = counts * g
-    sums = np.array(
-        [
-            np.dot(cr, g),
-            np.dot(cr, r),
-            np.dot(cg, g),
-            cr.sum(),
-            cg.sum(),
-            np.dot(cr, wg),
-            np.dot(cg, wr),
-            np.dot(counts, wr),
-            np.dot(counts, wg),
-            np.dot(counts * wr, wg),
-            np.dot(cr, wr),
-            np.dot(cg, wg),
-            np.dot(cr * wr, wg),
-            np.dot(cg * wr, wg),
-        ],
-        dtype=np.float64,
-    )
     return PartStatistics(
         table=table,
         mask_moments=Moments.from_weighted(r, g, counts),
-        object_moments=Moments.from_weighted(r[in_object], g[in_object], counts[in_object]),
-        sums=sums,
+        object_moments=Moments.from_weighted(r, g, counts * in_object),
+        sums=_threshold_sums(r, g, wr, wg, counts),
         n_nonfinite=n_nonfinite,
     )
 
@@ -492,69 +534,62 @@ def value_codes(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     if values.dtype.kind in "iu" and values.size:
         low, high = int(values.min()), int(values.max())
         if high - low < max(4 * values.size, 1 << 16):
-            return np.arange(low, high + 1, dtype=values.dtype), (values - low).astype(np.int64)
+            return np.arange(low, high + 1, dtype=values.dtype), (values - low).astype(np.int64, copy=False)
     distinct, codes = np.unique(values, return_inverse=True)
     return distinct, codes.reshape(-1).astype(np.int64, copy=False)
 
 
-def average_ranks(values: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Exact average ranks (1-based, ascending) of a multiset given as values and counts.
+@njit(nogil=True, cache=True)
+def _tie_counts(codes, counts, n_codes):
+    """Number of voxels (``counts`` per entry) of each code ``0 .. n_codes - 1``."""
+    ties = np.zeros(n_codes, np.int64)
+    for i in range(codes.size):
+        ties[codes[i]] += counts[i]
+    return ties
 
-    Returns
-    -------
-    distinct : numpy.ndarray
-        Ascending candidate values (see :func:`value_codes`).
-    ranks : numpy.ndarray
-        float64, the average rank of each distinct value (ties share their mean position).
-    codes : numpy.ndarray
-        For every input entry, the index of its value in ``distinct``.
-    """
-    distinct, codes = value_codes(values)
-    ties = np.bincount(codes, weights=counts, minlength=len(distinct))
-    ties = np.rint(ties).astype(np.int64)
-    last = np.cumsum(ties)
-    ranks = last - (ties - 1) / 2.0
-    return distinct, ranks.astype(np.float64), codes
+
+def _ranks_of_ties(ties: np.ndarray) -> np.ndarray:
+    """Average ranks (1-based, float64) of values occurring ``ties`` times, in ascending order."""
+    return np.cumsum(ties) - (ties - 1) / 2.0
 
 
 def rank_pearson(table: JointTable) -> tuple[float, str]:
     """Spearman's rho: Pearson r of the average ranks of the pairs a histogram holds."""
     if table.n == 0:
         return np.nan, "no voxels"
-    _, ranks1, codes1 = average_ranks(table.values1, table.counts)
-    _, ranks2, codes2 = average_ranks(table.values2, table.counts)
-    r, reason = Moments.from_weighted(ranks1[codes1], ranks2[codes2], table.counts).pearson()
+    (_, codes1, ties1), (_, codes2, ties2) = table.marginals
+    ranks1, ranks2 = _ranks_of_ties(ties1)[codes1], _ranks_of_ties(ties2)[codes2]
+    r, reason = Moments.from_weighted(ranks1, ranks2, table.counts).pearson()
     return float(r), str(reason)
 
 
+@njit(nogil=True, cache=True)
 def _weighted_inversions(order_codes: np.ndarray, weights: np.ndarray) -> int:
     """Sum of ``w_i w_j`` over index pairs ``i < j`` with ``order_codes[i] > order_codes[j]``.
 
-    Counts each inverted pair at the highest bit in which the two codes differ: among
-    entries sharing the higher bits, an entry with that bit set before one with it clear
-    is an inversion. One stable sort per bit: O(P log P log K) for P entries, K codes.
+    One pass with a Fenwick tree over the codes (non-negative integers): O(P log K) for
+    P entries and K codes. Exact in int64 while the total stays below 2^63 (a frame of
+    fewer than about 4 x 10^9 voxels).
     """
-    codes = np.asarray(order_codes)
-    top_code = int(codes.max()) if codes.size else 0
-    codes = codes.astype(np.int32 if top_code < 2**31 else np.int64)
-    weights = np.asarray(weights, dtype=np.int64)
+    n_codes = 0
+    for code in order_codes:
+        n_codes = max(n_codes, code + 1)
+    tree = np.zeros(n_codes + 1, np.int64)  # tree[k]: weight seen, over a range of codes ending at k - 1
+    seen = 0
     total = 0
-    for bit in range(top_code.bit_length()):
-        high = codes >> (bit + 1)
-        top = top_code >> (bit + 1)
-        sort_dtype = np.uint16 if top < 2**16 else (np.uint32 if top < 2**32 else np.int64)
-        order = np.argsort(high.astype(sort_dtype), kind="stable")  # radix sort for uint16
-        sorted_codes = codes[order]
-        w = weights[order]
-        set_weight = w * ((sorted_codes >> bit) & 1)
-        clear_weight = w - set_weight
-        before = np.cumsum(set_weight)
-        before -= set_weight  # set weight strictly before, counted over all groups
-        # minus, per group, the set weight before the group starts
-        sizes = np.bincount(high, minlength=top + 1)
-        starts = np.concatenate(([0], np.cumsum(sizes)[:-1]))[sizes > 0]
-        total += int(np.dot(clear_weight, before))
-        total -= int(np.dot(before[starts], np.add.reduceat(clear_weight, starts)))
+    for i in range(order_codes.size):
+        position = order_codes[i] + 1
+        at_or_below = 0
+        k = position
+        while k > 0:
+            at_or_below += tree[k]
+            k -= k & -k
+        total += weights[i] * (seen - at_or_below)
+        k = position
+        while k <= n_codes:
+            tree[k] += weights[i]
+            k += k & -k
+        seen += weights[i]
     return total
 
 
@@ -563,19 +598,15 @@ def kendall_tau_b(table: JointTable) -> tuple[float, str]:
     n = table.n
     if n < 2:
         return np.nan, "fewer than 2 voxels"
-    counts = table.counts.astype(np.int64)
+    counts = table.counts
+    (_, _, ties1), (_, codes2, ties2) = table.marginals
     # table is sorted by (values1, values2): an inversion of the values2 order is a
     # discordant pair (pairs tied in values1 are in ascending values2 order: none counted)
-    _, codes2 = value_codes(table.values2)
-    discordant = _weighted_inversions(codes2.astype(np.int64), counts)
+    discordant = int(_weighted_inversions(codes2, counts))
 
     def tied_pairs(group_counts):
-        t = group_counts.astype(np.int64)
-        return int(np.sum(t * (t - 1) // 2))
+        return int(np.sum(group_counts * (group_counts - 1) // 2))
 
-    _, codes1 = value_codes(table.values1)
-    ties1 = np.bincount(codes1, weights=counts).astype(np.int64)
-    ties2 = np.bincount(codes2, weights=counts).astype(np.int64)
     n0 = n * (n - 1) // 2
     n1 = tied_pairs(ties1)
     n2 = tied_pairs(ties2)
@@ -671,8 +702,40 @@ def finalize(stats: PartStatistics, thresholds: Thresholds) -> dict[str, tuple[f
 # ---------------------------------------------------------------------------------------
 # Van Steensel: moments of shifted pairs, per chunk
 # ---------------------------------------------------------------------------------------
-STRIP_VOXELS = 1 << 18  # voxels per strip: temporaries stay small and reused
-TILE_WIDTH = 64  # voxels along the shift axis per matrix product
+STRIP_VOXELS = 1 << 20  # voxels per strip: temporaries stay small, matrix products long
+
+
+@njit(nogil=True, cache=True, fastmath={"reassoc", "contract"})
+def _dot(x, y):
+    """Dot product of two equally long 1-D arrays (vectorised: the sum may be reordered)."""
+    total = 0.0
+    for i in range(x.size):  # a range from 0: no negative-index wrap-around to check
+        total += x[i] * y[i]
+    return total
+
+
+@njit(nogil=True, cache=True)
+def _lagged_dot(left, right, shifts, core_start, core_stop, columns):
+    """``sum over rows and x in [core_start, core_stop) of left[row, x - dx] * right[row, x]``
+    for each shift ``dx``; pairs with ``x - dx`` outside the row are skipped.
+
+    Adds the column sums of ``left``, ``left**2``, ``right``, ``right**2`` to the rows
+    of ``columns`` (shape ``(4, W)``) on the way, while each row is in cache.
+    """
+    rows, width = left.shape
+    out = np.zeros(shifts.size)
+    for row in range(rows):
+        for s in range(shifts.size):
+            dx = shifts[s]
+            lo, hi = max(core_start, dx), min(core_stop, width + dx)
+            if hi > lo:
+                out[s] += _dot(left[row, lo - dx:hi - dx], right[row, lo:hi])
+        for x in range(width):
+            columns[0, x] += left[row, x]
+            columns[1, x] += left[row, x] * left[row, x]
+            columns[2, x] += right[row, x]
+            columns[3, x] += right[row, x] * right[row, x]
+    return out
 
 
 def _lagged_sums(left: np.ndarray, right: np.ndarray, shifts: np.ndarray, core: tuple[int, int]) -> np.ndarray:
@@ -694,32 +757,14 @@ def _lagged_sums(left: np.ndarray, right: np.ndarray, shifts: np.ndarray, core: 
 
     Notes
     -----
-    Tiles of :data:`TILE_WIDTH` columns of ``right`` against the columns of ``left``
-    they can pair with make one matrix product each (BLAS), from which the diagonals
-    give the shifted sums: ``(tile + 2 max|dx|)`` multiply-adds per voxel and pair of
-    inputs, at matrix-product speed rather than one pass per shift.
+    One compiled dot product per row and shift, over a row held in cache:
+    ``len(shifts)`` multiply-adds per voxel and pair of inputs, vectorised.
     """
-    n_left, rows, width = left.shape
-    n_right = right.shape[0]
-    out = np.zeros((n_left, n_right, len(shifts)))
-    low_shift, high_shift = int(shifts.min()), int(shifts.max())
-    for x0 in range(core[0], core[1], TILE_WIDTH):
-        x1 = min(x0 + TILE_WIDTH, core[1])
-        a, b = max(0, x0 - high_shift), min(width, x1 - low_shift)
-        if b <= a:
-            continue
-        lhs = left[:, :, a:b].transpose(0, 2, 1).reshape(n_left * (b - a), rows)
-        rhs = right[:, :, x0:x1].transpose(1, 0, 2).reshape(rows, n_right * (x1 - x0))
-        product = (lhs @ rhs).reshape(n_left, b - a, n_right, x1 - x0)
-        j = np.arange(x1 - x0)
-        i = j[None, :] + (x0 - a) - shifts[:, None]  # (shift, j): left column of each pair
-        valid = (i >= 0) & (i < b - a)
-        shift_index = np.broadcast_to(np.arange(len(shifts))[:, None], i.shape)[valid]
-        picked = product[:, i[valid], :, j[None, :].repeat(len(shifts), 0)[valid]]  # (pairs, K, L)
-        for k in range(n_left):
-            for m in range(n_right):
-                out[k, m] += np.bincount(shift_index, weights=picked[:, k, m], minlength=len(shifts))
-    return out
+    shifts = np.asarray(shifts, dtype=np.int64)
+    left = np.ascontiguousarray(left, dtype=np.float64)
+    right = np.ascontiguousarray(right, dtype=np.float64)
+    columns = np.zeros((4, left.shape[-1]))
+    return np.array([[_lagged_dot(lk, rm, shifts, core[0], core[1], columns) for rm in right] for lk in left])
 
 
 def shifted_moments(
@@ -773,30 +818,24 @@ def shifted_moments(
 
     # sums[k, l, s] of left_k(x - dx) right_l(x); left = (rc, rc^2, w), right = (gc, gc^2, w)
     sums = np.zeros((3, 3, len(shifts)))
+    # strips where every voxel counts: their marginal sums are sums over column ranges
+    marginal_terms = ((0, 2), (1, 2), (2, 0), (2, 1))  # in the order of _lagged_dot's columns
+    column_sums = np.zeros((len(marginal_terms), width))
+    n_full_rows = 0
+    may_be_outside = m_all is not None or r_all.dtype.kind not in "iub" or g_all.dtype.kind not in "iub"
     step = max(1, STRIP_VOXELS // max(width, 1))
     for row0 in range(0, n_rows, step):
         rows = slice(row0, min(row0 + step, n_rows))
         rc = th1.corrected(r_all[rows]) - centre_r
         gc = th2.corrected(g_all[rows]) - centre_g
-        inside = np.isfinite(rc) & np.isfinite(gc)
-        if m_all is not None:
-            inside &= m_all[rows] != 0
-        if inside.all():
-            # every voxel counts: the marginal sums are sums over column ranges
-            sums[0, 0] += _lagged_sums(rc[None], gc[None], shifts, core)[0, 0]
-            columns = {
-                (0, 2): rc.sum(axis=0), (1, 2): (rc * rc).sum(axis=0),
-                (2, 0): gc.sum(axis=0), (2, 1): (gc * gc).sum(axis=0),
-                (2, 2): np.full(width, float(rc.shape[0])),
-            }
-            cumulative = {key: np.concatenate(([0.0], np.cumsum(v))) for key, v in columns.items()}
-            for s, dx in enumerate(shifts):
-                lo, hi = max(core[0], int(dx)), min(core[1], width + int(dx))
-                if hi <= lo:
-                    continue
-                for (k, m), c in cumulative.items():
-                    first, last = (lo - dx, hi - dx) if m == 2 else (lo, hi)  # left side shifted
-                    sums[k, m, s] += c[last] - c[first]
+        inside = None
+        if may_be_outside:
+            inside = np.isfinite(rc) & np.isfinite(gc)
+            if m_all is not None:
+                inside &= m_all[rows] != 0
+        if inside is None or inside.all():
+            sums[0, 0] += _lagged_dot(rc, gc, shifts, core[0], core[1], column_sums)
+            n_full_rows += rc.shape[0]
             continue
         w = inside.astype(np.float64)
         rc = np.where(inside, rc, 0.0)
@@ -805,6 +844,15 @@ def shifted_moments(
         sums[:, 0] += part[:, 0]
         sums[:, 2] += part[:, 1]
         sums[2, 1] += _lagged_sums(w[None], (gc * gc)[None], shifts, core)[0, 0]
+    cumulative = np.concatenate([np.zeros((len(marginal_terms), 1)), np.cumsum(column_sums, axis=1)], axis=1)
+    for s, dx in enumerate(shifts):
+        lo, hi = max(core[0], int(dx)), min(core[1], width + int(dx))
+        if hi <= lo:
+            continue
+        for (k, m), c in zip(marginal_terms, cumulative):
+            first, last = (lo - dx, hi - dx) if m == 2 else (lo, hi)  # the left side is shifted
+            sums[k, m, s] += c[last] - c[first]
+        sums[2, 2, s] += n_full_rows * (hi - lo)
 
     n, s_r, s_rr, s_g = sums[2, 2], sums[0, 2], sums[1, 2], sums[2, 0]
     s_gg, s_rg = sums[2, 1], sums[0, 0]
@@ -888,8 +936,8 @@ class MapConstants:
         m = stats.mask_moments
         corrected = stats.table.corrected(thresholds)
         if corrected.n:
-            values1, ranks1, codes1 = average_ranks(corrected.values1, corrected.counts)
-            values2, ranks2, codes2 = average_ranks(corrected.values2, corrected.counts)
+            (values1, codes1, ties1), (values2, codes2, ties2) = corrected.marginals
+            ranks1, ranks2 = _ranks_of_ties(ties1), _ranks_of_ties(ties2)
             rank_moments = Moments.from_weighted(ranks1[codes1], ranks2[codes2], corrected.counts)
             mean_rank = (corrected.n + 1) / 2.0
             spearman_denominator = positive(np.sqrt(rank_moments.m2_x * rank_moments.m2_y))
