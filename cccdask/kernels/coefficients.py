@@ -628,16 +628,26 @@ def icq_count(table: JointTable, zero_positive: bool = False) -> int:
     """
     n = table.n
     signs = []
-    for values in (table.values1, table.values2):
-        if table.integer and float(np.abs(values).max()) * n < 2**62:
-            total = int(np.dot(table.counts, values))  # exact: below 2^62 by the test above
-            signs.append(np.sign(values * n - total))
+    for distinct, _, ties in table.marginals:  # the sign of each candidate value
+        if table.integer and float(np.abs(distinct).max()) * n < 2**62:
+            total = int(np.dot(ties, distinct))  # exact: below 2^62 by the test above
+            signs.append(np.sign(distinct * n - total).astype(np.int8))
         else:
-            products = table.counts.astype(np.float64) * values.astype(np.float64)
-            signs.append(np.sign(values - math.fsum(products) / n))
-    product = signs[0] * signs[1]
-    positive = product >= 0 if zero_positive else product > 0
-    return int(table.counts[positive].sum())
+            products = ties.astype(np.float64) * distinct.astype(np.float64)
+            signs.append(np.sign(distinct - math.fsum(products) / n).astype(np.int8))
+    (_, codes1, _), (_, codes2, _) = table.marginals
+    return int(_count_same_sign(codes1, signs[0], codes2, signs[1], table.counts, zero_positive))
+
+
+@njit(nogil=True, cache=True)
+def _count_same_sign(codes1, signs1, codes2, signs2, counts, zero_counts):
+    """Total count of the entries with ``signs1[codes1] * signs2[codes2] > 0`` (``>= 0``)."""
+    total = 0
+    for i in range(codes1.size):
+        product = signs1[codes1[i]] * signs2[codes2[i]]
+        if product > 0 or (zero_counts and product == 0):
+            total += counts[i]
+    return total
 
 
 # ---------------------------------------------------------------------------------------
@@ -714,27 +724,90 @@ def _dot(x, y):
     return total
 
 
+@njit(nogil=True, cache=True, fastmath={"reassoc", "contract"})
+def _dot4(x0, x1, x2, x3, y):
+    """Four dot products with one ``y``: ``y`` is loaded once for four multiply-adds."""
+    s0 = s1 = s2 = s3 = 0.0
+    for i in range(y.size):
+        s0 += x0[i] * y[i]
+        s1 += x1[i] * y[i]
+        s2 += x2[i] * y[i]
+        s3 += x3[i] * y[i]
+    return s0, s1, s2, s3
+
+
 @njit(nogil=True, cache=True)
-def _lagged_dot(left, right, shifts, core_start, core_stop, columns):
-    """``sum over rows and x in [core_start, core_stop) of left[row, x - dx] * right[row, x]``
+def _add_lagged_row(left, right, shifts, core_start, core_stop, out):
+    """``out[s] += sum over x in the core of left[x - dx] * right[x]`` for one row.
+
+    Shifts go four at a time over the ``x`` all four can pair (:func:`_dot4`); the few
+    ``x`` at the ends that only some of them reach are added one shift at a time.
+    """
+    width = left.size
+    s = 0
+    while s < shifts.size:
+        block = min(4, shifts.size - s)
+        highest = lowest = shifts[s]
+        for k in range(s, s + block):
+            highest, lowest = max(highest, shifts[k]), min(lowest, shifts[k])
+        common_lo, common_hi = max(core_start, highest), min(core_stop, width + lowest)
+        if block < 4 or common_hi <= common_lo:
+            common_lo = common_hi = core_stop  # no common part: every pair on its own below
+        else:
+            d0, d1, d2, d3 = shifts[s], shifts[s + 1], shifts[s + 2], shifts[s + 3]
+            sums = _dot4(left[common_lo - d0:common_hi - d0], left[common_lo - d1:common_hi - d1],
+                         left[common_lo - d2:common_hi - d2], left[common_lo - d3:common_hi - d3],
+                         right[common_lo:common_hi])
+            for k in range(4):
+                out[s + k] += sums[k]
+        for k in range(s, s + block):
+            dx = shifts[k]
+            lo, hi = max(core_start, dx), min(core_stop, width + dx)
+            if hi <= lo:
+                continue
+            if common_hi <= common_lo or hi <= common_lo or common_hi <= lo:
+                out[k] += _dot(left[lo - dx:hi - dx], right[lo:hi])
+                continue
+            if lo < common_lo:
+                out[k] += _dot(left[lo - dx:common_lo - dx], right[lo:common_lo])
+            if common_hi < hi:
+                out[k] += _dot(left[common_hi - dx:hi - dx], right[common_hi:hi])
+        s += block
+
+
+@njit(nogil=True, cache=True)
+def _row(source, row, lookup, low, buffer):
+    """Row ``row`` of ``source`` copied into ``buffer`` (float64): as it is, or mapped through
+    ``lookup[v - low]``."""
+    for x in range(source.shape[1]):
+        buffer[x] = source[row, x] if lookup is None else lookup[source[row, x] - low]
+    return buffer
+
+
+@njit(nogil=True, cache=True)
+def _lagged_dot(left, right, shifts, core_start, core_stop, columns,
+                left_lookup=None, left_low=0, right_lookup=None, right_low=0):
+    """``sum over rows and x in [core_start, core_stop) of L[row, x - dx] * R[row, x]``
     for each shift ``dx``; pairs with ``x - dx`` outside the row are skipped.
 
-    Adds the column sums of ``left``, ``left**2``, ``right``, ``right**2`` to the rows
-    of ``columns`` (shape ``(4, W)``) on the way, while each row is in cache.
+    ``L`` is ``left`` itself (float64), or, with ``left_lookup``, the integer ``left``
+    mapped through ``left_lookup[v - left_low]`` one row at a time (``R`` alike). Adds
+    the column sums of ``L``, ``L**2``, ``R``, ``R**2`` to the rows of ``columns``
+    (shape ``(4, W)``) on the way, while each row is in cache.
     """
     rows, width = left.shape
     out = np.zeros(shifts.size)
+    left_buffer = np.empty(width)
+    right_buffer = np.empty(width)
     for row in range(rows):
-        for s in range(shifts.size):
-            dx = shifts[s]
-            lo, hi = max(core_start, dx), min(core_stop, width + dx)
-            if hi > lo:
-                out[s] += _dot(left[row, lo - dx:hi - dx], right[row, lo:hi])
+        lrow = _row(left, row, left_lookup, left_low, left_buffer)
+        rrow = _row(right, row, right_lookup, right_low, right_buffer)
+        _add_lagged_row(lrow, rrow, shifts, core_start, core_stop, out)
         for x in range(width):
-            columns[0, x] += left[row, x]
-            columns[1, x] += left[row, x] * left[row, x]
-            columns[2, x] += right[row, x]
-            columns[3, x] += right[row, x] * right[row, x]
+            columns[0, x] += lrow[x]
+            columns[1, x] += lrow[x] * lrow[x]
+            columns[2, x] += rrow[x]
+            columns[3, x] += rrow[x] * rrow[x]
     return out
 
 
@@ -765,6 +838,18 @@ def _lagged_sums(left: np.ndarray, right: np.ndarray, shifts: np.ndarray, core: 
     right = np.ascontiguousarray(right, dtype=np.float64)
     columns = np.zeros((4, left.shape[-1]))
     return np.array([[_lagged_dot(lk, rm, shifts, core[0], core[1], columns) for rm in right] for lk in left])
+
+
+def _centred_lookup(threshold: ChannelThreshold, values: np.ndarray, centre: float
+                    ) -> tuple[np.ndarray, int] | None:
+    """``(lookup, low)`` with ``lookup[v - low] = corrected(v) - centre`` for every integer
+    value ``v`` of ``values``; None for non-integer values or a span over 2^20."""
+    if values.dtype.kind not in "iu" or values.size == 0:
+        return None
+    low, high = int(values.min()), int(values.max())
+    if high - low >= 1 << 20:
+        return None
+    return threshold.corrected(np.arange(low, high + 1)) - centre, low
 
 
 def shifted_moments(
@@ -823,6 +908,14 @@ def shifted_moments(
     column_sums = np.zeros((len(marginal_terms), width))
     n_full_rows = 0
     may_be_outside = m_all is not None or r_all.dtype.kind not in "iub" or g_all.dtype.kind not in "iub"
+    lookups = [_centred_lookup(th, values, centre) for th, values, centre in
+               ((th1, r_all, centre_r), (th2, g_all, centre_g))]
+    if not may_be_outside and lookups[0] is not None and lookups[1] is not None:
+        # integer images, every voxel inside: rows are converted one at a time in the kernel
+        (lookup_r, low_r), (lookup_g, low_g) = lookups
+        sums[0, 0] += _lagged_dot(r_all, g_all, shifts, core[0], core[1], column_sums,
+                                  lookup_r, low_r, lookup_g, low_g)
+        n_full_rows, n_rows = n_rows, 0
     step = max(1, STRIP_VOXELS // max(width, 1))
     for row0 in range(0, n_rows, step):
         rows = slice(row0, min(row0 + step, n_rows))
