@@ -15,6 +15,7 @@ import xarray as xr
 from skimage import measure
 
 from cccdask import coefficients
+from cccdask.kernels import coefficients as kernels
 from cccdask.kernels.coefficients import (
     COEFFICIENT_NAMES,
     MAP_NAMES,
@@ -359,3 +360,29 @@ def test_joint_table_counts_every_pair():
         np.testing.assert_array_equal(table.values1, pairs[0])
         np.testing.assert_array_equal(table.values2, pairs[1])
         np.testing.assert_array_equal(table.counts, counts)
+
+
+@pytest.mark.parametrize("kind", ["poisson", "gamma"])
+def test_shifted_moments_mix_full_and_masked_rows(kind, monkeypatch):
+    """Rows wholly inside the mask take the fast path, the others the masked one; float
+    chunks go in strips. Every shift's moments equal the brute-force pairs' moments."""
+    monkeypatch.setattr(kernels, "STRIP_VOXELS", 40)  # several strips of float rows
+    rng = np.random.default_rng(21)
+    R, G = two_channel(rng, (12, 37), kind)
+    mask = np.ones(R.shape, bool)
+    mask[3, 5:9] = False  # rows 3 and 7 partly outside, the rest wholly inside
+    mask[7, ::3] = False
+    if kind == "gamma":
+        R = R.astype(np.float64)
+        R[9, 4] = np.nan  # a voxel that does not count: row 9 takes the masked path
+    inside = mask & np.isfinite(R) & np.isfinite(G)
+    shifts = np.arange(-6, 7)
+    moments = kernels.shifted_moments(R, G, mask, kernels.Thresholds(), shifts, (0, R.shape[1]))
+    for k, dx in enumerate(shifts):
+        r, g = shifted_pairs(corrected(R, None), corrected(G, None), inside, dx, -1)
+        assert moments.n[k] == r.size
+        np.testing.assert_allclose(moments.mean_x[k], r.mean(), rtol=1e-12)
+        np.testing.assert_allclose(moments.mean_y[k], g.mean(), rtol=1e-12)
+        np.testing.assert_allclose(moments.m2_x[k], np.sum((r - r.mean()) ** 2), rtol=1e-10)
+        np.testing.assert_allclose(moments.m2_y[k], np.sum((g - g.mean()) ** 2), rtol=1e-10)
+        np.testing.assert_allclose(moments.c_xy[k], np.sum((r - r.mean()) * (g - g.mean())), rtol=1e-10)

@@ -712,19 +712,20 @@ def finalize(stats: PartStatistics, thresholds: Thresholds) -> dict[str, tuple[f
 # ---------------------------------------------------------------------------------------
 # Van Steensel: moments of shifted pairs, per chunk
 # ---------------------------------------------------------------------------------------
-STRIP_VOXELS = 1 << 20  # voxels per strip: temporaries stay small, matrix products long
+STRIP_VOXELS = 1 << 20  # voxels per strip of a float chunk converted at once
+REASSOCIATE = {"reassoc", "contract"}  # sums may be reordered: vectorised
 
 
-@njit(nogil=True, cache=True, fastmath={"reassoc", "contract"})
+@njit(nogil=True, cache=True, fastmath=REASSOCIATE)
 def _dot(x, y):
-    """Dot product of two equally long 1-D arrays (vectorised: the sum may be reordered)."""
+    """Dot product of two equally long 1-D arrays."""
     total = 0.0
     for i in range(x.size):  # a range from 0: no negative-index wrap-around to check
         total += x[i] * y[i]
     return total
 
 
-@njit(nogil=True, cache=True, fastmath={"reassoc", "contract"})
+@njit(nogil=True, cache=True, fastmath=REASSOCIATE)
 def _dot4(x0, x1, x2, x3, y):
     """Four dot products with one ``y``: ``y`` is loaded once for four multiply-adds."""
     s0 = s1 = s2 = s3 = 0.0
@@ -734,6 +735,26 @@ def _dot4(x0, x1, x2, x3, y):
         s2 += x2[i] * y[i]
         s3 += x3[i] * y[i]
     return s0, s1, s2, s3
+
+
+@njit(nogil=True, cache=True, fastmath=REASSOCIATE)
+def _masked_pair_sums(left, left_squared, left_weight, right, right_squared, right_weight, out):
+    """``out += (sum lw rw, sum l rw, sum l^2 rw, sum lw r, sum lw r^2, sum l r)`` over
+    equally long segments: the six sums of the pairs whose two voxels both count."""
+    n = sum_l = sum_ll = sum_r = sum_rr = sum_lr = 0.0
+    for i in range(right.size):
+        n += left_weight[i] * right_weight[i]
+        sum_l += left[i] * right_weight[i]
+        sum_ll += left_squared[i] * right_weight[i]
+        sum_r += left_weight[i] * right[i]
+        sum_rr += left_weight[i] * right_squared[i]
+        sum_lr += left[i] * right[i]
+    out[0] += n
+    out[1] += sum_l
+    out[2] += sum_ll
+    out[3] += sum_r
+    out[4] += sum_rr
+    out[5] += sum_lr
 
 
 @njit(nogil=True, cache=True)
@@ -752,7 +773,7 @@ def _add_lagged_row(left, right, shifts, core_start, core_stop, out):
             highest, lowest = max(highest, shifts[k]), min(lowest, shifts[k])
         common_lo, common_hi = max(core_start, highest), min(core_stop, width + lowest)
         if block < 4 or common_hi <= common_lo:
-            common_lo = common_hi = core_stop  # no common part: every pair on its own below
+            common_lo = common_hi = core_stop  # no common part: every shift on its own below
         else:
             d0, d1, d2, d3 = shifts[s], shifts[s + 1], shifts[s + 2], shifts[s + 3]
             sums = _dot4(left[common_lo - d0:common_hi - d0], left[common_lo - d1:common_hi - d1],
@@ -765,7 +786,7 @@ def _add_lagged_row(left, right, shifts, core_start, core_stop, out):
             lo, hi = max(core_start, dx), min(core_stop, width + dx)
             if hi <= lo:
                 continue
-            if common_hi <= common_lo or hi <= common_lo or common_hi <= lo:
+            if common_hi <= common_lo:
                 out[k] += _dot(left[lo - dx:hi - dx], right[lo:hi])
                 continue
             if lo < common_lo:
@@ -776,68 +797,94 @@ def _add_lagged_row(left, right, shifts, core_start, core_stop, out):
 
 
 @njit(nogil=True, cache=True)
-def _row(source, row, lookup, low, buffer):
-    """Row ``row`` of ``source`` copied into ``buffer`` (float64): as it is, or mapped through
-    ``lookup[v - low]``."""
-    for x in range(source.shape[1]):
-        buffer[x] = source[row, x] if lookup is None else lookup[source[row, x] - low]
-    return buffer
+def _prepare_row(values1, values2, mask, lookup1, low1, lookup2, low2, left, right, weight):
+    """Fill ``left``, ``right`` (0 where a voxel does not count) and ``weight`` (1 where it
+    does) from one row; returns how many voxels count (see :func:`_shifted_sums`)."""
+    # (nested tests of single arguments against None: numba drops the branches that do
+    # not apply to the argument types it compiles for)
+    if lookup1 is not None:
+        if lookup2 is not None:
+            if mask is None:  # values through finite lookups, no mask: every voxel counts
+                for x in range(values1.size):
+                    left[x] = lookup1[values1[x] - low1]
+                    right[x] = lookup2[values2[x] - low2]
+                return values1.size
+    counted = 0
+    for x in range(values1.size):
+        l = values1[x] if lookup1 is None else lookup1[values1[x] - low1]
+        r = values2[x] if lookup2 is None else lookup2[values2[x] - low2]
+        inside = (l - l + r - r) == 0.0  # both finite (inf - inf and NaN give NaN)
+        if mask is not None:
+            inside &= mask[x] != 0
+        weight[x] = inside
+        left[x] = l if inside else 0.0
+        right[x] = r if inside else 0.0
+        counted += inside
+    return counted
 
 
 @njit(nogil=True, cache=True)
-def _lagged_dot(left, right, shifts, core_start, core_stop, columns,
-                left_lookup=None, left_low=0, right_lookup=None, right_low=0):
-    """``sum over rows and x in [core_start, core_stop) of L[row, x - dx] * R[row, x]``
-    for each shift ``dx``; pairs with ``x - dx`` outside the row are skipped.
-
-    ``L`` is ``left`` itself (float64), or, with ``left_lookup``, the integer ``left``
-    mapped through ``left_lookup[v - left_low]`` one row at a time (``R`` alike). Adds
-    the column sums of ``L``, ``L**2``, ``R``, ``R**2`` to the rows of ``columns``
-    (shape ``(4, W)``) on the way, while each row is in cache.
-    """
-    rows, width = left.shape
-    out = np.zeros(shifts.size)
-    left_buffer = np.empty(width)
-    right_buffer = np.empty(width)
-    for row in range(rows):
-        lrow = _row(left, row, left_lookup, left_low, left_buffer)
-        rrow = _row(right, row, right_lookup, right_low, right_buffer)
-        _add_lagged_row(lrow, rrow, shifts, core_start, core_stop, out)
-        for x in range(width):
-            columns[0, x] += lrow[x]
-            columns[1, x] += lrow[x] * lrow[x]
-            columns[2, x] += rrow[x]
-            columns[3, x] += rrow[x] * rrow[x]
-    return out
-
-
-def _lagged_sums(left: np.ndarray, right: np.ndarray, shifts: np.ndarray, core: tuple[int, int]) -> np.ndarray:
-    """``sum over rows and x in core of left[k, row, x - dx] * right[l, row, x]``.
+def _shifted_sums(image1, image2, mask, lookup1, low1, lookup2, low2, shifts, core_start, core_stop,
+                  sums, columns):
+    """Sums of the shifted pairs ``(l, r) = (R'(x - dx) - c1, G'(x) - c2)`` of a chunk's rows.
 
     Parameters
     ----------
-    left, right : numpy.ndarray
-        float64, shapes ``(K, rows, W)`` and ``(L, rows, W)``.
+    image1, image2 : numpy.ndarray
+        2-D ``(rows, W)``: float64 values ``R' - c1`` (``G' - c2``) when the lookup is
+        None, else integers mapped through ``lookup[v - low]`` one row at a time.
+    mask : numpy.ndarray or None
+        2-D, non-zero inside. A voxel counts when inside and finite in both channels; a
+        pair counts when both its voxels do.
     shifts : numpy.ndarray
-        Integer shifts ``dx``; pairs with ``x - dx`` outside ``[0, W)`` are skipped.
-    core : (int, int)
-        ``[start, stop)``: the ``x`` the sums run over.
+        int64 shifts ``dx``; pairs are summed over ``x`` in ``[core_start, core_stop)``.
+    sums : numpy.ndarray
+        ``(6, len(shifts))``, added to: per shift ``n, sum l, sum l^2, sum r, sum r^2``
+        over the pairs of rows with a voxel that does not count, and ``sum l r`` over all.
+    columns : numpy.ndarray
+        ``(4, W)``, added to: the column sums of ``l, l^2, r, r^2`` over the rows where
+        every voxel counts (their marginal sums follow from column ranges).
 
     Returns
     -------
-    numpy.ndarray
-        Shape ``(K, L, len(shifts))``.
+    int
+        The number of rows where every voxel counts.
 
     Notes
     -----
-    One compiled dot product per row and shift, over a row held in cache:
-    ``len(shifts)`` multiply-adds per voxel and pair of inputs, vectorised.
+    A row where every voxel counts needs one dot product per shift (:func:`_add_lagged_row`);
+    any other row six fused sums per shift (:func:`_masked_pair_sums`).
     """
-    shifts = np.asarray(shifts, dtype=np.int64)
-    left = np.ascontiguousarray(left, dtype=np.float64)
-    right = np.ascontiguousarray(right, dtype=np.float64)
-    columns = np.zeros((4, left.shape[-1]))
-    return np.array([[_lagged_dot(lk, rm, shifts, core[0], core[1], columns) for rm in right] for lk in left])
+    rows, width = image1.shape
+    left = np.empty(width)
+    right = np.empty(width)
+    weight = np.empty(width)
+    left_squared = np.empty(width)
+    right_squared = np.empty(width)
+    full_rows = 0
+    for row in range(rows):
+        counted = _prepare_row(image1[row], image2[row], None if mask is None else mask[row],
+                               lookup1, low1, lookup2, low2, left, right, weight)
+        if counted == width:
+            _add_lagged_row(left, right, shifts, core_start, core_stop, sums[5])
+            for x in range(width):
+                columns[0, x] += left[x]
+                columns[1, x] += left[x] * left[x]
+                columns[2, x] += right[x]
+                columns[3, x] += right[x] * right[x]
+            full_rows += 1
+        elif counted:
+            for x in range(width):
+                left_squared[x] = left[x] * left[x]
+                right_squared[x] = right[x] * right[x]
+            for s in range(shifts.size):
+                dx = shifts[s]
+                lo, hi = max(core_start, dx), min(core_stop, width + dx)
+                if hi > lo:
+                    _masked_pair_sums(left[lo - dx:hi - dx], left_squared[lo - dx:hi - dx],
+                                      weight[lo - dx:hi - dx], right[lo:hi], right_squared[lo:hi],
+                                      weight[lo:hi], sums[:, s])
+    return full_rows
 
 
 def _centred_lookup(threshold: ChannelThreshold, values: np.ndarray, centre: float
@@ -889,6 +936,8 @@ def shifted_moments(
     r_all = r_all.reshape(-1, width)
     g_all = np.moveaxis(np.asarray(image2), axis, -1).reshape(-1, width)
     m_all = None if mask is None else np.moveaxis(np.asarray(mask), axis, -1).reshape(-1, width)
+    if m_all is not None and m_all.dtype == bool:
+        m_all = m_all.view(np.uint8)
     n_rows = r_all.shape[0]
     th1, th2 = thresholds.channel1, thresholds.channel2
 
@@ -901,54 +950,34 @@ def shifted_moments(
     centre_r = float(r_sample[usable].mean()) if usable.any() else 0.0
     centre_g = float(g_sample[usable].mean()) if usable.any() else 0.0
 
-    # sums[k, l, s] of left_k(x - dx) right_l(x); left = (rc, rc^2, w), right = (gc, gc^2, w)
-    sums = np.zeros((3, 3, len(shifts)))
-    # strips where every voxel counts: their marginal sums are sums over column ranges
-    marginal_terms = ((0, 2), (1, 2), (2, 0), (2, 1))  # in the order of _lagged_dot's columns
-    column_sums = np.zeros((len(marginal_terms), width))
-    n_full_rows = 0
-    may_be_outside = m_all is not None or r_all.dtype.kind not in "iub" or g_all.dtype.kind not in "iub"
-    lookups = [_centred_lookup(th, values, centre) for th, values, centre in
-               ((th1, r_all, centre_r), (th2, g_all, centre_g))]
-    if not may_be_outside and lookups[0] is not None and lookups[1] is not None:
-        # integer images, every voxel inside: rows are converted one at a time in the kernel
-        (lookup_r, low_r), (lookup_g, low_g) = lookups
-        sums[0, 0] += _lagged_dot(r_all, g_all, shifts, core[0], core[1], column_sums,
-                                  lookup_r, low_r, lookup_g, low_g)
-        n_full_rows, n_rows = n_rows, 0
-    step = max(1, STRIP_VOXELS // max(width, 1))
-    for row0 in range(0, n_rows, step):
-        rows = slice(row0, min(row0 + step, n_rows))
-        rc = th1.corrected(r_all[rows]) - centre_r
-        gc = th2.corrected(g_all[rows]) - centre_g
-        inside = None
-        if may_be_outside:
-            inside = np.isfinite(rc) & np.isfinite(gc)
-            if m_all is not None:
-                inside &= m_all[rows] != 0
-        if inside is None or inside.all():
-            sums[0, 0] += _lagged_dot(rc, gc, shifts, core[0], core[1], column_sums)
-            n_full_rows += rc.shape[0]
-            continue
-        w = inside.astype(np.float64)
-        rc = np.where(inside, rc, 0.0)
-        gc = np.where(inside, gc, 0.0)
-        part = _lagged_sums(np.stack([rc, rc * rc, w]), np.stack([gc, w]), shifts, core)
-        sums[:, 0] += part[:, 0]
-        sums[:, 2] += part[:, 1]
-        sums[2, 1] += _lagged_sums(w[None], (gc * gc)[None], shifts, core)[0, 0]
-    cumulative = np.concatenate([np.zeros((len(marginal_terms), 1)), np.cumsum(column_sums, axis=1)], axis=1)
+    sums = np.zeros((6, len(shifts)))
+    columns = np.zeros((4, width))
+    lookup_r = _centred_lookup(th1, r_all, centre_r)
+    lookup_g = _centred_lookup(th2, g_all, centre_g)
+    if lookup_r is not None and lookup_g is not None:  # integers: converted row by row
+        full_rows = _shifted_sums(r_all, g_all, m_all, *lookup_r, *lookup_g, shifts, core[0], core[1],
+                                  sums, columns)
+    else:
+        full_rows = 0
+        step = max(1, STRIP_VOXELS // max(width, 1))
+        for row0 in range(0, n_rows, step):
+            rows = slice(row0, min(row0 + step, n_rows))
+            full_rows += _shifted_sums(
+                th1.corrected(r_all[rows]) - centre_r, th2.corrected(g_all[rows]) - centre_g,
+                None if m_all is None else m_all[rows], None, 0, None, 0,
+                shifts, core[0], core[1], sums, columns)
+    cumulative = np.concatenate([np.zeros((4, 1)), np.cumsum(columns, axis=1)], axis=1)
     for s, dx in enumerate(shifts):
         lo, hi = max(core[0], int(dx)), min(core[1], width + int(dx))
         if hi <= lo:
             continue
-        for (k, m), c in zip(marginal_terms, cumulative):
-            first, last = (lo - dx, hi - dx) if m == 2 else (lo, hi)  # the left side is shifted
-            sums[k, m, s] += c[last] - c[first]
-        sums[2, 2, s] += n_full_rows * (hi - lo)
+        # the rows where every voxel counts: n from the pair count, the left side's sums
+        # over the shifted columns
+        sums[0, s] += full_rows * (hi - lo)
+        sums[1:3, s] += cumulative[0:2, hi - dx] - cumulative[0:2, lo - dx]
+        sums[3:5, s] += cumulative[2:4, hi] - cumulative[2:4, lo]
 
-    n, s_r, s_rr, s_g = sums[2, 2], sums[0, 2], sums[1, 2], sums[2, 0]
-    s_gg, s_rg = sums[2, 1], sums[0, 0]
+    n, s_r, s_rr, s_g, s_gg, s_rg = sums
     with np.errstate(invalid="ignore", divide="ignore"):
         safe_n = np.where(n > 0, n, 1.0)
         mean_r = np.where(n > 0, s_r / safe_n, 0.0)
@@ -979,15 +1008,17 @@ def _with_direct_shifts(moments: Moments, indices: np.ndarray, r_all: np.ndarray
     fields = {name: np.array(getattr(moments, name), dtype=np.float64) for name in
               ("n", "mean_x", "mean_y", "m2_x", "m2_y", "c_xy")}
     width = r_all.shape[-1]
+    r_all = thresholds.channel1.corrected(r_all)
+    g_all = thresholds.channel2.corrected(g_all)
+    counts = np.isfinite(r_all) & np.isfinite(g_all)  # as in _shifted_sums
+    if m_all is not None:
+        counts &= m_all != 0
     for k in indices:
         dx = int(shifts[k])
         lo, hi = max(core[0], dx), min(core[1], width + dx)
-        r = thresholds.channel1.corrected(r_all[:, lo - dx:hi - dx])
-        g = thresholds.channel2.corrected(g_all[:, lo:hi])
-        inside = np.isfinite(r) & np.isfinite(g)
-        if m_all is not None:
-            inside &= (m_all[:, lo - dx:hi - dx] != 0) & (m_all[:, lo:hi] != 0)
-        direct = Moments.from_weighted(r[inside], g[inside], np.ones(int(inside.sum())))
+        inside = counts[:, lo - dx:hi - dx] & counts[:, lo:hi]
+        r, g = r_all[:, lo - dx:hi - dx][inside], g_all[:, lo:hi][inside]
+        direct = Moments.from_weighted(r, g, np.ones(r.size))
         for name in fields:
             fields[name][k] = getattr(direct, name)
     return Moments(**fields)
