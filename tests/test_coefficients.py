@@ -353,8 +353,13 @@ def test_weighted_inversions_and_tied_ranks_against_brute_force():
 
 def test_joint_table_counts_every_pair():
     rng = np.random.default_rng(15)
+    # a bulk of values near a background level (counted in a dense window) and bright
+    # outliers far from it (sorted), with negative values in the second channel
+    bulk = np.concatenate([rng.normal(1000, 30, 4000), rng.uniform(0, 60000, 300)])
+    bulk2 = np.concatenate([rng.normal(-200, 90, 4000), rng.uniform(-30000, 30000, 300)])
     for a, b in [(rng.integers(0, 300, 500).astype(np.uint16), rng.integers(-5, 5, 500).astype(np.int8)),
-                 (rng.integers(0, 4, 500).astype(np.float32), rng.normal(size=500))]:
+                 (rng.integers(0, 4, 500).astype(np.float32), rng.normal(size=500)),
+                 (bulk.astype(np.uint16), bulk2.astype(np.int16))]:
         table = joint_table(a, b)
         pairs, counts = np.unique(np.stack([a.astype(float), b.astype(float)]), axis=1, return_counts=True)
         np.testing.assert_array_equal(table.values1, pairs[0])

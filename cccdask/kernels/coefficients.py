@@ -267,7 +267,7 @@ class JointTable:
     values2: np.ndarray
     counts: np.ndarray
 
-    @property
+    @cached_property
     def n(self) -> int:
         return int(self.counts.sum())
 
@@ -284,9 +284,6 @@ class JointTable:
             distinct, codes = value_codes(values)
             out.append((distinct, codes, _tie_counts(codes, self.counts, len(distinct))))
         return tuple(out)
-
-    def select(self, keep: np.ndarray) -> "JointTable":
-        return JointTable(self.values1[keep], self.values2[keep], self.counts[keep])
 
     def merge(self, other: "JointTable") -> "JointTable":
         """The histogram of the union of two voxel sets (counts added)."""
@@ -327,15 +324,57 @@ def _codes(values: np.ndarray) -> tuple[np.ndarray | int, np.ndarray, int]:
     return distinct, codes.reshape(-1), len(distinct)
 
 
-@njit(nogil=True, cache=True)
-def _pair_keys(codes1, low1, codes2, low2, size2, out):
-    """``out[i] = (codes1[i] - low1) * size2 + (codes2[i] - low2)`` in ``out``'s unsigned type.
+WINDOW_CELLS = 1 << 16  # cells of the dense part of a joint histogram (int64: 512 KiB, in cache)
 
-    The arithmetic is modular (unsigned 64-bit), so ``code - low`` is exact even where a
-    signed code wraps on conversion; the result fits ``out`` by the caller's choice of type.
+
+@njit(nogil=True, cache=True)
+def _window_pair_counts(codes1, low1, codes2, low2, size2, start1, width1, start2, width2, dense, overflow):
+    """Count the pairs that fall in a window of codes densely; key the others.
+
+    With ``a = codes1 - low1`` and ``b = codes2 - low2`` (unsigned 64-bit, modular: exact
+    even where a signed code wraps on conversion), a pair with ``start1 <= a < start1 +
+    width1`` and ``start2 <= b < start2 + width2`` adds 1 to
+    ``dense[(a - start1) * width2 + b - start2]``; any other is written to ``overflow`` as
+    the key ``a * size2 + b`` (in ``overflow``'s type). Returns the number of keys written.
     """
-    for i in range(out.size):
-        out[i] = (np.uint64(codes1[i]) - low1) * size2 + (np.uint64(codes2[i]) - low2)
+    written = 0
+    for i in range(codes1.size):
+        a = np.uint64(codes1[i]) - low1
+        b = np.uint64(codes2[i]) - low2
+        in_window1 = a - start1  # below the window: wraps to a huge value
+        in_window2 = b - start2
+        if in_window1 < width1 and in_window2 < width2:
+            dense[in_window1 * width2 + in_window2] += 1
+        else:
+            overflow[written] = a * size2 + b
+            written += 1
+    return written
+
+
+def _busiest_window(codes: np.ndarray, low: int, size: int, width: int) -> int:
+    """Start (as an offset from ``low``) of the ``width`` consecutive codes that hold the
+    most of a sample of ``codes``: where a window of a joint histogram pays off."""
+    if width >= size:
+        return 0
+    sample = codes[:: max(1, codes.size // 4096)].astype(np.int64) - low
+    cumulative = np.concatenate(([0], np.cumsum(np.bincount(sample, minlength=size))))
+    return int(np.argmax(cumulative[width:] - cumulative[:-width]))
+
+
+@njit(nogil=True, cache=True)
+def _merge_sorted(keys1, counts1, keys2, counts2):
+    """Merge two sorted arrays of distinct keys (no key in both) with their counts."""
+    keys = np.empty(keys1.size + keys2.size, keys1.dtype)
+    counts = np.empty(keys.size, np.int64)
+    i = j = 0
+    for k in range(keys.size):
+        if j == keys2.size or (i < keys1.size and keys1[i] < keys2[j]):
+            keys[k], counts[k] = keys1[i], counts1[i]
+            i += 1
+        else:
+            keys[k], counts[k] = keys2[j], counts2[j]
+            j += 1
+    return keys, counts
 
 
 @njit(nogil=True, cache=True)
@@ -376,23 +415,35 @@ def _aggregate(values1: np.ndarray, values2: np.ndarray, counts: np.ndarray | No
         decoder1, codes1, size1 = _codes(values1.astype(np.float64))
         decoder2, codes2, size2 = _codes(values2.astype(np.float64))
     key_dtype = np.uint32 if size1 * size2 <= 2**32 else np.uint64
-    key = np.empty(codes1.size, dtype=key_dtype)
     low1, low2 = (decoder1, decoder2) if integer else (0, 0)
-    _pair_keys(codes1, np.uint64(low1 % 2**64), codes2, np.uint64(low2 % 2**64), np.uint64(size2), key)
-    if counts is None and size1 * size2 <= max(key.size, 1 << 16):
-        dense = np.bincount(key, minlength=size1 * size2)
-        keys = np.flatnonzero(dense)
-        pair_counts = dense[keys]
+    # voxels: the busiest window of values is counted densely, only the rest sorted;
+    # counted pairs (merging tables) are all sorted
+    windowed = counts is None and max(size1, size2) <= 1 << 24
+    width2 = min(size2, 256) if windowed else 0
+    width1 = min(size1, WINDOW_CELLS // max(width2, 1)) if windowed else 0
+    width2 = min(size2, WINDOW_CELLS // max(width1, 1)) if width1 else 0
+    start1 = _busiest_window(codes1, low1, size1, width1) if width1 else 0
+    start2 = _busiest_window(codes2, low2, size2, width2) if width2 else 0
+    dense = np.zeros(width1 * width2, np.int64)
+    key = np.empty(codes1.size, dtype=key_dtype)
+    n_keys = _window_pair_counts(codes1, np.uint64(low1 % 2**64), codes2, np.uint64(low2 % 2**64),
+                                 np.uint64(size2), np.uint64(start1), np.uint64(width1),
+                                 np.uint64(start2), np.uint64(width2), dense, key)
+    key = key[:n_keys]
+    if counts is None:
+        key.sort()
     else:
-        if counts is None:
-            key.sort()
-        else:
-            order = np.argsort(key, kind="stable")
-            key = key[order]
-            counts = np.asarray(counts, dtype=np.int64)[order]
-        starts = _run_starts(key)
-        keys = key[starts[:-1]]
-        pair_counts = np.diff(starts) if counts is None else np.add.reduceat(counts, starts[:-1])
+        order = np.argsort(key, kind="stable")
+        key = key[order]
+        counts = np.asarray(counts, dtype=np.int64)[order]
+    starts = _run_starts(key)
+    keys = key[starts[:-1]]
+    pair_counts = np.diff(starts) if counts is None else np.add.reduceat(counts, starts[:-1])
+    if dense.size:
+        cells = np.flatnonzero(dense)
+        row, column = np.divmod(cells, width2)
+        dense_keys = ((row + start1) * size2 + column + start2).astype(key_dtype)
+        keys, pair_counts = _merge_sorted(dense_keys, dense[cells], keys, pair_counts)
     index1, index2 = np.divmod(keys.astype(np.int64), size2)
     if integer:
         out1 = index1 + decoder1
@@ -553,13 +604,49 @@ def _ranks_of_ties(ties: np.ndarray) -> np.ndarray:
     return np.cumsum(ties) - (ties - 1) / 2.0
 
 
-def rank_pearson(table: JointTable) -> tuple[float, str]:
-    """Spearman's rho: Pearson r of the average ranks of the pairs a histogram holds."""
-    if table.n == 0:
+def corrected_ranks(table: JointTable, thresholds: Thresholds, weights: np.ndarray | None = None
+                    ) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Exact average ranks of the background-corrected values of a joint histogram.
+
+    Parameters
+    ----------
+    table : JointTable
+        Of the raw values. Correction ``v' = max(v - T, 0)`` never reorders values, only
+        ties those at or below T, so the ranks follow from the table's own value codes.
+    thresholds : Thresholds
+    weights : numpy.ndarray, optional
+        Voxels per entry to rank (default ``table.counts``; e.g. zero outside the objects).
+
+    Returns
+    -------
+    list
+        Per channel ``(values, ranks, codes)``: the distinct corrected candidate values in
+        ascending order, the average rank (1-based, float64) of each, and per entry the
+        index of its value.
+    """
+    out = []
+    for (distinct, codes, ties), threshold in zip(table.marginals, (thresholds.channel1, thresholds.channel2)):
+        values = threshold.corrected(distinct)
+        new_value = np.concatenate(([True], values[1:] != values[:-1]))
+        if not new_value.all():  # values tied by the correction share one code
+            merged = np.cumsum(new_value) - 1
+            values, codes = values[new_value], merged[codes]
+            ties = None
+        if ties is None or weights is not None:
+            ties = _tie_counts(codes, table.counts if weights is None else weights, values.size)
+        out.append((values, _ranks_of_ties(ties), codes))
+    return out
+
+
+def rank_pearson(table: JointTable, thresholds: Thresholds, weights: np.ndarray | None = None
+                 ) -> tuple[float, str]:
+    """Spearman's rho of the corrected values a histogram holds (``weights`` voxels per
+    entry, default ``table.counts``): Pearson r of their average ranks."""
+    weights = table.counts if weights is None else weights
+    if not weights.any():
         return np.nan, "no voxels"
-    (_, codes1, ties1), (_, codes2, ties2) = table.marginals
-    ranks1, ranks2 = _ranks_of_ties(ties1)[codes1], _ranks_of_ties(ties2)[codes2]
-    r, reason = Moments.from_weighted(ranks1, ranks2, table.counts).pearson()
+    (_, ranks1, codes1), (_, ranks2, codes2) = corrected_ranks(table, thresholds, weights)
+    r, reason = Moments.from_weighted(ranks1[codes1], ranks2[codes2], weights).pearson()
     return float(r), str(reason)
 
 
@@ -680,13 +767,13 @@ def finalize(stats: PartStatistics, thresholds: Thresholds) -> dict[str, tuple[f
     r, reason = stats.object_moments.pearson()
     out["object_pearson"] = (float(r), "no object voxels" if stats.object_moments.n == 0 else str(reason))
 
-    corrected = stats.table.corrected(thresholds)
-    out["spearman"] = rank_pearson(corrected)
+    out["spearman"] = rank_pearson(stats.table, thresholds)
     in_object = thresholds.object_voxels(stats.table.values1, stats.table.values2)
     if in_object.any():
-        out["object_spearman"] = rank_pearson(stats.table.select(in_object).corrected(thresholds))
+        out["object_spearman"] = rank_pearson(stats.table, thresholds, stats.table.counts * in_object)
     else:
         out["object_spearman"] = (np.nan, "no object voxels")
+    corrected = stats.table.corrected(thresholds)
     out["kendall_tau"] = kendall_tau_b(corrected)
 
     no_signal = "no signal: sum of R'^2 or G'^2 is zero"
@@ -1058,12 +1145,10 @@ class MapConstants:
 
         s = dict(zip(SUM_NAMES, stats.sums))
         m = stats.mask_moments
-        corrected = stats.table.corrected(thresholds)
-        if corrected.n:
-            (values1, codes1, ties1), (values2, codes2, ties2) = corrected.marginals
-            ranks1, ranks2 = _ranks_of_ties(ties1), _ranks_of_ties(ties2)
-            rank_moments = Moments.from_weighted(ranks1[codes1], ranks2[codes2], corrected.counts)
-            mean_rank = (corrected.n + 1) / 2.0
+        if stats.table.n:
+            (values1, ranks1, codes1), (values2, ranks2, codes2) = corrected_ranks(stats.table, thresholds)
+            rank_moments = Moments.from_weighted(ranks1[codes1], ranks2[codes2], stats.table.counts)
+            mean_rank = (stats.table.n + 1) / 2.0
             spearman_denominator = positive(np.sqrt(rank_moments.m2_x * rank_moments.m2_y))
         else:
             values1 = ranks1 = values2 = ranks2 = np.empty(0)
