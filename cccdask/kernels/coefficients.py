@@ -532,43 +532,97 @@ def part_statistics(
 
 
 @njit(nogil=True, cache=True, fastmath={"reassoc", "contract"})
-def _threshold_sums(r, g, wr, wg, counts):
-    """The sums of :data:`SUM_NAMES`, in order, over entries occurring ``counts`` times."""
-    sums = np.zeros(len(SUM_NAMES))
-    for i in range(r.size):
-        cr = counts[i] * r[i]
-        cg = counts[i] * g[i]
-        sums[0] += cr * g[i]
-        sums[1] += cr * r[i]
-        sums[2] += cg * g[i]
-        sums[3] += cr
-        sums[4] += cg
-        sums[5] += cr * wg[i]
-        sums[6] += cg * wr[i]
-        sums[7] += counts[i] * wr[i]
-        sums[8] += counts[i] * wg[i]
-        sums[9] += counts[i] * wr[i] * wg[i]
-        sums[10] += cr * wr[i]
-        sums[11] += cg * wg[i]
-        sums[12] += cr * wr[i] * wg[i]
-        sums[13] += cg * wr[i] * wg[i]
-    return sums
+def _table_statistics(codes1, codes2, counts, corrected1, corrected2, weight1, weight2, above1, above2):
+    """Sums and moments of the voxels of a joint histogram, through per-value lookups.
+
+    Entry ``i`` stands for ``counts[i]`` voxels with ``R' = corrected1[codes1[i]]``,
+    ``wR = weight1[codes1[i]]``, in the objects if ``above1[codes1[i]]`` or
+    ``above2[codes2[i]]`` (channel 2 alike).
+
+    Returns
+    -------
+    sums : numpy.ndarray
+        The sums of :data:`SUM_NAMES`, in order.
+    mask, objects : tuple
+        ``(n, mean_x, mean_y, m2_x, m2_y, c_xy)`` of ``(R', G')`` over all voxels and over
+        the object voxels (two passes: means, then centred sums).
+    """
+    # scalars, not array slots: the compiler keeps them in registers and vectorises
+    s_rg = s_rr = s_gg = s_r = s_g = s_r_wg = s_g_wr = s_wr = s_wg = s_wr_wg = 0.0
+    s_r_wr = s_g_wg = s_r_wr_wg = s_g_wr_wg = n = n_obj = s_r_obj = s_g_obj = 0.0
+    for i in range(codes1.size):
+        c = counts[i]
+        r, g = corrected1[codes1[i]], corrected2[codes2[i]]
+        wr, wg = weight1[codes1[i]], weight2[codes2[i]]
+        c_obj = c if (above1[codes1[i]] or above2[codes2[i]]) else 0.0
+        cr, cg = c * r, c * g
+        s_rg += cr * g
+        s_rr += cr * r
+        s_gg += cg * g
+        s_r += cr
+        s_g += cg
+        s_r_wg += cr * wg
+        s_g_wr += cg * wr
+        s_wr += c * wr
+        s_wg += c * wg
+        s_wr_wg += c * wr * wg
+        s_r_wr += cr * wr
+        s_g_wg += cg * wg
+        s_r_wr_wg += cr * wr * wg
+        s_g_wr_wg += cg * wr * wg
+        n += c
+        n_obj += c_obj
+        s_r_obj += c_obj * r
+        s_g_obj += c_obj * g
+    sums = np.array([s_rg, s_rr, s_gg, s_r, s_g, s_r_wg, s_g_wr, s_wr, s_wg, s_wr_wg,
+                     s_r_wr, s_g_wg, s_r_wr_wg, s_g_wr_wg])
+    mean_r = s_r / n if n > 0 else 0.0
+    mean_g = s_g / n if n > 0 else 0.0
+    mean_r_obj = s_r_obj / n_obj if n_obj > 0 else 0.0
+    mean_g_obj = s_g_obj / n_obj if n_obj > 0 else 0.0
+    m2_r = m2_g = c_rg = m2_r_obj = m2_g_obj = c_rg_obj = 0.0
+    for i in range(codes1.size):
+        c = counts[i]
+        r, g = corrected1[codes1[i]], corrected2[codes2[i]]
+        c_obj = c if (above1[codes1[i]] or above2[codes2[i]]) else 0.0
+        dr, dg = r - mean_r, g - mean_g
+        m2_r += c * dr * dr
+        m2_g += c * dg * dg
+        c_rg += c * dr * dg
+        dr, dg = r - mean_r_obj, g - mean_g_obj
+        m2_r_obj += c_obj * dr * dr
+        m2_g_obj += c_obj * dg * dg
+        c_rg_obj += c_obj * dr * dg
+    return (sums, (n, mean_r, mean_g, m2_r, m2_g, c_rg),
+            (n_obj, mean_r_obj, mean_g_obj, m2_r_obj, m2_g_obj, c_rg_obj))
+
+
+def _value_lookups(values: np.ndarray, threshold: ChannelThreshold
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``(codes, corrected, weight, above)``: per entry a code, and per code the threshold
+    rule's results. Integers over a modest span are coded by offset (the rule is then
+    evaluated once per value, not per entry); other values are their own code."""
+    if values.dtype.kind in "iu" and values.size:
+        low, high = int(values.min()), int(values.max())
+        if high - low < max(values.size, 1 << 16):
+            candidates = np.arange(low, high + 1, dtype=values.dtype)
+            return ((values - low).astype(np.intp, copy=False), threshold.corrected(candidates),
+                    threshold.weight(candidates), threshold.above(candidates))
+    return np.arange(values.size), threshold.corrected(values), threshold.weight(values), threshold.above(values)
 
 
 def statistics_from_table(table: JointTable, thresholds: Thresholds, n_nonfinite: int = 0) -> PartStatistics:
     """The :class:`PartStatistics` of the voxels a joint histogram describes."""
-    th1, th2 = thresholds.channel1, thresholds.channel2
-    r = th1.corrected(table.values1)
-    g = th2.corrected(table.values2)
-    wr = th1.weight(table.values1)
-    wg = th2.weight(table.values2)
-    counts = table.counts.astype(np.float64)
-    in_object = thresholds.object_voxels(table.values1, table.values2)
+    codes1, *lookups1 = _value_lookups(table.values1, thresholds.channel1)
+    codes2, *lookups2 = _value_lookups(table.values2, thresholds.channel2)
+    (corrected1, weight1, above1), (corrected2, weight2, above2) = lookups1, lookups2
+    sums, mask, objects = _table_statistics(codes1, codes2, table.counts.astype(np.float64),
+                                            corrected1, corrected2, weight1, weight2, above1, above2)
     return PartStatistics(
         table=table,
-        mask_moments=Moments.from_weighted(r, g, counts),
-        object_moments=Moments.from_weighted(r, g, counts * in_object),
-        sums=_threshold_sums(r, g, wr, wg, counts),
+        mask_moments=Moments(*(np.float64(v) for v in mask)),
+        object_moments=Moments(*(np.float64(v) for v in objects)),
+        sums=sums,
         n_nonfinite=n_nonfinite,
     )
 
