@@ -444,7 +444,12 @@ def _aggregate(values1: np.ndarray, values2: np.ndarray, counts: np.ndarray | No
         row, column = np.divmod(cells, width2)
         dense_keys = ((row + start1) * size2 + column + start2).astype(key_dtype)
         keys, pair_counts = _merge_sorted(dense_keys, dense[cells], keys, pair_counts)
-    index1, index2 = np.divmod(keys.astype(np.int64), size2)
+    keys = keys.astype(np.int64)
+    if size1 * size2 < 2**53:  # float division is exact there, and much faster than integer
+        index1 = (keys / size2).astype(np.int64)
+        index2 = keys - index1 * size2
+    else:
+        index1, index2 = np.divmod(keys, size2)
     if integer:
         out1 = index1 + decoder1
         out2 = index2 + decoder2
@@ -696,11 +701,11 @@ def rank_pearson(table: JointTable, thresholds: Thresholds, weights: np.ndarray 
                  ) -> tuple[float, str]:
     """Spearman's rho of the corrected values a histogram holds (``weights`` voxels per
     entry, default ``table.counts``): Pearson r of their average ranks."""
-    weights = table.counts if weights is None else weights
-    if not weights.any():
+    if not (table.counts if weights is None else weights).any():
         return np.nan, "no voxels"
     (_, ranks1, codes1), (_, ranks2, codes2) = corrected_ranks(table, thresholds, weights)
-    r, reason = Moments.from_weighted(ranks1[codes1], ranks2[codes2], weights).pearson()
+    r, reason = Moments.from_weighted(ranks1[codes1], ranks2[codes2],
+                                      table.counts if weights is None else weights).pearson()
     return float(r), str(reason)
 
 
