@@ -359,7 +359,11 @@ def test_joint_table_counts_every_pair():
     bulk2 = np.concatenate([rng.normal(-200, 90, 4000), rng.uniform(-30000, 30000, 300)])
     for a, b in [(rng.integers(0, 300, 500).astype(np.uint16), rng.integers(-5, 5, 500).astype(np.int8)),
                  (rng.integers(0, 4, 500).astype(np.float32), rng.normal(size=500)),
-                 (bulk.astype(np.uint16), bulk2.astype(np.int16))]:
+                 (bulk.astype(np.uint16), bulk2.astype(np.int16)),
+                 # float32 (coded by their bits), negative and positive, and float64 values
+                 # float32 holds exactly, against integers
+                 ((bulk2 / 7).astype(np.float32), rng.integers(-3, 3, 4300).astype(np.int32)),
+                 ((bulk2 / 8).astype(np.float32).astype(np.float64), rng.normal(size=4300))]:
         table = joint_table(a, b)
         pairs, counts = np.unique(np.stack([a.astype(float), b.astype(float)]), axis=1, return_counts=True)
         np.testing.assert_array_equal(table.values1, pairs[0])

@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Callable
 from functools import cached_property
 
 import numpy as np
@@ -310,18 +311,58 @@ class JointTable:
         )
 
 
-def _codes(values: np.ndarray) -> tuple[np.ndarray | int, np.ndarray, int]:
-    """Integer codes of values that keep their order: ``(decoder, codes, n_codes)``.
+@dataclass(frozen=True)
+class _Coding:
+    """Integer codes of values that keep their order.
 
-    Integers are coded by their offset from the minimum (``decoder`` is that minimum);
-    other values by their index among the distinct values (``decoder`` lists them).
+    ``codes - low`` (in unsigned 64-bit arithmetic) is a 0-based code below ``size``;
+    ``decode`` turns 0-based codes back into values (int64 or float64).
+    """
+
+    codes: np.ndarray
+    low: int
+    size: int
+    decode: Callable[[np.ndarray], np.ndarray]
+
+
+@njit(nogil=True, cache=True)
+def _orderable_bits(values):
+    """uint32 keys of float32 values whose unsigned order is the values' order: the sign
+    bit set for positives, every bit flipped for negatives."""
+    bits = values.view(np.uint32)
+    out = np.empty(bits.size, np.uint32)
+    for i in range(bits.size):
+        out[i] = ~bits[i] if bits[i] >> 31 else bits[i] | np.uint32(1 << 31)
+    return out
+
+
+@njit(nogil=True, cache=True)
+def _float32_of_bits(keys):
+    """Inverse of :func:`_orderable_bits`, as float64."""
+    bits = np.empty(keys.size, np.uint32)
+    for i in range(keys.size):
+        key = np.uint32(keys[i])
+        bits[i] = key & np.uint32(0x7FFFFFFF) if key >> 31 else ~key
+    return bits.view(np.float32).astype(np.float64)
+
+
+def _codes(values: np.ndarray) -> _Coding:
+    """Order-keeping integer codes of values (finite, no -0.0), without a sort where possible.
+
+    Integers are coded by themselves, offset by their minimum; float32 values (and float64
+    values that float32 holds exactly) by the order-keeping bits of their float32; other
+    values by their index among the distinct values (a sort).
     """
     if values.dtype.kind in "iub":
         low = int(values.min())
-        span = int(values.max()) - low + 1
-        return low, values, span
+        return _Coding(values, low, int(values.max()) - low + 1, lambda index: index + low)
+    single = values.astype(np.float32, copy=False)
+    if values.dtype.itemsize <= 4 or np.array_equal(single, values):
+        bits = _orderable_bits(np.ascontiguousarray(single).reshape(-1))
+        low = int(bits.min())
+        return _Coding(bits, low, int(bits.max()) - low + 1, lambda index: _float32_of_bits(index + low))
     distinct, codes = np.unique(values, return_inverse=True)
-    return distinct, codes.reshape(-1), len(distinct)
+    return _Coding(codes.reshape(-1), 0, len(distinct), lambda index: distinct[index].astype(np.float64))
 
 
 WINDOW_CELLS = 1 << 16  # cells of the dense part of a joint histogram (int64: 512 KiB, in cache)
@@ -397,25 +438,23 @@ def _run_starts(sorted_keys):
 def _aggregate(values1: np.ndarray, values2: np.ndarray, counts: np.ndarray | None) -> JointTable:
     """Collapse value pairs (each with a count, or 1) into a sorted :class:`JointTable`.
 
-    Each pair is coded as one unsigned integer ``code1 * n_codes2 + code2``; sorting the
-    codes sorts the pairs by (value1, value2). Integer values are coded by offset, so
-    8- to 16-bit images need no per-channel sort.
+    Each pair is coded as one unsigned integer ``code1 * n_codes2 + code2`` (see
+    :func:`_codes`); sorting the codes sorts the pairs by (value1, value2). Pairs of
+    voxels in the busiest window of codes are counted densely instead of sorted.
     """
     integer = values1.dtype.kind in "iub" and values2.dtype.kind in "iub"
     if values1.size == 0:
         dtype = np.int64 if integer else np.float64
         return JointTable(np.empty(0, dtype), np.empty(0, dtype), np.empty(0, np.int64))
-    if not integer:
-        values1 = values1.astype(np.float64, copy=False)
-        values2 = values2.astype(np.float64, copy=False)
-    decoder1, codes1, size1 = _codes(values1)
-    decoder2, codes2, size2 = _codes(values2)
-    if size1 * size2 > 2**63:  # integers spanning more than 2^31 each: code by rank
-        integer = False
-        decoder1, codes1, size1 = _codes(values1.astype(np.float64))
-        decoder2, codes2, size2 = _codes(values2.astype(np.float64))
+    if not integer:  # one kind of table: float values (integers convert exactly below 2^53)
+        values1, values2 = (v if v.dtype.kind == "f" else v.astype(np.float64) for v in (values1, values2))
+    coding1, coding2 = _codes(values1), _codes(values2)
+    if coding1.size * coding2.size > 2**64 or max(coding1.size, coding2.size) > 2**63:
+        # integers spanning more than 2^32 each: code by rank
+        coding1, coding2 = _codes(values1.astype(np.float64)), _codes(values2.astype(np.float64))
+    codes1, low1, size1 = coding1.codes, coding1.low, coding1.size
+    codes2, low2, size2 = coding2.codes, coding2.low, coding2.size
     key_dtype = np.uint32 if size1 * size2 <= 2**32 else np.uint64
-    low1, low2 = (decoder1, decoder2) if integer else (0, 0)
     # voxels: the busiest window of values is counted densely, only the rest sorted;
     # counted pairs (merging tables) are all sorted
     windowed = counts is None and max(size1, size2) <= 1 << 24
@@ -444,18 +483,13 @@ def _aggregate(values1: np.ndarray, values2: np.ndarray, counts: np.ndarray | No
         row, column = np.divmod(cells, width2)
         dense_keys = ((row + start1) * size2 + column + start2).astype(key_dtype)
         keys, pair_counts = _merge_sorted(dense_keys, dense[cells], keys, pair_counts)
-    keys = keys.astype(np.int64)
     if size1 * size2 < 2**53:  # float division is exact there, and much faster than integer
+        keys = keys.astype(np.int64)
         index1 = (keys / size2).astype(np.int64)
         index2 = keys - index1 * size2
     else:
-        index1, index2 = np.divmod(keys, size2)
-    if integer:
-        out1 = index1 + decoder1
-        out2 = index2 + decoder2
-    else:
-        out1 = decoder1[index1].astype(np.float64)
-        out2 = decoder2[index2].astype(np.float64)
+        index1, index2 = (index.astype(np.int64) for index in np.divmod(keys.astype(np.uint64), np.uint64(size2)))
+    out1, out2 = coding1.decode(index1), coding2.decode(index2)
     return JointTable(out1, out2, pair_counts.astype(np.int64, copy=False))
 
 
