@@ -1011,9 +1011,32 @@ def _prepare_row(values1, values2, mask, lookup1, low1, lookup2, low2, left, rig
     return counted
 
 
+@njit(nogil=True, cache=True, fastmath=REASSOCIATE)
+def _add_row_totals(left, right, totals):
+    """``totals += (sum l, sum l^2, sum r, sum r^2)`` over one row."""
+    sum_l = sum_ll = sum_r = sum_rr = 0.0
+    for x in range(left.size):
+        sum_l += left[x]
+        sum_ll += left[x] * left[x]
+        sum_r += right[x]
+        sum_rr += right[x] * right[x]
+    totals[0] += sum_l
+    totals[1] += sum_ll
+    totals[2] += sum_r
+    totals[3] += sum_rr
+
+
+@njit(nogil=True, cache=True)
+def _add_column(left, right, x, columns):
+    columns[0, x] += left[x]
+    columns[1, x] += left[x] * left[x]
+    columns[2, x] += right[x]
+    columns[3, x] += right[x] * right[x]
+
+
 @njit(nogil=True, cache=True)
 def _shifted_sums(image1, image2, mask, lookup1, low1, lookup2, low2, shifts, core_start, core_stop,
-                  sums, columns):
+                  sums, columns, totals, edge_stop, edge_start):
     """Sums of the shifted pairs ``(l, r) = (R'(x - dx) - c1, G'(x) - c2)`` of a chunk's rows.
 
     Parameters
@@ -1029,9 +1052,11 @@ def _shifted_sums(image1, image2, mask, lookup1, low1, lookup2, low2, shifts, co
     sums : numpy.ndarray
         ``(6, len(shifts))``, added to: per shift ``n, sum l, sum l^2, sum r, sum r^2``
         over the pairs of rows with a voxel that does not count, and ``sum l r`` over all.
-    columns : numpy.ndarray
-        ``(4, W)``, added to: the column sums of ``l, l^2, r, r^2`` over the rows where
-        every voxel counts (their marginal sums follow from column ranges).
+    columns, totals : numpy.ndarray
+        ``(4, W)`` and ``(4,)``, added to: over the rows where every voxel counts, the
+        sums of ``l, l^2, r, r^2`` per column for the columns ``[0, edge_stop)`` and
+        ``[edge_start, W)``, and in all (their marginal sums follow: the total less the
+        columns outside a shift's range, which lie at the ends).
 
     Returns
     -------
@@ -1055,11 +1080,11 @@ def _shifted_sums(image1, image2, mask, lookup1, low1, lookup2, low2, shifts, co
                                lookup1, low1, lookup2, low2, left, right, weight)
         if counted == width:
             _add_lagged_row(left, right, shifts, core_start, core_stop, sums[5])
-            for x in range(width):
-                columns[0, x] += left[x]
-                columns[1, x] += left[x] * left[x]
-                columns[2, x] += right[x]
-                columns[3, x] += right[x] * right[x]
+            _add_row_totals(left, right, totals)
+            for x in range(edge_stop):
+                _add_column(left, right, x, columns)
+            for x in range(max(edge_stop, edge_start), width):
+                _add_column(left, right, x, columns)
             full_rows += 1
         elif counted:
             for x in range(width):
@@ -1138,13 +1163,19 @@ def shifted_moments(
     centre_r = float(r_sample[usable].mean()) if usable.any() else 0.0
     centre_g = float(g_sample[usable].mean()) if usable.any() else 0.0
 
+    # the column ranges each shift sums over, on the right (channel 2) and left side
+    ranges = [(s, max(core[0], dx), min(core[1], width + dx), dx) for s, dx in enumerate(shifts.tolist())]
+    ranges = [(s, lo, hi, dx) for s, lo, hi, dx in ranges if hi > lo]
+    edge_stop = max([max(lo, lo - dx) for _, lo, _, dx in ranges], default=0)
+    edge_start = min([min(hi, hi - dx) for _, _, hi, dx in ranges], default=width)
     sums = np.zeros((6, len(shifts)))
     columns = np.zeros((4, width))
+    totals = np.zeros(4)
     lookup_r = _centred_lookup(th1, r_all, centre_r)
     lookup_g = _centred_lookup(th2, g_all, centre_g)
     if lookup_r is not None and lookup_g is not None:  # integers: converted row by row
         full_rows = _shifted_sums(r_all, g_all, m_all, *lookup_r, *lookup_g, shifts, core[0], core[1],
-                                  sums, columns)
+                                  sums, columns, totals, edge_stop, edge_start)
     else:
         full_rows = 0
         step = max(1, STRIP_VOXELS // max(width, 1))
@@ -1153,17 +1184,15 @@ def shifted_moments(
             full_rows += _shifted_sums(
                 th1.corrected(r_all[rows]) - centre_r, th2.corrected(g_all[rows]) - centre_g,
                 None if m_all is None else m_all[rows], None, 0, None, 0,
-                shifts, core[0], core[1], sums, columns)
+                shifts, core[0], core[1], sums, columns, totals, edge_stop, edge_start)
     cumulative = np.concatenate([np.zeros((4, 1)), np.cumsum(columns, axis=1)], axis=1)
-    for s, dx in enumerate(shifts):
-        lo, hi = max(core[0], int(dx)), min(core[1], width + int(dx))
-        if hi <= lo:
-            continue
-        # the rows where every voxel counts: n from the pair count, the left side's sums
-        # over the shifted columns
+    middle = totals - cumulative[:, -1]  # the columns not summed one by one
+    for s, lo, hi, dx in ranges:
+        # the rows where every voxel counts: n from the pair count; a range's sums are the
+        # middle plus its end columns, over the shifted columns on the left side
         sums[0, s] += full_rows * (hi - lo)
-        sums[1:3, s] += cumulative[0:2, hi - dx] - cumulative[0:2, lo - dx]
-        sums[3:5, s] += cumulative[2:4, hi] - cumulative[2:4, lo]
+        sums[1:3, s] += middle[0:2] + cumulative[0:2, hi - dx] - cumulative[0:2, lo - dx]
+        sums[3:5, s] += middle[2:4] + cumulative[2:4, hi] - cumulative[2:4, lo]
 
     n, s_r, s_rr, s_g, s_gg, s_rg = sums
     with np.errstate(invalid="ignore", divide="ignore"):
