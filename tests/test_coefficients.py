@@ -371,8 +371,9 @@ def test_joint_table_counts_every_pair():
         np.testing.assert_array_equal(table.counts, counts)
 
 
+@pytest.mark.parametrize("level", [None, 2])
 @pytest.mark.parametrize("kind", ["poisson", "gamma"])
-def test_shifted_moments_mix_full_and_masked_rows(kind, monkeypatch):
+def test_shifted_moments_mix_full_and_masked_rows(kind, level, monkeypatch):
     """Rows wholly inside the mask take the fast path, the others the masked one; float
     chunks go in strips. Every shift's moments equal the brute-force pairs' moments."""
     monkeypatch.setattr(kernels, "STRIP_VOXELS", 40)  # several strips of float rows
@@ -386,9 +387,10 @@ def test_shifted_moments_mix_full_and_masked_rows(kind, monkeypatch):
         R[9, 4] = np.nan  # a voxel that does not count: row 9 takes the masked path
     inside = mask & np.isfinite(R) & np.isfinite(G)
     shifts = np.arange(-6, 7)
-    moments = kernels.shifted_moments(R, G, mask, kernels.Thresholds(), shifts, (0, R.shape[1]))
+    thresholds = kernels.Thresholds(kernels.ChannelThreshold(level), kernels.ChannelThreshold(level))
+    moments = kernels.shifted_moments(R, G, mask, thresholds, shifts, (0, R.shape[1]))
     for k, dx in enumerate(shifts):
-        r, g = shifted_pairs(corrected(R, None), corrected(G, None), inside, dx, -1)
+        r, g = shifted_pairs(corrected(R, level), corrected(G, level), inside, dx, -1)
         assert moments.n[k] == r.size
         np.testing.assert_allclose(moments.mean_x[k], r.mean(), rtol=1e-12)
         np.testing.assert_allclose(moments.mean_y[k], g.mean(), rtol=1e-12)

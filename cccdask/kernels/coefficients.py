@@ -319,6 +319,16 @@ class JointTable:
         )
 
 
+@njit(nogil=True, cache=True)
+def _value_range(values):
+    """``(min, max)`` of a non-empty array in one pass."""
+    low = high = values.flat[0]
+    for value in values.flat:
+        low = min(low, value)
+        high = max(high, value)
+    return low, high
+
+
 @dataclass(frozen=True)
 class _Coding:
     """Integer codes of values that keep their order.
@@ -362,13 +372,13 @@ def _codes(values: np.ndarray) -> _Coding:
     values by their index among the distinct values (a sort).
     """
     if values.dtype.kind in "iub":
-        low = int(values.min())
-        return _Coding(values, low, int(values.max()) - low + 1, lambda index: index + low)
+        low, high = (int(v) for v in _value_range(values))
+        return _Coding(values, low, high - low + 1, lambda index: index + low)
     single = values.astype(np.float32, copy=False)
     if values.dtype.itemsize <= 4 or np.array_equal(single, values):
         bits = _orderable_bits(np.ascontiguousarray(single).reshape(-1))
-        low = int(bits.min())
-        return _Coding(bits, low, int(bits.max()) - low + 1, lambda index: _float32_of_bits(index + low))
+        low, high = (int(v) for v in _value_range(bits))
+        return _Coding(bits, low, high - low + 1, lambda index: _float32_of_bits(index + low))
     distinct, codes = np.unique(values, return_inverse=True)
     return _Coding(codes.reshape(-1), 0, len(distinct), lambda index: distinct[index].astype(np.float64))
 
@@ -650,7 +660,7 @@ def _value_lookups(values: np.ndarray, threshold: ChannelThreshold
     rule's results. Integers over a modest span are coded by offset (the rule is then
     evaluated once per value, not per entry); other values are their own code."""
     if values.dtype.kind in "iu" and values.size:
-        low, high = int(values.min()), int(values.max())
+        low, high = (int(v) for v in _value_range(values))
         if high - low < max(values.size, 1 << 16):
             candidates = np.arange(low, high + 1, dtype=values.dtype)
             return ((values - low).astype(np.intp, copy=False), threshold.corrected(candidates),
@@ -684,7 +694,7 @@ def value_codes(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     candidate, present or not; no sort); others by their distinct values.
     """
     if values.dtype.kind in "iu" and values.size:
-        low, high = int(values.min()), int(values.max())
+        low, high = (int(v) for v in _value_range(values))
         if high - low < max(4 * values.size, 1 << 16):
             return np.arange(low, high + 1, dtype=values.dtype), (values - low).astype(np.int64, copy=False)
     distinct, codes = np.unique(values, return_inverse=True)
@@ -985,22 +995,19 @@ def _add_lagged_row(left, right, shifts, core_start, core_stop, out):
 
 
 @njit(nogil=True, cache=True)
-def _prepare_row(values1, values2, mask, lookup1, low1, lookup2, low2, left, right, weight):
+def _prepare_row(values1, values2, mask, lookup1, low1, offset1, lookup2, low2, offset2, finite,
+                 left, right, weight):
     """Fill ``left``, ``right`` (0 where a voxel does not count) and ``weight`` (1 where it
     does) from one row; returns how many voxels count (see :func:`_shifted_sums`)."""
-    # (nested tests of single arguments against None: numba drops the branches that do
-    # not apply to the argument types it compiles for)
-    if lookup1 is not None:
-        if lookup2 is not None:
-            if mask is None:  # values through finite lookups, no mask: every voxel counts
-                for x in range(values1.size):
-                    left[x] = lookup1[values1[x] - low1]
-                    right[x] = lookup2[values2[x] - low2]
-                return values1.size
+    if finite and mask is None:  # every voxel counts
+        for x in range(values1.size):
+            left[x] = _converted(values1[x], lookup1, low1, offset1)
+            right[x] = _converted(values2[x], lookup2, low2, offset2)
+        return values1.size
     counted = 0
     for x in range(values1.size):
-        l = values1[x] if lookup1 is None else lookup1[values1[x] - low1]
-        r = values2[x] if lookup2 is None else lookup2[values2[x] - low2]
+        l = _converted(values1[x], lookup1, low1, offset1)
+        r = _converted(values2[x], lookup2, low2, offset2)
         inside = (l - l + r - r) == 0.0  # both finite (inf - inf and NaN give NaN)
         if mask is not None:
             inside &= mask[x] != 0
@@ -1009,6 +1016,14 @@ def _prepare_row(values1, values2, mask, lookup1, low1, lookup2, low2, left, rig
         right[x] = r if inside else 0.0
         counted += inside
     return counted
+
+
+@njit(nogil=True, cache=True, inline="always")
+def _converted(value, lookup, low, offset):
+    """``value - offset`` (``lookup`` None), or ``lookup[value - low]``."""
+    if lookup is None:
+        return value - offset
+    return lookup[value - low]
 
 
 @njit(nogil=True, cache=True, fastmath=REASSOCIATE)
@@ -1035,18 +1050,20 @@ def _add_column(left, right, x, columns):
 
 
 @njit(nogil=True, cache=True)
-def _shifted_sums(image1, image2, mask, lookup1, low1, lookup2, low2, shifts, core_start, core_stop,
-                  sums, columns, totals, edge_stop, edge_start):
+def _shifted_sums(image1, image2, mask, lookup1, low1, offset1, lookup2, low2, offset2, finite,
+                  shifts, core_start, core_stop, sums, columns, totals, edge_stop, edge_start):
     """Sums of the shifted pairs ``(l, r) = (R'(x - dx) - c1, G'(x) - c2)`` of a chunk's rows.
 
     Parameters
     ----------
     image1, image2 : numpy.ndarray
-        2-D ``(rows, W)``: float64 values ``R' - c1`` (``G' - c2``) when the lookup is
-        None, else integers mapped through ``lookup[v - low]`` one row at a time.
+        2-D ``(rows, W)``, turned into ``l = R' - c1`` (``r = G' - c2``) one row at a time:
+        ``v - offset1`` when ``lookup1`` is None, else ``lookup1[v - low1]``.
     mask : numpy.ndarray or None
         2-D, non-zero inside. A voxel counts when inside and finite in both channels; a
         pair counts when both its voxels do.
+    finite : bool
+        Every converted value is finite (integer images): no test per voxel.
     shifts : numpy.ndarray
         int64 shifts ``dx``; pairs are summed over ``x`` in ``[core_start, core_stop)``.
     sums : numpy.ndarray
@@ -1077,7 +1094,7 @@ def _shifted_sums(image1, image2, mask, lookup1, low1, lookup2, low2, shifts, co
     full_rows = 0
     for row in range(rows):
         counted = _prepare_row(image1[row], image2[row], None if mask is None else mask[row],
-                               lookup1, low1, lookup2, low2, left, right, weight)
+                               lookup1, low1, offset1, lookup2, low2, offset2, finite, left, right, weight)
         if counted == width:
             _add_lagged_row(left, right, shifts, core_start, core_stop, sums[5])
             _add_row_totals(left, right, totals)
@@ -1100,16 +1117,22 @@ def _shifted_sums(image1, image2, mask, lookup1, low1, lookup2, low2, shifts, co
     return full_rows
 
 
-def _centred_lookup(threshold: ChannelThreshold, values: np.ndarray, centre: float
-                    ) -> tuple[np.ndarray, int] | None:
-    """``(lookup, low)`` with ``lookup[v - low] = corrected(v) - centre`` for every integer
-    value ``v`` of ``values``; None for non-integer values or a span over 2^20."""
+def _row_conversion(threshold: ChannelThreshold, values: np.ndarray, centre: float
+                    ) -> tuple[np.ndarray | None, int, float] | None:
+    """How :func:`_shifted_sums` turns integer values ``v`` into ``corrected(v) - centre``:
+    ``(None, 0, centre)`` where the correction leaves them as they are, else a lookup
+    ``(lookup, low, 0.0)`` with ``lookup[v - low]``; None for non-integer values or a span
+    over 2^20 (converted beforehand)."""
     if values.dtype.kind not in "iu" or values.size == 0:
         return None
-    low, high = int(values.min()), int(values.max())
+    low, high = (int(v) for v in _value_range(values))
     if high - low >= 1 << 20:
         return None
-    return threshold.corrected(np.arange(low, high + 1)) - centre, low
+    candidates = np.arange(low, high + 1)
+    corrected = threshold.corrected(candidates)
+    if np.array_equal(corrected, candidates):
+        return None, 0, centre
+    return corrected - centre, low, 0.0
 
 
 def shifted_moments(
@@ -1171,19 +1194,20 @@ def shifted_moments(
     sums = np.zeros((6, len(shifts)))
     columns = np.zeros((4, width))
     totals = np.zeros(4)
-    lookup_r = _centred_lookup(th1, r_all, centre_r)
-    lookup_g = _centred_lookup(th2, g_all, centre_g)
-    if lookup_r is not None and lookup_g is not None:  # integers: converted row by row
-        full_rows = _shifted_sums(r_all, g_all, m_all, *lookup_r, *lookup_g, shifts, core[0], core[1],
-                                  sums, columns, totals, edge_stop, edge_start)
+    conversion_r = _row_conversion(th1, r_all, centre_r)
+    conversion_g = _row_conversion(th2, g_all, centre_g)
+    if conversion_r is not None and conversion_g is not None:  # integers: converted row by row
+        full_rows = _shifted_sums(r_all, g_all, m_all, *conversion_r, *conversion_g, True, shifts,
+                                  core[0], core[1], sums, columns, totals, edge_stop, edge_start)
     else:
         full_rows = 0
+        as_is = (None, 0, 0.0)
         step = max(1, STRIP_VOXELS // max(width, 1))
         for row0 in range(0, n_rows, step):
             rows = slice(row0, min(row0 + step, n_rows))
             full_rows += _shifted_sums(
                 th1.corrected(r_all[rows]) - centre_r, th2.corrected(g_all[rows]) - centre_g,
-                None if m_all is None else m_all[rows], None, 0, None, 0,
+                None if m_all is None else m_all[rows], *as_is, *as_is, False,
                 shifts, core[0], core[1], sums, columns, totals, edge_stop, edge_start)
     cumulative = np.concatenate([np.zeros((4, 1)), np.cumsum(columns, axis=1)], axis=1)
     middle = totals - cumulative[:, -1]  # the columns not summed one by one
