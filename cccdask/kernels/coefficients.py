@@ -173,22 +173,31 @@ class Thresholds:
 # ---------------------------------------------------------------------------------------
 # Moments and the Chan et al. pairwise merge
 # ---------------------------------------------------------------------------------------
+@njit(nogil=True, cache=True, inline="always")
+def _entry(values, codes, i):
+    """``values[i]``, or ``values[codes[i]]`` when ``codes`` is given."""
+    if codes is None:
+        return values[i]
+    return values[codes[i]]
+
+
 @njit(nogil=True, cache=True, fastmath={"reassoc", "contract"})
-def _weighted_comoments(x, y, weights):
-    """``(n, mean_x, mean_y, m2_x, m2_y, c_xy)`` of values occurring ``weights`` times (two-pass)."""
+def _weighted_comoments(x, y, weights, x_codes, y_codes):
+    """``(n, mean_x, mean_y, m2_x, m2_y, c_xy)`` of values occurring ``weights`` times
+    (two-pass); entry ``i`` is ``x[i]``, or ``x[x_codes[i]]`` (``y`` alike)."""
     n = mean_x = mean_y = 0.0
-    for i in range(x.size):
+    for i in range(weights.size):
         n += weights[i]
-        mean_x += weights[i] * x[i]
-        mean_y += weights[i] * y[i]
+        mean_x += weights[i] * _entry(x, x_codes, i)
+        mean_y += weights[i] * _entry(y, y_codes, i)
     if n == 0:
         return 0.0, 0.0, 0.0, 0.0, 0.0, 0.0
     mean_x /= n
     mean_y /= n
     m2_x = m2_y = c_xy = 0.0
-    for i in range(x.size):
-        dx = x[i] - mean_x
-        dy = y[i] - mean_y
+    for i in range(weights.size):
+        dx = _entry(x, x_codes, i) - mean_x
+        dy = _entry(y, y_codes, i) - mean_y
         m2_x += weights[i] * dx * dx
         m2_y += weights[i] * dy * dy
         c_xy += weights[i] * dx * dy
@@ -216,10 +225,12 @@ class Moments:
         return cls(zero, zero, zero, zero, zero, zero)
 
     @classmethod
-    def from_weighted(cls, x: np.ndarray, y: np.ndarray, weights: np.ndarray) -> "Moments":
-        """Moments of values ``x, y`` each occurring ``weights`` times (two-pass, centred)."""
-        return cls(*(np.float64(v) for v in _weighted_comoments(
-            np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64), np.asarray(weights, dtype=np.float64))))
+    def from_weighted(cls, x: np.ndarray, y: np.ndarray, weights: np.ndarray,
+                      x_codes: np.ndarray | None = None, y_codes: np.ndarray | None = None) -> "Moments":
+        """Moments of values ``x, y`` each occurring ``weights`` times (two-pass, centred);
+        with codes, entry ``i`` is ``x[x_codes[i]]`` (``y`` alike)."""
+        x, y = (np.asarray(v, dtype=np.float64) for v in (x, y))
+        return cls(*(np.float64(v) for v in _weighted_comoments(x, y, np.asarray(weights), x_codes, y_codes)))
 
     def merge(self, other: "Moments") -> "Moments":
         """Moments of the union of two disjoint sets (Chan, Golub & LeVeque pairwise update)."""
@@ -756,8 +767,8 @@ def rank_pearson(table: JointTable, thresholds: Thresholds, weights: np.ndarray 
     if not (table.counts if weights is None else weights).any():
         return np.nan, "no voxels"
     (_, ranks1, codes1), (_, ranks2, codes2) = corrected_ranks(table, thresholds, weights)
-    r, reason = Moments.from_weighted(ranks1[codes1], ranks2[codes2],
-                                      table.counts if weights is None else weights).pearson()
+    r, reason = Moments.from_weighted(ranks1, ranks2, table.counts if weights is None else weights,
+                                      codes1, codes2).pearson()
     return float(r), str(reason)
 
 
@@ -802,8 +813,8 @@ def kendall_tau_b(table: JointTable) -> tuple[float, str]:
     # discordant pair (pairs tied in values1 are in ascending values2 order: none counted)
     discordant = int(_weighted_inversions(codes2, counts))
 
-    def tied_pairs(group_counts):
-        return int(np.sum(group_counts * (group_counts - 1) // 2))
+    def tied_pairs(group_counts):  # sum of c (c - 1) / 2; each c (c - 1) is even
+        return int(np.dot(group_counts, group_counts - 1)) // 2
 
     n0 = n * (n - 1) // 2
     n1 = tied_pairs(ties1)
@@ -1301,7 +1312,7 @@ class MapConstants:
         m = stats.mask_moments
         if stats.table.n:
             (values1, ranks1, codes1), (values2, ranks2, codes2) = corrected_ranks(stats.table, thresholds)
-            rank_moments = Moments.from_weighted(ranks1[codes1], ranks2[codes2], stats.table.counts)
+            rank_moments = Moments.from_weighted(ranks1, ranks2, stats.table.counts, codes1, codes2)
             mean_rank = (stats.table.n + 1) / 2.0
             spearman_denominator = positive(np.sqrt(rank_moments.m2_x * rank_moments.m2_y))
         else:
