@@ -776,29 +776,27 @@ def rank_pearson(table: JointTable, thresholds: Thresholds, weights: np.ndarray 
 def _weighted_inversions(order_codes: np.ndarray, weights: np.ndarray) -> int:
     """Sum of ``w_i w_j`` over index pairs ``i < j`` with ``order_codes[i] > order_codes[j]``.
 
-    One pass with a Fenwick tree over the codes (non-negative integers): O(P log K) for
-    P entries and K codes. Exact in int64 while the total stays below 2^63 (a frame of
-    fewer than about 4 x 10^9 voxels).
+    One pass with a Fenwick tree over the codes (non-negative integers), reversed so that
+    a prefix sum is the weight seen with a higher code: O(P log K) for P entries and K
+    codes. Exact in int64 while the total stays below 2^63 (a frame of fewer than about
+    4 x 10^9 voxels).
     """
     n_codes = 0
     for code in order_codes:
         n_codes = max(n_codes, code + 1)
-    tree = np.zeros(n_codes + 1, np.int64)  # tree[k]: weight seen, over a range of codes ending at k - 1
-    seen = 0
+    tree = np.zeros(n_codes + 1, np.int64)  # code c sits at position n_codes - c
     total = 0
     for i in range(order_codes.size):
-        position = order_codes[i] + 1
-        at_or_below = 0
-        k = position
+        k = n_codes - order_codes[i] - 1  # positions 1..k: the codes above this one
+        above = 0
         while k > 0:
-            at_or_below += tree[k]
-            k -= k & -k
-        total += weights[i] * (seen - at_or_below)
-        k = position
+            above += tree[k]
+            k &= k - 1
+        total += weights[i] * above
+        k = n_codes - order_codes[i]
         while k <= n_codes:
             tree[k] += weights[i]
             k += k & -k
-        seen += weights[i]
     return total
 
 
