@@ -58,7 +58,7 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-def _resolve_path(value: Any, info: ValidationInfo) -> Any:
+def resolve_path(value: Any, info: ValidationInfo) -> Any:
     """Make a relative path absolute against the config file's folder (when known)."""
     if value is None:
         return None
@@ -95,7 +95,7 @@ class ImageSource(_Section):
             return {"path": value}
         return value
 
-    _abs_path = field_validator("path", mode="after")(_resolve_path)
+    _abs_path = field_validator("path", mode="after")(resolve_path)
 
 
 class InputConfig(_Section):
@@ -194,7 +194,7 @@ class OutputConfig(_Section):
         False, description="Replace an existing store written with a different config."
     )
 
-    _abs_path = field_validator("store", mode="after")(_resolve_path)
+    _abs_path = field_validator("store", mode="after")(resolve_path)
 
 
 class LocalClusterConfig(_Section):
@@ -250,7 +250,7 @@ class ClusterConfig(_Section):
     slurm: Optional[SlurmConfig] = None
     connect_timeout: float = Field(60.0, gt=0, description="Seconds to wait for the scheduler/workers.")
 
-    _abs_path = field_validator("scheduler_file", mode="after")(_resolve_path)
+    _abs_path = field_validator("scheduler_file", mode="after")(resolve_path)
 
     @model_validator(mode="after")
     def _kind_needs_its_settings(self):

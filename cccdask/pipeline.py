@@ -262,18 +262,15 @@ class _StoredArray:
     """
 
     def __init__(self, spec: SourceSpec, expected: xr.DataArray):
-        from cccdask.io import readers
+        from cccdask.io.readers import stored_array
 
-        path = Path(spec.path)
-        source = readers._READERS[readers._detect_format(path)](path, spec.component)
-        storage_dims = readers._resolve_dims(spec.dims, source, path)
-        self.array = source.array
+        self.array, storage_dims = stored_array(spec.path, spec.component, spec.dims)
         select = spec.channel is not None and "c" in storage_dims
         self.index = [spec.channel if (d == "c" and select) else slice(None) for d in storage_dims]
         kept = [d for d in storage_dims if not (d == "c" and select)]
         self.t_axis = kept.index("t") if "t" in kept else None
         self.order = [kept.index(d) for d in expected.dims]
-        shape = tuple(source.array.shape[storage_dims.index(d)] for d in expected.dims)
+        shape = tuple(self.array.shape[storage_dims.index(d)] for d in expected.dims)
         if shape != tuple(expected.shape):
             raise ValueError(f"stored shape {shape} differs from the opened image {tuple(expected.shape)}")
 

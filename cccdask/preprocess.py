@@ -74,9 +74,9 @@ class _Model(BaseModel):
 
 def _relative_to_config(value: Any, info: ValidationInfo) -> Any:
     """A relative path resolved against the YAML file's folder, as everywhere in the config."""
-    from cccdask.config import _resolve_path  # imported here: cccdask.config imports this module
+    from cccdask.config import resolve_path  # imported here: cccdask.config imports this module
 
-    return _resolve_path(value, info)
+    return resolve_path(value, info)
 
 
 class Background(_Model):

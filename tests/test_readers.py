@@ -14,7 +14,7 @@ import tifffile
 import zarr
 
 from cccdask.frames import prepare_inputs
-from cccdask.io.readers import open_image, select_channel
+from cccdask.io.readers import open_image, select_channel, stored_array
 
 
 @pytest.fixture
@@ -306,6 +306,11 @@ def test_imagej_hyperstack(tmp_path, rng):
     assert_physical_coords(overridden, (1.0, 2.0, 3.0), "nm", interval, "s")
     with pytest.raises(ValueError, match="spacing has 2 values"):
         open_image(path, spacing=(1.0, 2.0))
+
+    # the stored array behind it, in storage order, read without a Dask graph
+    array, dims = stored_array(path)
+    assert dims == ("t", "z", "c", "y", "x") and not isinstance(array, da.Array)
+    np.testing.assert_array_equal(np.asarray(array[1:3]), written[1:3])
 
 
 @pytest.mark.parametrize("unit", ["micron", "\\u00B5m"])  # ImageJ writes µm escaped: descriptions are ASCII

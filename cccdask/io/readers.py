@@ -38,7 +38,7 @@ from cccdask.io.ome import (
     parse_ome_xml,
 )
 
-__all__ = ["open_image", "select_channel", "FileArray", "DIM_ORDER", "SUPPORTED_FORMATS"]
+__all__ = ["open_image", "stored_array", "select_channel", "FileArray", "DIM_ORDER", "SUPPORTED_FORMATS"]
 
 DIM_ORDER = ("t", "c", "z", "y", "x")
 SPATIAL_DIMS = ("z", "y", "x")
@@ -516,6 +516,23 @@ def select_channel(array: xr.DataArray, channel: int) -> xr.DataArray:
     return selected
 
 
+def _open_source(path: Path, component: str | None, dims: Any) -> tuple[_Source, tuple[str, ...]]:
+    """The stored source of ``path`` (format detected) and its dims in storage order."""
+    source = _READERS[_detect_format(path)](path, component)
+    return source, _resolve_dims(dims, source, path)
+
+
+def stored_array(path: str | Path, component: str | None = None, dims: Any = None) -> tuple[Any, tuple[str, ...]]:
+    """The array :func:`open_image` reads, without a Dask graph, and its dims in storage order.
+
+    A Zarr array (also for TIFF, through tifffile's Zarr store) or a memory-mapped
+    ``.npy``: slicing it reads only the chunks it needs. ``component`` and ``dims`` as
+    for :func:`open_image`; no channel is selected.
+    """
+    source, storage_dims = _open_source(Path(path).expanduser(), component, dims)
+    return source.array, storage_dims
+
+
 def open_image(
     path: str | os.PathLike,
     *,
@@ -571,8 +588,7 @@ def open_image(
     path = Path(path).expanduser()
     if not path.exists():
         raise FileNotFoundError(f"Image not found: {path} (no such file or directory).")
-    source = _READERS[_detect_format(path)](path, component)
-    storage_dims = _resolve_dims(dims, source, path)
+    source, storage_dims = _open_source(path, component, dims)
 
     calibrated_spacing, calibrated_units = _spatial_calibration(storage_dims, source, path)
     spatial = [d for d in SPATIAL_DIMS if d in storage_dims]
