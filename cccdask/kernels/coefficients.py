@@ -77,6 +77,8 @@ COEFFICIENT_NAMES = (
 )
 MAP_NAMES = ("pearson", "spearman", "overlap", "k1", "k2", "m1", "m2", "intersection")
 
+REASSOCIATE = {"reassoc", "contract"}  # numba fastmath: sums may be reordered, so vectorised
+
 # Names of the entries of PartStatistics.sums, in order.
 SUM_NAMES = ("rg", "rr", "gg", "r", "g", "r_wg", "g_wr", "wr", "wg", "wr_wg", "r_wr", "g_wg", "r_wr_wg", "g_wr_wg")
 
@@ -181,7 +183,7 @@ def _entry(values, codes, i):
     return values[codes[i]]
 
 
-@njit(nogil=True, cache=True, fastmath={"reassoc", "contract"})
+@njit(nogil=True, cache=True, fastmath=REASSOCIATE)
 def _weighted_comoments(x, y, weights, x_codes, y_codes):
     """``(n, mean_x, mean_y, m2_x, m2_y, c_xy)`` of values occurring ``weights`` times
     (two-pass); entry ``i`` is ``x[i]``, or ``x[x_codes[i]]`` (``y`` alike)."""
@@ -599,30 +601,20 @@ def part_statistics(
     return statistics_from_table(table, thresholds, n_nonfinite)
 
 
-@njit(nogil=True, cache=True, fastmath={"reassoc", "contract"})
-def _table_statistics(codes1, codes2, counts, corrected1, corrected2, weight1, weight2, above1, above2):
-    """Sums and moments of the voxels of a joint histogram, through per-value lookups.
+@njit(nogil=True, cache=True, fastmath=REASSOCIATE)
+def _threshold_sums(codes1, codes2, counts, corrected1, corrected2, weight1, weight2):
+    """The sums of :data:`SUM_NAMES`, in order, over the voxels of a joint histogram.
 
-    Entry ``i`` stands for ``counts[i]`` voxels with ``R' = corrected1[codes1[i]]``,
-    ``wR = weight1[codes1[i]]``, in the objects if ``above1[codes1[i]]`` or
-    ``above2[codes2[i]]`` (channel 2 alike).
-
-    Returns
-    -------
-    sums : numpy.ndarray
-        The sums of :data:`SUM_NAMES`, in order.
-    mask, objects : tuple
-        ``(n, mean_x, mean_y, m2_x, m2_y, c_xy)`` of ``(R', G')`` over all voxels and over
-        the object voxels (two passes: means, then centred sums).
+    Entry ``i`` stands for ``counts[i]`` voxels with ``R' = corrected1[codes1[i]]`` and
+    ``wR = weight1[codes1[i]]`` (channel 2 alike).
     """
     # scalars, not array slots: the compiler keeps them in registers and vectorises
     s_rg = s_rr = s_gg = s_r = s_g = s_r_wg = s_g_wr = s_wr = s_wg = s_wr_wg = 0.0
-    s_r_wr = s_g_wg = s_r_wr_wg = s_g_wr_wg = n = n_obj = s_r_obj = s_g_obj = 0.0
+    s_r_wr = s_g_wg = s_r_wr_wg = s_g_wr_wg = 0.0
     for i in range(codes1.size):
         c = counts[i]
         r, g = corrected1[codes1[i]], corrected2[codes2[i]]
         wr, wg = weight1[codes1[i]], weight2[codes2[i]]
-        c_obj = c if (above1[codes1[i]] or above2[codes2[i]]) else 0.0
         cr, cg = c * r, c * g
         s_rg += cr * g
         s_rr += cr * r
@@ -638,31 +630,8 @@ def _table_statistics(codes1, codes2, counts, corrected1, corrected2, weight1, w
         s_g_wg += cg * wg
         s_r_wr_wg += cr * wr * wg
         s_g_wr_wg += cg * wr * wg
-        n += c
-        n_obj += c_obj
-        s_r_obj += c_obj * r
-        s_g_obj += c_obj * g
-    sums = np.array([s_rg, s_rr, s_gg, s_r, s_g, s_r_wg, s_g_wr, s_wr, s_wg, s_wr_wg,
+    return np.array([s_rg, s_rr, s_gg, s_r, s_g, s_r_wg, s_g_wr, s_wr, s_wg, s_wr_wg,
                      s_r_wr, s_g_wg, s_r_wr_wg, s_g_wr_wg])
-    mean_r = s_r / n if n > 0 else 0.0
-    mean_g = s_g / n if n > 0 else 0.0
-    mean_r_obj = s_r_obj / n_obj if n_obj > 0 else 0.0
-    mean_g_obj = s_g_obj / n_obj if n_obj > 0 else 0.0
-    m2_r = m2_g = c_rg = m2_r_obj = m2_g_obj = c_rg_obj = 0.0
-    for i in range(codes1.size):
-        c = counts[i]
-        r, g = corrected1[codes1[i]], corrected2[codes2[i]]
-        c_obj = c if (above1[codes1[i]] or above2[codes2[i]]) else 0.0
-        dr, dg = r - mean_r, g - mean_g
-        m2_r += c * dr * dr
-        m2_g += c * dg * dg
-        c_rg += c * dr * dg
-        dr, dg = r - mean_r_obj, g - mean_g_obj
-        m2_r_obj += c_obj * dr * dr
-        m2_g_obj += c_obj * dg * dg
-        c_rg_obj += c_obj * dr * dg
-    return (sums, (n, mean_r, mean_g, m2_r, m2_g, c_rg),
-            (n_obj, mean_r_obj, mean_g_obj, m2_r_obj, m2_g_obj, c_rg_obj))
 
 
 def _value_lookups(values: np.ndarray, threshold: ChannelThreshold
@@ -670,27 +639,21 @@ def _value_lookups(values: np.ndarray, threshold: ChannelThreshold
     """``(codes, corrected, weight, above)``: per entry a code, and per code the threshold
     rule's results. Integers over a modest span are coded by offset (the rule is then
     evaluated once per value, not per entry); other values are their own code."""
-    if values.dtype.kind in "iu" and values.size:
-        low, high = (int(v) for v in _value_range(values))
-        if high - low < max(values.size, 1 << 16):
-            candidates = np.arange(low, high + 1, dtype=values.dtype)
-            return ((values - low).astype(np.intp, copy=False), threshold.corrected(candidates),
-                    threshold.weight(candidates), threshold.above(candidates))
-    return np.arange(values.size), threshold.corrected(values), threshold.weight(values), threshold.above(values)
+    candidates, codes = _offset_codes(values) or (values, np.arange(values.size))
+    return codes, threshold.corrected(candidates), threshold.weight(candidates), threshold.above(candidates)
 
 
 def statistics_from_table(table: JointTable, thresholds: Thresholds, n_nonfinite: int = 0) -> PartStatistics:
     """The :class:`PartStatistics` of the voxels a joint histogram describes."""
-    codes1, *lookups1 = _value_lookups(table.values1, thresholds.channel1)
-    codes2, *lookups2 = _value_lookups(table.values2, thresholds.channel2)
-    (corrected1, weight1, above1), (corrected2, weight2, above2) = lookups1, lookups2
-    sums, mask, objects = _table_statistics(codes1, codes2, table.counts.astype(np.float64),
-                                            corrected1, corrected2, weight1, weight2, above1, above2)
+    codes1, corrected1, weight1, above1 = _value_lookups(table.values1, thresholds.channel1)
+    codes2, corrected2, weight2, above2 = _value_lookups(table.values2, thresholds.channel2)
+    counts = table.counts
+    in_objects = above1[codes1] | above2[codes2]
     return PartStatistics(
         table=table,
-        mask_moments=Moments(*(np.float64(v) for v in mask)),
-        object_moments=Moments(*(np.float64(v) for v in objects)),
-        sums=sums,
+        mask_moments=Moments.from_weighted(corrected1, corrected2, counts, codes1, codes2),
+        object_moments=Moments.from_weighted(corrected1, corrected2, counts * in_objects, codes1, codes2),
+        sums=_threshold_sums(codes1, codes2, counts, corrected1, corrected2, weight1, weight2),
         n_nonfinite=n_nonfinite,
     )
 
@@ -698,16 +661,25 @@ def statistics_from_table(table: JointTable, thresholds: Thresholds, n_nonfinite
 # ---------------------------------------------------------------------------------------
 # Rank statistics from a joint histogram
 # ---------------------------------------------------------------------------------------
+def _offset_codes(values: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """Integers over a modest span (below 4 per value, or 2^16): every value of the span
+    in ascending order and, per entry, its offset from the lowest; None otherwise."""
+    if values.dtype.kind in "iu" and values.size:
+        low, high = (int(v) for v in _value_range(values))
+        if high - low < max(4 * values.size, 1 << 16):
+            return np.arange(low, high + 1, dtype=values.dtype), (values - low).astype(np.int64, copy=False)
+    return None
+
+
 def value_codes(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Ascending candidate values and, per entry, the index of its value among them.
 
     Integer values over a modest span are coded by offset (every value of the span is a
     candidate, present or not; no sort); others by their distinct values.
     """
-    if values.dtype.kind in "iu" and values.size:
-        low, high = (int(v) for v in _value_range(values))
-        if high - low < max(4 * values.size, 1 << 16):
-            return np.arange(low, high + 1, dtype=values.dtype), (values - low).astype(np.int64, copy=False)
+    offset = _offset_codes(values)
+    if offset is not None:
+        return offset
     distinct, codes = np.unique(values, return_inverse=True)
     return distinct, codes.reshape(-1).astype(np.int64, copy=False)
 
@@ -920,7 +892,6 @@ def finalize(stats: PartStatistics, thresholds: Thresholds) -> dict[str, tuple[f
 # Van Steensel: moments of shifted pairs, per chunk
 # ---------------------------------------------------------------------------------------
 STRIP_VOXELS = 1 << 20  # voxels per strip of a float chunk converted at once
-REASSOCIATE = {"reassoc", "contract"}  # sums may be reordered: vectorised
 
 
 @njit(nogil=True, cache=True, fastmath=REASSOCIATE)
