@@ -57,24 +57,23 @@ def _pearson(sums: list[np.ndarray]) -> float:
     return (sxy - sx * sy / n) / np.sqrt((sxx - sx * sx / n) * (syy - sy * sy / n))
 
 
-def pearson_graph(source: da.Array) -> list:
+def per_frame_graph(source: da.Array, per_chunk, per_frame) -> list:
+    """One delayed ``per_frame([per_chunk(chunk1, chunk2), ...])`` per frame of ``source``."""
     frames = []
     for t in range(source.shape[1]):
         blocks1 = source[0, t].to_delayed().ravel()
         blocks2 = source[1, t].to_delayed().ravel()
-        sums = [dask.delayed(_chunk_sums)(b1, b2) for b1, b2 in zip(blocks1, blocks2)]
-        frames.append(dask.delayed(_pearson)(sums))
+        parts = [dask.delayed(per_chunk)(b1, b2) for b1, b2 in zip(blocks1, blocks2)]
+        frames.append(dask.delayed(per_frame)(parts))
     return frames
+
+
+def pearson_graph(source: da.Array) -> list:
+    return per_frame_graph(source, _chunk_sums, _pearson)
 
 
 def costes_graph(source: da.Array) -> list:
-    frames = []
-    for t in range(source.shape[1]):
-        blocks1 = source[0, t].to_delayed().ravel()
-        blocks2 = source[1, t].to_delayed().ravel()
-        tables = [dask.delayed(joint_table)(b1, b2) for b1, b2 in zip(blocks1, blocks2)]
-        frames.append(dask.delayed(costes_threshold)(dask.delayed(_merge)(tables)))
-    return frames
+    return per_frame_graph(source, joint_table, lambda tables: costes_threshold(_merge(tables)))
 
 
 def coloc2_seconds_per_candidate(frame1: np.ndarray, frame2: np.ndarray, slope: float, intercept: float,
