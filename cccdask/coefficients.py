@@ -9,6 +9,8 @@ Dask (or Dask-backed xarray) inputs give a lazy :class:`xarray.Dataset`.
 from __future__ import annotations
 
 import itertools
+import math
+import operator
 from dataclasses import dataclass, replace
 from numbers import Real
 from typing import Any, Sequence
@@ -17,8 +19,11 @@ import dask
 import dask.array as da
 import numpy as np
 import xarray as xr
+from dask.base import tokenize
+from dask.utils import parse_bytes
 
 from cccdask.frames import Frames, frame_time_coords, prepare_inputs
+from cccdask.graph import TaskLayer, output_array
 from cccdask.kernels.costes import (
     CURVE_POINTS,
     CostesThreshold,
@@ -210,15 +215,26 @@ def _as_dask(array: Any, chunks: Any = "auto") -> da.Array:
     return da.from_array(np.asarray(array), chunks=chunks)
 
 
-def _frame_arrays(frames: Frames, index: int) -> tuple[da.Array, da.Array, da.Array | None]:
-    """The three arrays of one frame as Dask arrays on the chunk grid of channel 1."""
-    image1 = _as_dask(frames.image1.data[index])
-    image2 = _as_dask(frames.image2.data[index], chunks=image1.chunks).rechunk(image1.chunks)
-    mask_frame = frames.mask_frame(index)
+def _chunked_inputs(frames: Frames) -> tuple[da.Array, da.Array, da.Array | None]:
+    """The inputs as Dask arrays: channel 1 with one frame per chunk along ``t``, channel 2
+    and the mask on its chunks (a mask shared by every frame on its spatial chunks)."""
+    n_spatial = len(frames.spatial_dims)
+    image1 = _as_dask(frames.image1.data, chunks=(1,) + ("auto",) * n_spatial).rechunk({0: 1})
+    image2 = _as_dask(frames.image2.data, chunks=image1.chunks).rechunk(image1.chunks)
     mask = None
-    if mask_frame is not None:
-        mask = _as_dask(mask_frame.data, chunks=image1.chunks).rechunk(image1.chunks)
+    if frames.mask is not None:
+        chunks = image1.chunks if "t" in frames.mask.dims else image1.chunks[1:]
+        mask = _as_dask(frames.mask.data, chunks=chunks).rechunk(chunks)
     return image1, image2, mask
+
+
+def _frames_per_output_chunk(frames: Frames) -> int:
+    """Frames per chunk of the per-frame results: as many as hold Dask's chunk size
+    (``array.chunk-size``, 128 MiB by default) of input, so that a long series of small
+    frames does not make a task per frame and variable."""
+    frame_bytes = math.prod(frames.frame_shape) * (frames.image1.dtype.itemsize + frames.image2.dtype.itemsize)
+    per_chunk = parse_bytes(dask.config.get("array.chunk-size")) // max(frame_bytes, 1)
+    return int(min(max(per_chunk, 1), frames.n_frames))
 
 
 def _merge_all(parts: Sequence[Any]) -> Any:
@@ -226,27 +242,6 @@ def _merge_all(parts: Sequence[Any]) -> Any:
     for part in parts[1:]:
         merged = merged.merge(part)
     return merged
-
-
-def _tree_merge(parts: list[Any]) -> Any:
-    """Merge delayed statistics in a tree of fan-in :data:`MERGE_FAN_IN`."""
-    while len(parts) > 1:
-        parts = [
-            dask.delayed(_merge_all, pure=True)(parts[i : i + MERGE_FAN_IN])
-            for i in range(0, len(parts), MERGE_FAN_IN)
-        ]
-    return parts[0]
-
-
-def _frame_statistics(image1: da.Array, image2: da.Array, mask: da.Array | None, thresholds: Thresholds):
-    blocks1 = image1.to_delayed().ravel()
-    blocks2 = image2.to_delayed().ravel()
-    blocks_mask = mask.to_delayed().ravel() if mask is not None else [None] * len(blocks1)
-    parts = [
-        dask.delayed(part_statistics, pure=True)(b1, b2, bm, thresholds)
-        for b1, b2, bm in zip(blocks1, blocks2, blocks_mask)
-    ]
-    return _tree_merge(parts)
 
 
 def _join_along(blocks: Sequence[np.ndarray | None], axis: int, cut: slice) -> np.ndarray | None:
@@ -266,45 +261,71 @@ def _shifted_moments_of_blocks(blocks1, blocks2, blocks_mask, axis, cut, thresho
     )
 
 
-def _frame_shifted_moments(
-    image1: da.Array, image2: da.Array, mask: da.Array | None, thresholds: Thresholds,
-    shifts: np.ndarray, axis: int,
-):
-    """Van Steensel moments of one frame: one task per chunk, given its neighbours' halo.
+class _FrameTasks(TaskLayer):
+    """The per-frame tasks of one :func:`coefficients` call, on the chunks of its inputs
+    (see :func:`_chunked_inputs`)."""
 
-    The task receives the neighbouring chunks themselves (the same graph keys as the
-    other statistics), so every chunk is read once.
-    """
-    halo = int(np.abs(shifts).max()) if shifts.size else 0
-    grids = [image1.to_delayed(), image2.to_delayed(), None if mask is None else mask.to_delayed()]
-    bounds = np.cumsum((0,) + image1.chunks[axis])
-    length = int(bounds[-1])
-    parts = []
-    for block in itertools.product(*(range(len(c)) for c in image1.chunks)):
-        j = block[axis]
-        start, stop = int(bounds[j]), int(bounds[j + 1])
-        ext_start, ext_stop = max(0, start - halo), min(length, stop + halo)
-        first = int(np.searchsorted(bounds, ext_start, side="right") - 1)
-        last = int(np.searchsorted(bounds, ext_stop, side="left"))  # exclusive block index
-        neighbours = []
-        for grid in grids:
-            if grid is None:
-                neighbours.append([None])
-                continue
-            picked = []
-            for k in range(first, last):
-                index = list(block)
-                index[axis] = k
-                picked.append(grid[tuple(index)])
-            neighbours.append(picked)
-        offset = int(bounds[first])
-        cut = slice(ext_start - offset, ext_stop - offset)
-        parts.append(
-            dask.delayed(_shifted_moments_of_blocks, pure=True)(
-                *neighbours, axis, cut, thresholds, shifts, (start - ext_start, stop - ext_start),
-            )
-        )
-    return _tree_merge(parts)
+    def __init__(self, image1: da.Array, image2: da.Array, mask: da.Array | None, token: str):
+        super().__init__("coefficients", token, [image1, image2, mask])
+        self.inputs = (image1, image2, mask)
+        self.spatial_chunks = image1.chunks[1:]
+        self.blocks = list(itertools.product(*(range(len(c)) for c in self.spatial_chunks)))
+
+    def chunks(self, t: int, block: tuple[int, ...]) -> list[tuple | None]:
+        """Channel 1, channel 2 and the mask (None: no mask) at spatial block ``block`` of
+        frame ``t``: a chunk's key, or a task taking the frame out of a chunk's ``t`` axis."""
+        return [None if array is None else
+                (array.name, *block) if array.ndim == len(block) else (operator.getitem, (array.name, t, *block), 0)
+                for array in self.inputs]
+
+    def merged(self, kind: str, t: int, keys: list[tuple]) -> tuple:
+        """The key of the merge of the statistics at ``keys``, by a tree of fan-in
+        :data:`MERGE_FAN_IN`."""
+        level = 0
+        while len(keys) > 1:
+            groups = [keys[i:i + MERGE_FAN_IN] for i in range(0, len(keys), MERGE_FAN_IN)]
+            keys = [self.add(f"{kind}-merge", (t, level, i), _merge_all, group) for i, group in enumerate(groups)]
+            level += 1
+        return keys[0]
+
+    def statistics(self, t: int, thresholds: Thresholds) -> tuple:
+        """Frame ``t``'s statistics (:func:`part_statistics` per chunk, merged)."""
+        parts = [self.add("part", (t, *block), part_statistics, *self.chunks(t, block), thresholds)
+                 for block in self.blocks]
+        return self.merged("part", t, parts)
+
+    def shifted_moments(self, t: int, thresholds: Any, shifts: np.ndarray, axis: int) -> tuple:
+        """Frame ``t``'s Van Steensel moments: one task per chunk, given the neighbouring
+        chunks that its halo of ``max|shift|`` voxels along ``axis`` reaches (the chunks
+        themselves, the keys the other statistics read: every chunk is read once)."""
+        halo = int(np.abs(shifts).max()) if shifts.size else 0
+        bounds = np.cumsum((0,) + self.spatial_chunks[axis])
+        length = int(bounds[-1])
+        parts = []
+        for block in self.blocks:
+            j = block[axis]
+            start, stop = int(bounds[j]), int(bounds[j + 1])
+            ext_start, ext_stop = max(0, start - halo), min(length, stop + halo)
+            first = int(np.searchsorted(bounds, ext_start, side="right") - 1)
+            last = int(np.searchsorted(bounds, ext_stop, side="left"))  # exclusive block index
+            along = [self.chunks(t, block[:axis] + (k,) + block[axis + 1:]) for k in range(first, last)]
+            neighbours = [list(keys) for keys in zip(*along)]  # per input, along the axis
+            offset = int(bounds[first])
+            cut = slice(ext_start - offset, ext_stop - offset)
+            parts.append(self.add("shifted", (t, *block), _shifted_moments_of_blocks, *neighbours, axis, cut,
+                                  thresholds, shifts, (start - ext_start, stop - ext_start)))
+        return self.merged("shifted", t, parts)
+
+    def maps(self, t: int, thresholds: Any, constants: tuple, name: str) -> dict:
+        """The tasks of frame ``t``'s map chunks, keyed ``(name, t, 0, *block)``."""
+        return {(name, t, 0, *block): (np.expand_dims, (coefficient_maps, *self.chunks(t, block), thresholds,
+                                                        constants), 0)
+                for block in self.blocks}
+
+
+def _stacked(results: Sequence[tuple[np.ndarray, ...]], item: int) -> np.ndarray:
+    """Item ``item`` of each frame's results, stacked along a new first axis."""
+    return np.stack([result[item] for result in results])
 
 
 def _automatic_thresholds(stats: PartStatistics, thresholds: Thresholds, preset: Preset):
@@ -379,24 +400,6 @@ def _map_constants(stats: PartStatistics, thresholds: Thresholds, costes: Costes
                             sum_gg=nan, manders_denominator1=nan, manders_denominator2=nan,
                             intersection_denominator=nan)
     return constants
-
-
-def _map_block(image1, image2, mask, thresholds, constants):
-    return coefficient_maps(image1, image2, mask, thresholds, constants)
-
-
-def _map_block_unmasked(image1, image2, thresholds, constants):
-    return coefficient_maps(image1, image2, None, thresholds, constants)
-
-
-def _frame_maps(image1, image2, mask, thresholds, stats, costes) -> da.Array:
-    constants = dask.delayed(_map_constants, pure=True)(stats, thresholds, costes)
-    chunks = ((len(MAP_NAMES),),) + image1.chunks
-    if mask is None:
-        return da.map_blocks(_map_block_unmasked, image1, image2, thresholds, constants,
-                             new_axis=0, chunks=chunks, dtype=np.float64)
-    return da.map_blocks(_map_block, image1, image2, mask, thresholds, constants,
-                         new_axis=0, chunks=chunks, dtype=np.float64)
 
 
 # ---------------------------------------------------------------------------------------
@@ -505,26 +508,40 @@ def coefficients(
     n_values = sum(length for _, _, length in layout)
     reason_names = list(COEFFICIENT_NAMES) + ["van_steensel"] * (shifts is not None) + ["costes"] * automatic
 
-    values, reasons, frame_maps = [], [], []
-    for index in range(frames.n_frames):
-        image1_frame, image2_frame, mask_frame = _frame_arrays(frames, index)
-        stats = _frame_statistics(image1_frame, image2_frame, mask_frame, thresholds)
+    image1_chunked, image2_chunked, mask_chunked = _chunked_inputs(frames)
+    token = tokenize(image1_chunked, image2_chunked, mask_chunked, thresholds, conventions, automatic,
+                     shifts, axis, maps, cytofluorogram)
+    tasks = _FrameTasks(image1_chunked, image2_chunked, mask_chunked, token)
+    results, map_tasks = [], {}
+    for t in range(frames.n_frames):
+        stats = tasks.statistics(t, thresholds)
         costes = None
-        frame_thresholds = thresholds
+        frame_thresholds: Any = thresholds
         if automatic:
-            found = dask.delayed(_automatic_thresholds, pure=True, nout=3)(stats, thresholds, conventions)
-            costes, frame_thresholds, stats = found[0], found[1], found[2]
+            found = tasks.add("costes", (t,), _automatic_thresholds, stats, thresholds, conventions)
+            costes, frame_thresholds, stats = (tasks.add(f"costes-{i}", (t,), operator.getitem, found, i)
+                                               for i in range(3))
         shifted = None
         if shifts is not None:
-            shifted = _frame_shifted_moments(image1_frame, image2_frame, mask_frame, frame_thresholds, shifts, axis)
-        result = dask.delayed(_finalize_frame, pure=True, nout=2)(stats, shifted, frame_thresholds, costes,
-                                                                  n_shifts, cytofluorogram)
-        values.append(da.from_delayed(result[0], shape=(n_values,), dtype=np.float64))
-        reasons.append(da.from_delayed(result[1], shape=(len(reason_names),), dtype=REASON_DTYPE))
+            shifted = tasks.shifted_moments(t, frame_thresholds, shifts, axis)
+        results.append(tasks.add("finalize", (t,), _finalize_frame, stats, shifted, frame_thresholds, costes,
+                                 n_shifts, cytofluorogram))
         if maps:
-            frame_maps.append(_frame_maps(image1_frame, image2_frame, mask_frame, frame_thresholds, stats, costes))
+            constants = tasks.add("map-constants", (t,), _map_constants, stats, frame_thresholds, costes)
+            map_tasks.update(tasks.maps(t, frame_thresholds, constants, f"coefficient-maps-{token}"))
 
-    value_table = da.stack(values)
+    graph = tasks.graph()
+    per_chunk = _frames_per_output_chunk(frames)
+    starts = range(0, frames.n_frames, per_chunk)
+    t_chunks = tuple(min(per_chunk, frames.n_frames - start) for start in starts)
+
+    def per_frame_output(item: int, width: int, dtype) -> da.Array:
+        name = f"coefficient-{('values', 'reasons')[item]}-{token}"
+        outputs = {(name, b, 0): (_stacked, results[start:start + per_chunk], item)
+                   for b, start in enumerate(starts)}
+        return output_array(graph, tasks.name, name, outputs, (t_chunks, (width,)), dtype)
+
+    value_table = per_frame_output(0, n_values, np.float64)
     data_vars: dict[str, Any] = {}
     position = 0
     for name, extra_dims, length in layout:
@@ -537,10 +554,12 @@ def coefficients(
     coords["channel"] = ("channel", [1, 2])
     if shifts is not None:
         coords["shift"] = ("shift", shifts, {"units": "voxel", "axis": van_steensel_axis})
-    data_vars["nan_reason"] = (("t", "coefficient"), da.stack(reasons))
+    data_vars["nan_reason"] = (("t", "coefficient"), per_frame_output(1, len(reason_names), REASON_DTYPE))
     coords["coefficient"] = ("coefficient", reason_names)
     if maps:
-        stacked = da.stack(frame_maps)  # (t, map, *spatial)
+        stacked = output_array(graph, tasks.name, f"coefficient-maps-{token}", map_tasks,
+                               ((1,) * frames.n_frames, (len(MAP_NAMES),)) + tasks.spatial_chunks,
+                               np.float64)  # (t, map, *spatial)
         for k, name in enumerate(MAP_NAMES):
             data_vars[f"{name}_map"] = (("t", *frames.spatial_dims), stacked[:, k])
         for dim in frames.spatial_dims:

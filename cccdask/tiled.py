@@ -25,12 +25,13 @@ from typing import Sequence
 import dask.array as da
 from dask.base import tokenize
 from dask.graph_manipulation import bind
-from dask.highlevelgraph import HighLevelGraph, MaterializedLayer
+from dask.highlevelgraph import HighLevelGraph
 import numpy as np
 import psutil
 import xarray as xr
 
 from cccdask.frames import InvalidFrameError, prepare_inputs
+from cccdask.graph import TaskLayer, output_array
 from cccdask.kernels.correlate import MODES, padded_shape
 from cccdask.kernels.profile import shift_range
 from cccdask.kernels.tiled import (
@@ -204,7 +205,7 @@ def _tiles(frame_shape, tile_shape):
         yield position, tuple(slice(o, min(o + t, n)) for o, t, n in zip(origin, tile_shape, frame_shape))
 
 
-class _TileGraph:
+class _TileGraph(TaskLayer):
     """The tasks of one tiled computation, gathered into one graph layer.
 
     Tasks are read from the chunks of the input arrays: a region (tile or tile plus
@@ -213,9 +214,7 @@ class _TileGraph:
     """
 
     def __init__(self, prefix: str, token: str, arrays: Sequence[da.Array]):
-        self.name = f"{prefix}-{token}"
-        self.tasks: dict = {}
-        self.arrays = [a for a in arrays if a is not None]
+        super().__init__(prefix, token, arrays)
         self._pieces = 0
 
     def region(self, array: da.Array | None, index: tuple[slice, ...]):
@@ -247,18 +246,11 @@ class _TileGraph:
             places.append([c[3] for c in combination])
         return [pieces, np.array(places, dtype=np.int64), tuple(sl.stop - sl.start for sl in index)]
 
-    def graph(self) -> HighLevelGraph:
-        return HighLevelGraph.from_collections(self.name, self.tasks, dependencies=self.arrays)
-
 
 def _output(graph: HighLevelGraph, layer: str, name: str, task, shape, dtype) -> da.Array:
     """A one-chunk Dask array whose chunk is ``task`` on top of ``graph``'s ``layer``."""
     key = (name,) + (0,) * len(shape)
-    layers = dict(graph.layers)
-    layers[name] = MaterializedLayer({key: task})
-    dependencies = dict(graph.dependencies)
-    dependencies[name] = {layer}
-    return da.Array(HighLevelGraph(layers, dependencies), name, tuple((n,) for n in shape), dtype=dtype)
+    return output_array(graph, layer, name, {key: task}, tuple((n,) for n in shape), dtype)
 
 
 def _assemble(region) -> np.ndarray | None:

@@ -7,6 +7,7 @@ the rest (object variants, soft thresholds, ICQ, Van Steensel, maps).
 
 from __future__ import annotations
 
+import dask
 import dask.array as da
 import numpy as np
 import pytest
@@ -289,6 +290,31 @@ def test_time_series_gives_frame_by_frame_values():
         for name in single.data_vars:
             np.testing.assert_array_equal(ds[name].isel(t=i).values, single[name].values, err_msg=name)
     assert str(ds.nan_reason.sel(t=1.5, coefficient="pearson").values) == "empty mask"
+
+
+def test_lazy_time_series_in_any_t_chunking_gives_frame_by_frame_values():
+    """Input chunks of several frames (split per frame), per-frame masks chunked otherwise,
+    and per-frame results packed several frames per chunk (a remainder at the end)."""
+    rng = np.random.default_rng(19)
+    frames = [two_channel(rng, (15, 17)) for _ in range(5)]
+    R = np.stack([f[0] for f in frames])
+    G = np.stack([f[1] for f in frames])
+    masks = rng.random((5, 15, 17)) > 0.3
+    frame_bytes = 15 * 17 * (R.itemsize + G.itemsize)
+    with dask.config.set({"array.chunk-size": 2 * frame_bytes + 1}):  # 2 frames per result chunk
+        ds = coefficients(*(xr.DataArray(da.from_array(a, chunks=c), dims=("t", "y", "x")) for a, c in (
+            (R, (3, 8, 17)), (G, (2, 15, 6)), (masks, (4, 15, 17)))), threshold=1, van_steensel_shifts=3)
+    assert ds.pearson.chunks == ((2, 2, 1),)
+    assert ds.van_steensel.chunks == ((2, 2, 1), (7,))
+    computed = ds.compute()
+    for i in range(5):
+        single = coefficients(frames[i][0], frames[i][1], masks[i], threshold=1, van_steensel_shifts=3)
+        for name in single.data_vars:
+            if single[name].dtype.kind == "f":
+                np.testing.assert_allclose(computed[name].isel(t=i).values, single[name].values, rtol=1e-10,
+                                           err_msg=name)
+            else:
+                np.testing.assert_array_equal(computed[name].isel(t=i).values, single[name].values, err_msg=name)
 
 
 def test_dask_input_is_lazy_and_equals_numpy():
