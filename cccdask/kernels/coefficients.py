@@ -288,6 +288,10 @@ class JointTable:
     values1: np.ndarray
     values2: np.ndarray
     counts: np.ndarray
+    #: Per channel the :func:`_offset_codes` of its values where the construction knows
+    #: them (None: computed when needed).
+    offsets: tuple[tuple[np.ndarray, np.ndarray] | None, ...] = field(default=(None, None), repr=False,
+                                                                        compare=False)
 
     @cached_property
     def n(self) -> int:
@@ -298,12 +302,27 @@ class JointTable:
         return self.values1.dtype.kind == "i"
 
     @cached_property
+    def offset_codes(self) -> tuple[tuple[np.ndarray, np.ndarray] | None, ...]:
+        """Per channel :func:`_offset_codes` of its values (computed once, on first use)."""
+        return tuple(_offset_codes(values) if given is None else given
+                     for given, values in zip(self.offsets, (self.values1, self.values2)))
+
+    @cached_property
     def marginals(self) -> tuple[tuple[np.ndarray, np.ndarray, np.ndarray], ...]:
-        """Per channel: ``(distinct, codes, ties)``, from :func:`value_codes` and the
-        number of voxels of each candidate value (computed once, on first use)."""
+        """Per channel: ``(distinct, codes, ties)``: ascending candidate values, per entry
+        the index of its value among them, and the number of voxels of each candidate
+        (computed once, on first use).
+
+        Integer values over a modest span are coded by offset (:func:`_offset_codes`:
+        every value of the span is a candidate, present or not; no sort); others by
+        their distinct values.
+        """
         out = []
-        for values in (self.values1, self.values2):
-            distinct, codes = value_codes(values)
+        for values, offset in zip((self.values1, self.values2), self.offset_codes):
+            if offset is None:
+                distinct, codes = np.unique(values, return_inverse=True)
+                offset = distinct, codes.reshape(-1).astype(np.int64, copy=False)
+            distinct, codes = offset
             out.append((distinct, codes, _tie_counts(codes, self.counts, len(distinct))))
         return tuple(out)
 
@@ -354,6 +373,7 @@ class _Coding:
     low: int
     size: int
     decode: Callable[[np.ndarray], np.ndarray]
+    by_offset: bool = False  # integers coded by themselves
 
 
 @njit(nogil=True, cache=True)
@@ -386,7 +406,7 @@ def _codes(values: np.ndarray) -> _Coding:
     """
     if values.dtype.kind in "iub":
         low, high = (int(v) for v in _value_range(values))
-        return _Coding(values, low, high - low + 1, lambda index: index + low)
+        return _Coding(values, low, high - low + 1, lambda index: index + low, by_offset=True)
     single = values.astype(np.float32, copy=False)
     if values.dtype.itemsize <= 4 or np.array_equal(single, values):
         bits = _orderable_bits(np.ascontiguousarray(single).reshape(-1))
@@ -521,7 +541,11 @@ def _aggregate(values1: np.ndarray, values2: np.ndarray, counts: np.ndarray | No
     else:
         index1, index2 = (index.astype(np.int64) for index in np.divmod(keys.astype(np.uint64), np.uint64(size2)))
     out1, out2 = coding1.decode(index1), coding2.decode(index2)
-    return JointTable(out1, out2, pair_counts.astype(np.int64, copy=False))
+    # an integer's code is its offset from the lowest value: the table's offset codes
+    offsets = tuple((np.arange(coding.low, coding.low + coding.size, dtype=np.int64), index)
+                    if coding.by_offset and coding.size <= _offset_span(index.size) else None
+                    for coding, index in ((coding1, index1), (coding2, index2)))
+    return JointTable(out1, out2, pair_counts.astype(np.int64, copy=False), offsets)
 
 
 def joint_table(values1: np.ndarray, values2: np.ndarray) -> JointTable:
@@ -634,19 +658,21 @@ def _threshold_sums(codes1, codes2, counts, corrected1, corrected2, weight1, wei
                      s_r_wr, s_g_wg, s_r_wr_wg, s_g_wr_wg])
 
 
-def _value_lookups(values: np.ndarray, threshold: ChannelThreshold
-                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def _value_lookups(values: np.ndarray, offset: tuple[np.ndarray, np.ndarray] | None,
+                   threshold: ChannelThreshold) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """``(codes, corrected, weight, above)``: per entry a code, and per code the threshold
-    rule's results. Integers over a modest span are coded by offset (the rule is then
-    evaluated once per value, not per entry); other values are their own code."""
-    candidates, codes = _offset_codes(values) or (values, np.arange(values.size))
+    rule's results. Integers over a modest span are coded by offset (``offset``, see
+    :func:`_offset_codes`: the rule is then evaluated once per value, not per entry);
+    other values are their own code."""
+    candidates, codes = (values, np.arange(values.size)) if offset is None else offset
     return codes, threshold.corrected(candidates), threshold.weight(candidates), threshold.above(candidates)
 
 
 def statistics_from_table(table: JointTable, thresholds: Thresholds, n_nonfinite: int = 0) -> PartStatistics:
     """The :class:`PartStatistics` of the voxels a joint histogram describes."""
-    codes1, corrected1, weight1, above1 = _value_lookups(table.values1, thresholds.channel1)
-    codes2, corrected2, weight2, above2 = _value_lookups(table.values2, thresholds.channel2)
+    offset1, offset2 = table.offset_codes
+    codes1, corrected1, weight1, above1 = _value_lookups(table.values1, offset1, thresholds.channel1)
+    codes2, corrected2, weight2, above2 = _value_lookups(table.values2, offset2, thresholds.channel2)
     counts = table.counts
     in_objects = above1[codes1] | above2[codes2]
     return PartStatistics(
@@ -661,27 +687,20 @@ def statistics_from_table(table: JointTable, thresholds: Thresholds, n_nonfinite
 # ---------------------------------------------------------------------------------------
 # Rank statistics from a joint histogram
 # ---------------------------------------------------------------------------------------
+def _offset_span(n_entries: int) -> int:
+    """The largest span of integer values coded by offset for ``n_entries`` entries: 4 per
+    entry, or 2^16 (more would make lookups per value cost more than per entry)."""
+    return max(4 * n_entries, 1 << 16)
+
+
 def _offset_codes(values: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
-    """Integers over a modest span (below 4 per value, or 2^16): every value of the span
-    in ascending order and, per entry, its offset from the lowest; None otherwise."""
+    """Integers over a modest span (:func:`_offset_span`): every value of the span in
+    ascending order and, per entry, its offset from the lowest (int64); None otherwise."""
     if values.dtype.kind in "iu" and values.size:
         low, high = (int(v) for v in _value_range(values))
-        if high - low < max(4 * values.size, 1 << 16):
+        if high - low + 1 <= _offset_span(values.size):
             return np.arange(low, high + 1, dtype=values.dtype), (values - low).astype(np.int64, copy=False)
     return None
-
-
-def value_codes(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Ascending candidate values and, per entry, the index of its value among them.
-
-    Integer values over a modest span are coded by offset (every value of the span is a
-    candidate, present or not; no sort); others by their distinct values.
-    """
-    offset = _offset_codes(values)
-    if offset is not None:
-        return offset
-    distinct, codes = np.unique(values, return_inverse=True)
-    return distinct, codes.reshape(-1).astype(np.int64, copy=False)
 
 
 @njit(nogil=True, cache=True)
@@ -904,15 +923,20 @@ def _dot(x, y):
 
 
 @njit(nogil=True, cache=True, fastmath=REASSOCIATE)
-def _dot4(x0, x1, x2, x3, y):
-    """Four dot products with one ``y``: ``y`` is loaded once for four multiply-adds."""
-    s0 = s1 = s2 = s3 = 0.0
+def _dot8(x0, x1, x2, x3, x4, x5, x6, x7, y):
+    """Eight dot products with one ``y``: ``y`` is loaded once for eight multiply-adds."""
+    s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = 0.0
     for i in range(y.size):
-        s0 += x0[i] * y[i]
-        s1 += x1[i] * y[i]
-        s2 += x2[i] * y[i]
-        s3 += x3[i] * y[i]
-    return s0, s1, s2, s3
+        value = y[i]
+        s0 += x0[i] * value
+        s1 += x1[i] * value
+        s2 += x2[i] * value
+        s3 += x3[i] * value
+        s4 += x4[i] * value
+        s5 += x5[i] * value
+        s6 += x6[i] * value
+        s7 += x7[i] * value
+    return s0, s1, s2, s3, s4, s5, s6, s7
 
 
 @njit(nogil=True, cache=True, fastmath=REASSOCIATE)
@@ -939,25 +963,28 @@ def _masked_pair_sums(left, left_squared, left_weight, right, right_squared, rig
 def _add_lagged_row(left, right, shifts, core_start, core_stop, out):
     """``out[s] += sum over x in the core of left[x - dx] * right[x]`` for one row.
 
-    Shifts go four at a time over the ``x`` all four can pair (:func:`_dot4`); the few
-    ``x`` at the ends that only some of them reach are added one shift at a time.
+    Shifts go eight at a time over the ``x`` all eight can pair (:func:`_dot8`); the few
+    ``x`` at the ends that only some of them reach, and the shifts left over, are added
+    one shift at a time.
     """
     width = left.size
     s = 0
     while s < shifts.size:
-        block = min(4, shifts.size - s)
+        block = min(8, shifts.size - s)
         highest = lowest = shifts[s]
         for k in range(s, s + block):
             highest, lowest = max(highest, shifts[k]), min(lowest, shifts[k])
         common_lo, common_hi = max(core_start, highest), min(core_stop, width + lowest)
-        if block < 4 or common_hi <= common_lo:
+        if block < 8 or common_hi <= common_lo:
             common_lo = common_hi = core_stop  # no common part: every shift on its own below
         else:
-            d0, d1, d2, d3 = shifts[s], shifts[s + 1], shifts[s + 2], shifts[s + 3]
-            sums = _dot4(left[common_lo - d0:common_hi - d0], left[common_lo - d1:common_hi - d1],
-                         left[common_lo - d2:common_hi - d2], left[common_lo - d3:common_hi - d3],
-                         right[common_lo:common_hi])
-            for k in range(4):
+            lo, hi = common_lo, common_hi
+            sums = _dot8(left[lo - shifts[s]:hi - shifts[s]], left[lo - shifts[s + 1]:hi - shifts[s + 1]],
+                         left[lo - shifts[s + 2]:hi - shifts[s + 2]], left[lo - shifts[s + 3]:hi - shifts[s + 3]],
+                         left[lo - shifts[s + 4]:hi - shifts[s + 4]], left[lo - shifts[s + 5]:hi - shifts[s + 5]],
+                         left[lo - shifts[s + 6]:hi - shifts[s + 6]], left[lo - shifts[s + 7]:hi - shifts[s + 7]],
+                         right[lo:hi])
+            for k in range(8):
                 out[s + k] += sums[k]
         for k in range(s, s + block):
             dx = shifts[k]
@@ -1105,6 +1132,8 @@ def _row_conversion(threshold: ChannelThreshold, values: np.ndarray, centre: flo
     over 2^20 (converted beforehand)."""
     if values.dtype.kind not in "iu" or values.size == 0:
         return None
+    if threshold.level is None or not threshold.subtract:  # values as they are
+        return None, 0, centre
     low, high = (int(v) for v in _value_range(values))
     if high - low >= 1 << 20:
         return None
