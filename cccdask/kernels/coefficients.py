@@ -454,36 +454,72 @@ def _busiest_window(codes: np.ndarray, low: int, size: int, width: int) -> int:
 
 
 @njit(nogil=True, cache=True)
-def _merge_sorted(keys1, counts1, keys2, counts2):
-    """Merge two sorted arrays of distinct keys (no key in both) with their counts."""
-    keys = np.empty(keys1.size + keys2.size, keys1.dtype)
-    counts = np.empty(keys.size, np.int64)
-    i = j = 0
-    for k in range(keys.size):
-        if j == keys2.size or (i < keys1.size and keys1[i] < keys2[j]):
-            keys[k], counts[k] = keys1[i], counts1[i]
-            i += 1
-        else:
-            keys[k], counts[k] = keys2[j], counts2[j]
-            j += 1
-    return keys, counts
+def _table_entries(keys, weights, dense, width2, start1, start2, size2):
+    """The entries of a joint histogram, in ascending key order, one per distinct key.
 
+    Parameters
+    ----------
+    keys : numpy.ndarray
+        Sorted keys ``a * size2 + b`` (codes ``a``, ``b`` from 0) of the pairs counted
+        outside the dense window, each standing for ``weights[i]`` voxels (``weights``
+        None: 1 each).
+    dense : numpy.ndarray
+        Counts of the window's cells, row-major over ``(width1, width2)``: cell
+        ``(row, column)`` holds the pairs of codes ``(start1 + row, start2 + column)``.
+        No key falls in the window.
 
-@njit(nogil=True, cache=True)
-def _run_starts(sorted_keys):
-    """Where each run of equal keys of a sorted array starts, and its length at the end."""
-    size = sorted_keys.size
-    n_runs = 1 if size else 0
-    for i in range(1, size):
-        n_runs += sorted_keys[i] != sorted_keys[i - 1]
-    starts = np.empty(n_runs + 1, np.int64)
-    starts[0] = 0
-    run = 1
-    for i in range(1, size):  # branch-free (run boundaries come at random): a store that
-        starts[run] = i       # is not a boundary is overwritten by the next one
-        run += sorted_keys[i] != sorted_keys[i - 1]
-    starts[n_runs] = size
-    return starts
+    Returns
+    -------
+    index1, index2, counts : numpy.ndarray
+        int64 codes and voxel counts of each entry.
+    """
+    # runs of equal keys, branch-free (run ends come at random): a run's key and count
+    run_keys = np.empty(keys.size, keys.dtype)
+    run_counts = np.zeros(keys.size + 1, np.int64)
+    n_runs = 0
+    previous = ~keys[0] if keys.size else keys.dtype.type(0)
+    for i in range(keys.size):
+        n_runs += keys[i] != previous
+        previous = keys[i]
+        run_keys[n_runs - 1] = previous
+        run_counts[n_runs - 1] += 1 if weights is None else weights[i]
+    n_cells = 0
+    for count in dense:
+        n_cells += count != 0
+    index1 = np.empty(n_runs + n_cells, np.int64)
+    index2 = np.empty(n_runs + n_cells, np.int64)
+    counts = np.empty(n_runs + n_cells, np.int64)
+    # the runs and the window's cells merged by key; a run's key as (a, remainder) =
+    # divmod(key, size2), by stepping along the ascending keys (a division where a changes)
+    run = cell = row = column = 0
+    remainder = np.uint64(run_keys[0]) if n_runs else np.uint64(0)
+    a = np.int64(remainder // size2)
+    remainder %= size2
+    for entry in range(n_runs + n_cells):
+        while cell < dense.size and dense[cell] == 0:
+            cell += 1
+            column += 1
+            if column == width2:
+                column, row = 0, row + 1
+        from_dense = cell < dense.size
+        if from_dense and run < n_runs:  # the smaller key goes first
+            code1, code2 = start1 + row, start2 + column
+            from_dense = code1 < a or (code1 == a and code2 < np.int64(remainder))
+        if from_dense:
+            index1[entry], index2[entry], counts[entry] = start1 + row, start2 + column, dense[cell]
+            cell += 1
+            column += 1
+            if column == width2:
+                column, row = 0, row + 1
+            continue
+        index1[entry], index2[entry], counts[entry] = a, np.int64(remainder), run_counts[run]
+        run += 1
+        if run < n_runs:
+            remainder += np.uint64(run_keys[run]) - np.uint64(run_keys[run - 1])
+            if remainder >= size2:
+                a += np.int64(remainder // size2)
+                remainder %= size2
+    return index1, index2, counts
 
 
 def _aggregate(values1: np.ndarray, values2: np.ndarray, counts: np.ndarray | None) -> JointTable:
@@ -514,7 +550,7 @@ def _aggregate(values1: np.ndarray, values2: np.ndarray, counts: np.ndarray | No
     width2 = min(size2, WINDOW_CELLS // max(width1, 1)) if width1 else 0
     start1 = _busiest_window(codes1, low1, size1, width1) if width1 else 0
     start2 = _busiest_window(codes2, low2, size2, width2) if width2 else 0
-    dense = np.zeros(width1 * width2, np.int64)
+    dense = np.zeros(width1 * width2, np.int32 if codes1.size < 2**31 else np.int64)
     key = np.empty(codes1.size, dtype=key_dtype)
     n_keys = _window_pair_counts(codes1, np.uint64(low1 % 2**64), codes2, np.uint64(low2 % 2**64),
                                  np.uint64(size2), np.uint64(start1), np.uint64(width1),
@@ -526,26 +562,13 @@ def _aggregate(values1: np.ndarray, values2: np.ndarray, counts: np.ndarray | No
         order = np.argsort(key, kind="stable")
         key = key[order]
         counts = np.asarray(counts, dtype=np.int64)[order]
-    starts = _run_starts(key)
-    keys = key[starts[:-1]]
-    pair_counts = np.diff(starts) if counts is None else np.add.reduceat(counts, starts[:-1])
-    if dense.size:
-        cells = np.flatnonzero(dense)
-        row, column = np.divmod(cells, width2)
-        dense_keys = ((row + start1) * size2 + column + start2).astype(key_dtype)
-        keys, pair_counts = _merge_sorted(dense_keys, dense[cells], keys, pair_counts)
-    if size1 * size2 < 2**53:  # float division is exact there, and much faster than integer
-        keys = keys.astype(np.int64)
-        index1 = (keys / size2).astype(np.int64)
-        index2 = keys - index1 * size2
-    else:
-        index1, index2 = (index.astype(np.int64) for index in np.divmod(keys.astype(np.uint64), np.uint64(size2)))
+    index1, index2, pair_counts = _table_entries(key, counts, dense, width2, start1, start2, np.uint64(size2))
     out1, out2 = coding1.decode(index1), coding2.decode(index2)
     # an integer's code is its offset from the lowest value: the table's offset codes
     offsets = tuple((np.arange(coding.low, coding.low + coding.size, dtype=np.int64), index)
                     if coding.by_offset and coding.size <= _offset_span(index.size) else None
                     for coding, index in ((coding1, index1), (coding2, index2)))
-    return JointTable(out1, out2, pair_counts.astype(np.int64, copy=False), offsets)
+    return JointTable(out1, out2, pair_counts, offsets)
 
 
 def joint_table(values1: np.ndarray, values2: np.ndarray) -> JointTable:
