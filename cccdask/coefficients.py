@@ -467,6 +467,9 @@ def coefficients(
         ``nan_reason`` (str over ``coefficient``): why a value is NaN, ``""`` where it
         is defined; ``threshold`` (over ``channel``): the thresholds used (NaN: none);
         maps when asked for. ``attrs`` record the thresholds and their semantics.
+        Lazy results hold several frames per chunk along ``t`` (as many as Dask's
+        ``array.chunk-size`` of input, at least one), each frame computed by its own
+        tasks; the maps one frame per chunk, on the chunks of ``image1``.
 
     Raises
     ------
@@ -480,6 +483,9 @@ def coefficients(
     Exact at any chunking: each chunk gives its joint histogram (distinct value pairs
     with counts), moments (merged by Chan et al.'s pairwise update) and sums; Van
     Steensel gives per-chunk shifted moments from the chunk plus a halo of S voxels.
+    The tasks are built as one graph layer (:class:`cccdask.graph.TaskLayer`): per chunk
+    the statistics and Van Steensel (besides reading both channels), per frame the
+    merges and the finalisation, and one per chunk of results and variable.
     Spearman, object Spearman and Kendall's tau-b use exact average ranks from the
     frame's merged histogram: no global sort, but memory of 24 bytes per distinct
     (R, G) pair in the frame's mask (at most 65,536 pairs for 8-bit images; typically

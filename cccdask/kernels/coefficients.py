@@ -473,16 +473,15 @@ def _table_entries(keys, weights, dense, width2, start1, start2, size2):
     index1, index2, counts : numpy.ndarray
         int64 codes and voxel counts of each entry.
     """
-    # runs of equal keys, branch-free (run ends come at random): a run's key and count
-    run_keys = np.empty(keys.size, keys.dtype)
-    run_counts = np.zeros(keys.size + 1, np.int64)
-    n_runs = 0
-    previous = ~keys[0] if keys.size else keys.dtype.type(0)
-    for i in range(keys.size):
-        n_runs += keys[i] != previous
-        previous = keys[i]
-        run_keys[n_runs - 1] = previous
-        run_counts[n_runs - 1] += 1 if weights is None else weights[i]
+    # where each run of equal keys starts, branch-free (run ends come at random): a store
+    # that does not start a run is overwritten by the next one
+    starts = np.empty(keys.size + 1, np.int64)
+    starts[0] = n_runs = 0
+    for i in range(1, keys.size):
+        starts[n_runs + 1] = i
+        n_runs += keys[i] != keys[i - 1]
+    n_runs += keys.size > 0
+    starts[n_runs] = keys.size
     n_cells = 0
     for count in dense:
         n_cells += count != 0
@@ -492,7 +491,7 @@ def _table_entries(keys, weights, dense, width2, start1, start2, size2):
     # the runs and the window's cells merged by key; a run's key as (a, remainder) =
     # divmod(key, size2), by stepping along the ascending keys (a division where a changes)
     run = cell = row = column = 0
-    remainder = np.uint64(run_keys[0]) if n_runs else np.uint64(0)
+    remainder = np.uint64(keys[0]) if n_runs else np.uint64(0)
     a = np.int64(remainder // size2)
     remainder %= size2
     for entry in range(n_runs + n_cells):
@@ -512,10 +511,14 @@ def _table_entries(keys, weights, dense, width2, start1, start2, size2):
             if column == width2:
                 column, row = 0, row + 1
             continue
-        index1[entry], index2[entry], counts[entry] = a, np.int64(remainder), run_counts[run]
+        index1[entry], index2[entry] = a, np.int64(remainder)
+        if weights is None:
+            counts[entry] = starts[run + 1] - starts[run]
+        else:
+            counts[entry] = weights[starts[run]:starts[run + 1]].sum()
         run += 1
         if run < n_runs:
-            remainder += np.uint64(run_keys[run]) - np.uint64(run_keys[run - 1])
+            remainder += np.uint64(keys[starts[run]]) - np.uint64(keys[starts[run - 1]])
             if remainder >= size2:
                 a += np.int64(remainder // size2)
                 remainder %= size2
