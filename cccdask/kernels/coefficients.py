@@ -288,10 +288,10 @@ class JointTable:
     values1: np.ndarray
     values2: np.ndarray
     counts: np.ndarray
-    #: Per channel the :func:`_offset_codes` of its values where the construction knows
-    #: them (None: computed when needed).
-    offsets: tuple[tuple[np.ndarray, np.ndarray] | None, ...] = field(default=(None, None), repr=False,
-                                                                        compare=False)
+    #: Per channel ``(candidates, codes)`` where the construction knows them (None: found
+    #: when needed): see :attr:`candidate_codes`.
+    known_codes: tuple[tuple[np.ndarray, np.ndarray] | None, ...] = field(default=(None, None), repr=False,
+                                                                            compare=False)
 
     @cached_property
     def n(self) -> int:
@@ -302,10 +302,13 @@ class JointTable:
         return self.values1.dtype.kind == "i"
 
     @cached_property
-    def offset_codes(self) -> tuple[tuple[np.ndarray, np.ndarray] | None, ...]:
-        """Per channel :func:`_offset_codes` of its values (computed once, on first use)."""
+    def candidate_codes(self) -> tuple[tuple[np.ndarray, np.ndarray] | None, ...]:
+        """Per channel ``(candidates, codes)``: ascending candidate values (every value of
+        the channel is one) and per entry the index of its value among them; None where
+        neither the construction gave them nor :func:`_offset_codes` applies (computed
+        once, on first use)."""
         return tuple(_offset_codes(values) if given is None else given
-                     for given, values in zip(self.offsets, (self.values1, self.values2)))
+                     for given, values in zip(self.known_codes, (self.values1, self.values2)))
 
     @cached_property
     def marginals(self) -> tuple[tuple[np.ndarray, np.ndarray, np.ndarray], ...]:
@@ -313,16 +316,14 @@ class JointTable:
         the index of its value among them, and the number of voxels of each candidate
         (computed once, on first use).
 
-        Integer values over a modest span are coded by offset (:func:`_offset_codes`:
-        every value of the span is a candidate, present or not; no sort); others by
-        their distinct values.
+        The :attr:`candidate_codes` where known (no sort), else the distinct values.
         """
         out = []
-        for values, offset in zip((self.values1, self.values2), self.offset_codes):
-            if offset is None:
+        for values, known in zip((self.values1, self.values2), self.candidate_codes):
+            if known is None:
                 distinct, codes = np.unique(values, return_inverse=True)
-                offset = distinct, codes.reshape(-1).astype(np.int64, copy=False)
-            distinct, codes = offset
+                known = distinct, codes.reshape(-1).astype(np.int64, copy=False)
+            distinct, codes = known
             out.append((distinct, codes, _tie_counts(codes, self.counts, len(distinct))))
         return tuple(out)
 
@@ -366,14 +367,16 @@ class _Coding:
     """Integer codes of values that keep their order.
 
     ``codes - low`` (in unsigned 64-bit arithmetic) is a 0-based code below ``size``;
-    ``decode`` turns 0-based codes back into values (int64 or float64).
+    ``decode`` turns 0-based codes back into values (int64 or float64). ``dense``: every
+    code below ``size`` stands for a value (integers by offset, others by rank), so
+    ``decode(arange(size))`` are candidate values in ascending order.
     """
 
     codes: np.ndarray
     low: int
     size: int
     decode: Callable[[np.ndarray], np.ndarray]
-    by_offset: bool = False  # integers coded by themselves
+    dense: bool = False
 
 
 @njit(nogil=True, cache=True)
@@ -406,14 +409,15 @@ def _codes(values: np.ndarray) -> _Coding:
     """
     if values.dtype.kind in "iub":
         low, high = (int(v) for v in _value_range(values))
-        return _Coding(values, low, high - low + 1, lambda index: index + low, by_offset=True)
+        return _Coding(values, low, high - low + 1, lambda index: index + low, dense=True)
     single = values.astype(np.float32, copy=False)
     if values.dtype.itemsize <= 4 or np.array_equal(single, values):
         bits = _orderable_bits(np.ascontiguousarray(single).reshape(-1))
         low, high = (int(v) for v in _value_range(bits))
         return _Coding(bits, low, high - low + 1, lambda index: _float32_of_bits(index + low))
     distinct, codes = np.unique(values, return_inverse=True)
-    return _Coding(codes.reshape(-1), 0, len(distinct), lambda index: distinct[index].astype(np.float64))
+    return _Coding(codes.reshape(-1), 0, len(distinct), lambda index: distinct[index].astype(np.float64),
+                   dense=True)
 
 
 WINDOW_CELLS = 1 << 16  # cells of the dense part of a joint histogram (int64: 512 KiB, in cache)
@@ -567,11 +571,12 @@ def _aggregate(values1: np.ndarray, values2: np.ndarray, counts: np.ndarray | No
         counts = np.asarray(counts, dtype=np.int64)[order]
     index1, index2, pair_counts = _table_entries(key, counts, dense, width2, start1, start2, np.uint64(size2))
     out1, out2 = coding1.decode(index1), coding2.decode(index2)
-    # an integer's code is its offset from the lowest value: the table's offset codes
-    offsets = tuple((np.arange(coding.low, coding.low + coding.size, dtype=np.int64), index)
-                    if coding.by_offset and coding.size <= _offset_span(index.size) else None
-                    for coding, index in ((coding1, index1), (coding2, index2)))
-    return JointTable(out1, out2, pair_counts, offsets)
+    # dense codes are the table's codes among candidate values (for integers by offset,
+    # over a modest span: see _offset_codes)
+    known = tuple((coding.decode(np.arange(coding.size)), index)
+                  if coding.dense and coding.size <= _offset_span(index.size) else None
+                  for coding, index in ((coding1, index1), (coding2, index2)))
+    return JointTable(out1, out2, pair_counts, known)
 
 
 def joint_table(values1: np.ndarray, values2: np.ndarray) -> JointTable:
@@ -684,21 +689,21 @@ def _threshold_sums(codes1, codes2, counts, corrected1, corrected2, weight1, wei
                      s_r_wr, s_g_wg, s_r_wr_wg, s_g_wr_wg])
 
 
-def _value_lookups(values: np.ndarray, offset: tuple[np.ndarray, np.ndarray] | None,
+def _value_lookups(values: np.ndarray, known: tuple[np.ndarray, np.ndarray] | None,
                    threshold: ChannelThreshold) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """``(codes, corrected, weight, above)``: per entry a code, and per code the threshold
-    rule's results. Integers over a modest span are coded by offset (``offset``, see
-    :func:`_offset_codes`: the rule is then evaluated once per value, not per entry);
-    other values are their own code."""
-    candidates, codes = (values, np.arange(values.size)) if offset is None else offset
+    rule's results. With candidate codes (``known``, see
+    :attr:`JointTable.candidate_codes`) the rule is evaluated once per candidate value;
+    otherwise each entry is its own code."""
+    candidates, codes = (values, np.arange(values.size)) if known is None else known
     return codes, threshold.corrected(candidates), threshold.weight(candidates), threshold.above(candidates)
 
 
 def statistics_from_table(table: JointTable, thresholds: Thresholds, n_nonfinite: int = 0) -> PartStatistics:
     """The :class:`PartStatistics` of the voxels a joint histogram describes."""
-    offset1, offset2 = table.offset_codes
-    codes1, corrected1, weight1, above1 = _value_lookups(table.values1, offset1, thresholds.channel1)
-    codes2, corrected2, weight2, above2 = _value_lookups(table.values2, offset2, thresholds.channel2)
+    known1, known2 = table.candidate_codes
+    codes1, corrected1, weight1, above1 = _value_lookups(table.values1, known1, thresholds.channel1)
+    codes2, corrected2, weight2, above2 = _value_lookups(table.values2, known2, thresholds.channel2)
     counts = table.counts
     in_objects = above1[codes1] | above2[codes2]
     return PartStatistics(
