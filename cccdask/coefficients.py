@@ -23,7 +23,7 @@ from dask.base import tokenize
 from dask.utils import parse_bytes
 
 from cccdask.frames import Frames, frame_time_coords, prepare_inputs
-from cccdask.graph import TaskLayer, output_array
+from cccdask.graph import TaskLayer, as_dask, output_array
 from cccdask.kernels.costes import (
     CURVE_POINTS,
     CostesThreshold,
@@ -209,22 +209,16 @@ def _shift_values(van_steensel_shifts: Any) -> np.ndarray | None:
 # ---------------------------------------------------------------------------------------
 # Graph
 # ---------------------------------------------------------------------------------------
-def _as_dask(array: Any, chunks: Any = "auto") -> da.Array:
-    if isinstance(array, da.Array):
-        return array
-    return da.from_array(np.asarray(array), chunks=chunks)
-
-
 def _chunked_inputs(frames: Frames) -> tuple[da.Array, da.Array, da.Array | None]:
     """The inputs as Dask arrays: channel 1 with one frame per chunk along ``t``, channel 2
     and the mask on its chunks (a mask shared by every frame on its spatial chunks)."""
     n_spatial = len(frames.spatial_dims)
-    image1 = _as_dask(frames.image1.data, chunks=(1,) + ("auto",) * n_spatial).rechunk({0: 1})
-    image2 = _as_dask(frames.image2.data, chunks=image1.chunks).rechunk(image1.chunks)
+    image1 = as_dask(frames.image1.data, chunks=(1,) + ("auto",) * n_spatial).rechunk({0: 1})
+    image2 = as_dask(frames.image2.data, chunks=image1.chunks).rechunk(image1.chunks)
     mask = None
     if frames.mask is not None:
         chunks = image1.chunks if "t" in frames.mask.dims else image1.chunks[1:]
-        mask = _as_dask(frames.mask.data, chunks=chunks).rechunk(chunks)
+        mask = as_dask(frames.mask.data, chunks=chunks).rechunk(chunks)
     return image1, image2, mask
 
 

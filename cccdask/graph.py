@@ -12,7 +12,20 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 import dask.array as da
+import numpy as np
 from dask.highlevelgraph import HighLevelGraph, MaterializedLayer
+
+
+def as_dask(array: Any, chunks: Any = "auto") -> da.Array | None:
+    """``array`` as a Dask array: a Dask array as it is, None as None, anything else
+    wrapped with ``chunks``.
+
+    In-memory arrays get a random name instead of one hashed from their bytes (hashing
+    costs about 10 ms per 8 MB): their graphs are computed at once, not shared.
+    """
+    if array is None or isinstance(array, da.Array):
+        return array
+    return da.from_array(np.asarray(array), chunks=chunks, name=False)
 
 
 class TaskLayer:

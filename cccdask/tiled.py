@@ -31,7 +31,7 @@ import psutil
 import xarray as xr
 
 from cccdask.frames import InvalidFrameError, prepare_inputs
-from cccdask.graph import TaskLayer, output_array
+from cccdask.graph import TaskLayer, as_dask, output_array
 from cccdask.kernels.correlate import MODES, padded_shape
 from cccdask.kernels.profile import shift_range
 from cccdask.kernels.tiled import (
@@ -179,12 +179,6 @@ def _one_frame(image1, image2, mask, spacing):
     mask_frame = frames.mask_frame(0)
     return (data(image1, frames.image1), data(image2, frames.image2), data(mask, mask_frame),
             frames.spacing)
-
-
-def _as_dask(array, tile_shape):
-    if array is None or isinstance(array, da.Array):
-        return array
-    return da.from_array(np.asarray(array), chunks=tile_shape)
 
 
 def _check_tile_shape(tile_shape, frame_shape):
@@ -403,7 +397,7 @@ def tiled_correlograms(image1, image2, mask, spacing, max_distance: float, *,
         chunks = image1.chunksize if isinstance(image1, da.Array) else None
         tile_shape = default_tile_shape(frame_shape, max_shift, dtype=dtype, chunk_shape=chunks)
     tile_shape = _check_tile_shape(tile_shape, frame_shape)
-    image1, image2, mask = (_as_dask(a, tile_shape) for a in (image1, image2, mask))
+    image1, image2, mask = (as_dask(a, tile_shape) for a in (image1, image2, mask))
 
     sums = _frame_sums(image1, image2, mask, dtype)
     token = tokenize(image1, image2, mask, spacing, max_distance, tile_shape, mode, dtype)
@@ -523,7 +517,7 @@ def tiled_contributions(image1, image2, gauss_correlogram, *, mask=None,
         chunks = image1.chunksize if isinstance(image1, da.Array) else None
         tile_shape = default_tile_shape(frame_shape, max_shift, dtype=dtype, chunk_shape=chunks)
     tile_shape = _check_tile_shape(tile_shape, frame_shape)
-    image1, image2, mask = (_as_dask(a, tile_shape) for a in (image1, image2, mask))
+    image1, image2, mask = (as_dask(a, tile_shape) for a in (image1, image2, mask))
 
     token = tokenize(image1, image2, mask, gauss_correlogram, shift_lo, tile_shape, dtype)
     lazy_kernel = isinstance(gauss_correlogram, da.Array)
