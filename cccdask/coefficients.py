@@ -209,11 +209,13 @@ def _shift_values(van_steensel_shifts: Any) -> np.ndarray | None:
 # ---------------------------------------------------------------------------------------
 # Graph
 # ---------------------------------------------------------------------------------------
-def _chunked_inputs(frames: Frames) -> tuple[da.Array, da.Array, da.Array | None]:
-    """The inputs as Dask arrays: channel 1 with one frame per chunk along ``t``, channel 2
-    and the mask on its chunks (a mask shared by every frame on its spatial chunks)."""
+def _chunked_inputs(frames: Frames, whole_frames: bool = False) -> tuple[da.Array, da.Array, da.Array | None]:
+    """The inputs as Dask arrays: channel 1 with one frame per chunk along ``t`` (and one
+    chunk per frame with ``whole_frames``), channel 2 and the mask on its chunks (a mask
+    shared by every frame on its spatial chunks)."""
     n_spatial = len(frames.spatial_dims)
-    image1 = as_dask(frames.image1.data, chunks=(1,) + ("auto",) * n_spatial).rechunk({0: 1})
+    spatial = (-1 if whole_frames else "auto",) * n_spatial
+    image1 = as_dask(frames.image1.data, chunks=(1, *spatial)).rechunk((1, *spatial))
     image2 = as_dask(frames.image2.data, chunks=image1.chunks).rechunk(image1.chunks)
     mask = None
     if frames.mask is not None:
@@ -256,11 +258,11 @@ def _shifted_moments_of_blocks(blocks1, blocks2, blocks_mask, axis, cut, thresho
 
 
 class _FrameTasks(TaskLayer):
-    """The per-frame tasks of one :func:`coefficients` call, on the chunks of its inputs
-    (see :func:`_chunked_inputs`)."""
+    """The per-frame tasks of one :func:`coefficients` or :func:`costes_significance` call,
+    on the chunks of its inputs (see :func:`_chunked_inputs`)."""
 
-    def __init__(self, image1: da.Array, image2: da.Array, mask: da.Array | None, token: str):
-        super().__init__("coefficients", token, [image1, image2, mask])
+    def __init__(self, prefix: str, image1: da.Array, image2: da.Array, mask: da.Array | None, token: str):
+        super().__init__(prefix, token, [image1, image2, mask])
         self.inputs = (image1, image2, mask)
         self.spatial_chunks = image1.chunks[1:]
         self.blocks = list(itertools.product(*(range(len(c)) for c in self.spatial_chunks)))
@@ -310,6 +312,16 @@ class _FrameTasks(TaskLayer):
                                   thresholds, shifts, (start - ext_start, stop - ext_start)))
         return self.merged("shifted", t, parts)
 
+    def per_frame_output(self, name: str, results: Sequence[tuple], frames_per_chunk: int,
+                         width: int, dtype, item: int | None = None) -> da.Array:
+        """A ``(t, width)`` Dask array of the frames' results (``results[t]`` is a key; its
+        item ``item`` when given), ``frames_per_chunk`` frames per chunk."""
+        starts = range(0, len(results), frames_per_chunk)
+        outputs = {(name, b, 0): (_stacked, list(results[start:start + frames_per_chunk]), item)
+                   for b, start in enumerate(starts)}
+        chunks = tuple(min(frames_per_chunk, len(results) - start) for start in starts)
+        return output_array(self.graph(), self.name, name, outputs, (chunks, (width,)), dtype)
+
     def maps(self, t: int, thresholds: Any, constants: tuple, name: str) -> dict:
         """The tasks of frame ``t``'s map chunks, keyed ``(name, t, 0, *block)``."""
         return {(name, t, 0, *block): (np.expand_dims, (coefficient_maps, *self.chunks(t, block), thresholds,
@@ -317,9 +329,9 @@ class _FrameTasks(TaskLayer):
                 for block in self.blocks}
 
 
-def _stacked(results: Sequence[tuple[np.ndarray, ...]], item: int) -> np.ndarray:
-    """Item ``item`` of each frame's results, stacked along a new first axis."""
-    return np.stack([result[item] for result in results])
+def _stacked(results: Sequence[Any], item: int | None) -> np.ndarray:
+    """Each frame's result (its item ``item`` when given), stacked along a new first axis."""
+    return np.stack([result if item is None else result[item] for result in results])
 
 
 def _automatic_thresholds(stats: PartStatistics, thresholds: Thresholds, preset: Preset):
@@ -511,7 +523,7 @@ def coefficients(
     image1_chunked, image2_chunked, mask_chunked = _chunked_inputs(frames)
     token = tokenize(image1_chunked, image2_chunked, mask_chunked, thresholds, conventions, automatic,
                      shifts, axis, maps, cytofluorogram)
-    tasks = _FrameTasks(image1_chunked, image2_chunked, mask_chunked, token)
+    tasks = _FrameTasks("coefficients", image1_chunked, image2_chunked, mask_chunked, token)
     results, map_tasks = [], {}
     for t in range(frames.n_frames):
         stats = tasks.statistics(t, thresholds)
@@ -530,18 +542,9 @@ def coefficients(
             constants = tasks.add("map-constants", (t,), _map_constants, stats, frame_thresholds, costes)
             map_tasks.update(tasks.maps(t, frame_thresholds, constants, f"coefficient-maps-{token}"))
 
-    graph = tasks.graph()
     per_chunk = _frames_per_output_chunk(frames)
-    starts = range(0, frames.n_frames, per_chunk)
-    t_chunks = tuple(min(per_chunk, frames.n_frames - start) for start in starts)
-
-    def per_frame_output(item: int, width: int, dtype) -> da.Array:
-        name = f"coefficient-{('values', 'reasons')[item]}-{token}"
-        outputs = {(name, b, 0): (_stacked, results[start:start + per_chunk], item)
-                   for b, start in enumerate(starts)}
-        return output_array(graph, tasks.name, name, outputs, (t_chunks, (width,)), dtype)
-
-    value_table = per_frame_output(0, n_values, np.float64)
+    value_table = tasks.per_frame_output(f"coefficient-values-{token}", results, per_chunk, n_values,
+                                         np.float64, item=0)
     data_vars: dict[str, Any] = {}
     position = 0
     for name, extra_dims, length in layout:
@@ -554,10 +557,11 @@ def coefficients(
     coords["channel"] = ("channel", [1, 2])
     if shifts is not None:
         coords["shift"] = ("shift", shifts, {"units": "voxel", "axis": van_steensel_axis})
-    data_vars["nan_reason"] = (("t", "coefficient"), per_frame_output(1, len(reason_names), REASON_DTYPE))
+    data_vars["nan_reason"] = (("t", "coefficient"), tasks.per_frame_output(
+        f"coefficient-reasons-{token}", results, per_chunk, len(reason_names), REASON_DTYPE, item=1))
     coords["coefficient"] = ("coefficient", reason_names)
     if maps:
-        stacked = output_array(graph, tasks.name, f"coefficient-maps-{token}", map_tasks,
+        stacked = output_array(tasks.graph(), tasks.name, f"coefficient-maps-{token}", map_tasks,
                                ((1,) * frames.n_frames, (len(MAP_NAMES),)) + tasks.spatial_chunks,
                                np.float64)  # (t, map, *spatial)
         for k, name in enumerate(MAP_NAMES):
@@ -645,20 +649,18 @@ def costes_significance(
     n_tasks = min(int(tasks), int(n_randomizations))
     counts = [len(part) for part in np.array_split(np.arange(n_randomizations), n_tasks)]
     frame_seeds = np.random.SeedSequence(seed).spawn(frames.n_frames)
+    inputs = _chunked_inputs(frames, whole_frames=True)
+    token = tokenize(*inputs, block, n_randomizations, seed, n_tasks)
+    layer = _FrameTasks("costes-significance", *inputs, token)
     rows = []
-    for index in range(frames.n_frames):
-        mask_frame = frames.mask_frame(index)
-        blocks = dask.delayed(mask_blocks, pure=True, nout=2)(
-            frames.image1.data[index], frames.image2.data[index],
-            None if mask_frame is None else mask_frame.data, block,
-        )
-        nulls = [
-            dask.delayed(randomized_pearson, pure=True)(blocks[0], blocks[1], count, task_seed)
-            for count, task_seed in zip(counts, frame_seeds[index].spawn(n_tasks))
-        ]
-        row = dask.delayed(_significance_of_frame, pure=True)((blocks[0], blocks[1]), nulls)
-        rows.append(da.from_delayed(row, shape=(len(SIGNIFICANCE_FIELDS) + n_randomizations,), dtype=np.float64))
-    table = da.stack(rows)
+    for t in range(frames.n_frames):
+        blocks = layer.add("blocks", (t,), mask_blocks, *layer.chunks(t, layer.blocks[0]), block)
+        nulls = [layer.add("null", (t, j), randomized_pearson, (operator.getitem, blocks, 0),
+                           (operator.getitem, blocks, 1), count, task_seed)
+                 for j, (count, task_seed) in enumerate(zip(counts, frame_seeds[t].spawn(n_tasks)))]
+        rows.append(layer.add("row", (t,), _significance_of_frame, blocks, nulls))
+    table = layer.per_frame_output(f"costes-significance-table-{token}", rows, 1,
+                                   len(SIGNIFICANCE_FIELDS) + n_randomizations, np.float64)
     data_vars = {f"costes_{name}": (("t",), table[:, k]) for k, name in enumerate(SIGNIFICANCE_FIELDS)}
     data_vars["costes_null_r"] = (("t", "randomization"), table[:, len(SIGNIFICANCE_FIELDS):])
     attrs = {

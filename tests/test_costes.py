@@ -6,6 +6,7 @@ import dask.array as da
 import numpy as np
 import pytest
 import scipy.stats as ss
+import xarray as xr
 from skimage import measure
 
 from cccdask import coefficients
@@ -314,3 +315,26 @@ def test_cytofluorogram_variable_and_png(tmp_path):
     assert image.ndim == 3 and image.shape[0] > 100 and image.std() > 0
     with pytest.raises(ValueError, match="cytofluorogram"):
         coefficients(R, G, cytofluorogram=0)
+
+
+def test_significance_of_a_time_series_is_per_frame_and_lazy_equals_eager():
+    from cccdask.coefficients import costes_significance
+
+    rng = np.random.default_rng(21)
+    a = np.stack([smooth_noise(rng, (40, 36)) for _ in range(3)])
+    b = a + np.stack([smooth_noise(rng, (40, 36)) for _ in range(3)])
+    masks = np.ones((3, 40, 36), bool)
+    masks[1, :, 20:] = False  # frames with their own masks: fewer blocks in frame 1
+    dims = ("t", "y", "x")
+    eager = costes_significance(*(xr.DataArray(x, dims=dims) for x in (a, b, masks)), psf_width=4,
+                                n_randomizations=20, seed=3)
+    lazy = costes_significance(*(xr.DataArray(da.from_array(x, chunks=(2, 16, 36)), dims=dims) for x in (a, b, masks)),
+                               psf_width=4, n_randomizations=20, seed=3)
+    assert isinstance(lazy.costes_null_r.data, da.Array)
+    for name in eager.data_vars:
+        np.testing.assert_array_equal(lazy[name].values, eager[name].values, err_msg=name)
+    for t in range(3):
+        single = costes_significance(a[t], b[t], masks[t], psf_width=4, n_randomizations=20, seed=3)
+        assert float(eager.costes_observed_r[t]) == pytest.approx(float(single.costes_observed_r), rel=1e-12)
+        assert int(eager.costes_n_blocks[t]) == int(single.costes_n_blocks)
+    assert int(eager.costes_n_blocks[1]) == 10 * 5 and int(eager.costes_n_blocks[0]) == 10 * 9
