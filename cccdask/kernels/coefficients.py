@@ -167,10 +167,6 @@ class Thresholds:
     manders: str = "all"
     icq_zero_positive: bool = False
 
-    def object_voxels(self, values1: np.ndarray, values2: np.ndarray) -> np.ndarray:
-        """Boolean: ``R > T_R or G > T_G`` (the object set of the object coefficients)."""
-        return self.channel1.above(values1) | self.channel2.above(values2)
-
 
 # ---------------------------------------------------------------------------------------
 # Moments and the Chan et al. pairwise merge
@@ -326,6 +322,15 @@ class JointTable:
             distinct, codes = known
             out.append((distinct, codes, _tie_counts(codes, self.counts, len(distinct))))
         return tuple(out)
+
+    def object_entries(self, thresholds: Thresholds) -> np.ndarray:
+        """Boolean per entry: its voxels are in the object set of the object coefficients,
+        ``R > T_R or G > T_G`` on the raw values (tested once per candidate value where
+        the :attr:`candidate_codes` are known)."""
+        above = [threshold.above(values) if known is None else threshold.above(known[0])[known[1]]
+                 for values, known, threshold in zip((self.values1, self.values2), self.candidate_codes,
+                                                     (thresholds.channel1, thresholds.channel2))]
+        return above[0] | above[1]
 
     def merge(self, other: "JointTable") -> "JointTable":
         """The histogram of the union of two voxel sets (counts added)."""
@@ -690,22 +695,21 @@ def _threshold_sums(codes1, codes2, counts, corrected1, corrected2, weight1, wei
 
 
 def _value_lookups(values: np.ndarray, known: tuple[np.ndarray, np.ndarray] | None,
-                   threshold: ChannelThreshold) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """``(codes, corrected, weight, above)``: per entry a code, and per code the threshold
-    rule's results. With candidate codes (``known``, see
-    :attr:`JointTable.candidate_codes`) the rule is evaluated once per candidate value;
-    otherwise each entry is its own code."""
+                   threshold: ChannelThreshold) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(codes, corrected, weight)``: per entry a code, and per code the threshold rule's
+    results. With candidate codes (``known``, see :attr:`JointTable.candidate_codes`) the
+    rule is evaluated once per candidate value; otherwise each entry is its own code."""
     candidates, codes = (values, np.arange(values.size)) if known is None else known
-    return codes, threshold.corrected(candidates), threshold.weight(candidates), threshold.above(candidates)
+    return codes, threshold.corrected(candidates), threshold.weight(candidates)
 
 
 def statistics_from_table(table: JointTable, thresholds: Thresholds, n_nonfinite: int = 0) -> PartStatistics:
     """The :class:`PartStatistics` of the voxels a joint histogram describes."""
     known1, known2 = table.candidate_codes
-    codes1, corrected1, weight1, above1 = _value_lookups(table.values1, known1, thresholds.channel1)
-    codes2, corrected2, weight2, above2 = _value_lookups(table.values2, known2, thresholds.channel2)
+    codes1, corrected1, weight1 = _value_lookups(table.values1, known1, thresholds.channel1)
+    codes2, corrected2, weight2 = _value_lookups(table.values2, known2, thresholds.channel2)
     counts = table.counts
-    in_objects = above1[codes1] | above2[codes2]
+    in_objects = table.object_entries(thresholds)
     return PartStatistics(
         table=table,
         mask_moments=Moments.from_weighted(corrected1, corrected2, counts, codes1, codes2),
@@ -910,7 +914,7 @@ def finalize(stats: PartStatistics, thresholds: Thresholds) -> dict[str, tuple[f
     out["object_pearson"] = (float(r), "no object voxels" if stats.object_moments.n == 0 else str(reason))
 
     out["spearman"] = rank_pearson(stats.table, thresholds)
-    in_object = thresholds.object_voxels(stats.table.values1, stats.table.values2)
+    in_object = stats.table.object_entries(thresholds)
     if in_object.any():
         out["object_spearman"] = rank_pearson(stats.table, thresholds, stats.table.counts * in_object)
     else:
