@@ -577,11 +577,15 @@ def _aggregate(values1: np.ndarray, values2: np.ndarray, counts: np.ndarray | No
     index1, index2, pair_counts = _table_entries(key, counts, dense, width2, start1, start2, np.uint64(size2))
     out1, out2 = coding1.decode(index1), coding2.decode(index2)
     # dense codes are the table's codes among candidate values (for integers by offset,
-    # over a modest span: see _offset_codes)
-    known = tuple((coding.decode(np.arange(coding.size)), index)
-                  if coding.dense and coding.size <= _offset_span(index.size) else None
-                  for coding, index in ((coding1, index1), (coding2, index2)))
-    return JointTable(out1, out2, pair_counts, known)
+    # over a modest span: see _offset_codes); channel 1's values ascend through the
+    # table, so its runs give its distinct values without a sort
+    known = [(coding.decode(np.arange(coding.size)), index)
+             if coding.dense and coding.size <= _offset_span(index.size) else None
+             for coding, index in ((coding1, index1), (coding2, index2))]
+    if known[0] is None:
+        new_value = np.concatenate(([True], index1[1:] != index1[:-1]))
+        known[0] = out1[new_value], np.cumsum(new_value) - 1
+    return JointTable(out1, out2, pair_counts, tuple(known))
 
 
 def joint_table(values1: np.ndarray, values2: np.ndarray) -> JointTable:
