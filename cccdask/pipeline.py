@@ -34,6 +34,7 @@ import dask
 import numpy as np
 import xarray as xr
 
+from cccdask.ccc import variable_attrs
 from cccdask.config import PipelineConfig, config_json, load_config
 from cccdask.frames import InvalidFrameError, prepare_inputs
 from cccdask.io import store as results_store
@@ -480,12 +481,6 @@ def _output_layout(plan: FramePlan, n_frames: int, chunks: tuple[int, ...], fram
     return layouts, extra_dims
 
 
-def _variable_attrs(name: str, units: str) -> dict[str, Any]:
-    from cccdask.ccc import variable_attrs
-
-    return variable_attrs(name, units)
-
-
 def _coordinates(inputs: RunInputs, plan: FramePlan, layouts, extra_dims, coefficient_coords) -> dict:
     frames = inputs.frames
     geometry = plan.geometry()
@@ -822,7 +817,7 @@ def plan_run(config: PipelineConfig, inputs: RunInputs, identity: str, settings=
     )
     fpt = resolve_frames_per_task(config.execution.frames_per_task, tuple(frames.frame_shape), frames.n_frames)
     layouts, extra_dims = _output_layout(plan, frames.n_frames, inputs.chunks, fpt)
-    layouts = [replace(v, attrs=_variable_attrs(v.name, frames.units)) for v in layouts]
+    layouts = [replace(v, attrs=variable_attrs(v.name, frames.units)) for v in layouts]
     coefficient_coords = _coefficient_coords(plan)
     coefficient_attrs = coefficient_coords.pop("_attrs", None)
     coords = _coordinates(inputs, plan, layouts, extra_dims, coefficient_coords)

@@ -425,7 +425,7 @@ def _codes(values: np.ndarray) -> _Coding:
                    dense=True)
 
 
-WINDOW_CELLS = 1 << 16  # cells of the dense part of a joint histogram (int64: 512 KiB, in cache)
+WINDOW_CELLS = 1 << 16  # cells of the dense part of a joint histogram (int32: 256 KiB, in cache)
 
 
 @njit(nogil=True, cache=True)
@@ -583,9 +583,16 @@ def _aggregate(values1: np.ndarray, values2: np.ndarray, counts: np.ndarray | No
              if coding.dense and coding.size <= _offset_span(index.size) else None
              for coding, index in ((coding1, index1), (coding2, index2))]
     if known[0] is None:
-        new_value = np.concatenate(([True], index1[1:] != index1[:-1]))
-        known[0] = out1[new_value], np.cumsum(new_value) - 1
+        first, run = _runs(index1)
+        known[0] = out1[first], run
     return JointTable(out1, out2, pair_counts, tuple(known))
+
+
+def _runs(ascending: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Of an ascending array: where each run of equal values starts (boolean), and per
+    element the index of its run."""
+    first = np.concatenate(([True], ascending[1:] != ascending[:-1]))
+    return first, np.cumsum(first) - 1
 
 
 def joint_table(values1: np.ndarray, values2: np.ndarray) -> JointTable:
@@ -779,10 +786,9 @@ def corrected_ranks(table: JointTable, thresholds: Thresholds, weights: np.ndarr
     out = []
     for (distinct, codes, ties), threshold in zip(table.marginals, (thresholds.channel1, thresholds.channel2)):
         values = threshold.corrected(distinct)
-        new_value = np.concatenate(([True], values[1:] != values[:-1]))
-        if not new_value.all():  # values tied by the correction share one code
-            merged = np.cumsum(new_value) - 1
-            values, codes = values[new_value], merged[codes]
+        first, run = _runs(values)
+        if not first.all():  # values tied by the correction share one code
+            values, codes = values[first], run[codes]
             ties = None
         if ties is None or weights is not None:
             ties = _tie_counts(codes, table.counts if weights is None else weights, values.size)
