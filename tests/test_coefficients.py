@@ -16,16 +16,9 @@ import xarray as xr
 from skimage import measure
 
 from cccdask import coefficients
-from cccdask.kernels import coefficients as kernels
-from cccdask.kernels.coefficients import (
-    COEFFICIENT_NAMES,
-    MAP_NAMES,
-    JointTable,
-    Moments,
-    _ranks_of_ties,
-    _weighted_inversions,
-    joint_table,
-)
+from cccdask.kernels.coefficients import COEFFICIENT_NAMES, MAP_NAMES, JointTable, Moments, joint_table
+from cccdask.kernels.coefficients import van_steensel as kernels
+from cccdask.kernels.coefficients.ranks import _ranks_of_ties, _weighted_inversions
 
 
 # ---------------------------------------------------------------------------------------

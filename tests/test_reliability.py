@@ -35,8 +35,9 @@ from cccdask.io.store import (
     read_completion,
     write_ome_zarr,
 )
-from cccdask.pipeline import FIT_FAILED_REASON, TEST_KILL_ENV, run
+from cccdask.pipeline import FIT_FAILED_REASON, run
 from cccdask.synthetic import paired_spots_series
+from kill_points import kill_environment
 
 SPACING = (0.05, 0.05)
 N_FRAMES = 8
@@ -215,7 +216,7 @@ def test_a_run_killed_at_any_stage_resumes_to_the_clean_store(series, clean, clu
         cluster = {"kind": "address", "address": cluster_address}
     config = _yaml(folder, f"killed_{stage}", cluster)
     store = folder / f"killed_{stage}.zarr"
-    environment = {**os.environ, TEST_KILL_ENV: stage}
+    environment = kill_environment(stage)
     done = subprocess.run([sys.executable, "-m", "cccdask", "run", str(config)], env=environment,
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == -signal.SIGKILL, done.stderr

@@ -1,0 +1,303 @@
+"""The driver of a run: submission window, completion record, resume, finalise.
+
+:func:`run` never touches pixel data. It opens and checks the inputs
+(:mod:`~cccdask.pipeline.inputs`), checks the output location and an existing store
+(:mod:`~cccdask.pipeline.store_state`), estimates memory and plans the tasks
+(:mod:`~cccdask.pipeline.plan`, :mod:`~cccdask.pipeline.layout`), creates the store,
+then submits :func:`~cccdask.pipeline.task.compute_frames` tasks with a bounded number
+in flight (:func:`submit_batches`) or takes the tiled path
+(:mod:`~cccdask.pipeline.tiled`). As each task returns, its frames are recorded
+(:class:`~cccdask.pipeline.record.Completion`); :func:`finalise` then picks the best
+frame, writes the reports and marks the store complete, last.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+import uuid
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import xarray as xr
+
+from cccdask.config import PipelineConfig, config_json, load_config
+from cccdask.io import store as results_store
+from cccdask.io.store import FRAME_MISSING, FRAME_OK, VariableLayout
+from cccdask.pipeline.errors import PipelineError
+from cccdask.pipeline.inputs import RunInputs, SourceSpec, open_inputs, read_frame
+from cccdask.pipeline.layout import plan_run
+from cccdask.pipeline.plan import (
+    FramePlan,
+    check_memory,
+    estimate_task_memory,
+    frame_batches,
+    resolve_frames_per_task,
+)
+from cccdask.pipeline.record import DISK_FULL_ERRNOS, DISK_FULL_HINT, Completion, failure_message
+from cccdask.pipeline.store_state import (
+    check_output_location,
+    existing_store_resumes,
+    output_state_at,
+    run_identity,
+)
+from cccdask.pipeline.task import GENERATED_MASK, compute_frames
+from cccdask.pipeline.tiled import run_tiled
+
+
+def _prepare_preprocessing(config: PipelineConfig, inputs: RunInputs, log):
+    """Driver-side preprocessing steps: estimate the chromatic shift once."""
+    settings = config.preprocessing
+    if settings is None:
+        return None
+    chromatic = settings.chromatic_shift
+    if chromatic is not None and chromatic.reference is not None:
+        reference = chromatic.reference
+        if reference.frame is not None:
+            if reference.frame >= inputs.frames.n_frames:
+                raise ValueError(
+                    f"preprocess.chromatic_shift.reference.frame is {reference.frame} but the input has "
+                    f"{inputs.frames.n_frames} frames."
+                )
+            ref1 = read_frame(inputs.image1, reference.frame)
+            ref2 = read_frame(inputs.image2, reference.frame)
+        else:
+            ref1 = read_frame(SourceSpec(str(reference.image1)), 0)
+            ref2 = read_frame(SourceSpec(str(reference.image2)), 0)
+        settings = settings.with_estimated_shift(ref1, ref2, inputs.frames.spacing)
+        log(f"Estimated chromatic shift: {settings.chromatic_shift.shift} {inputs.frames.units}")
+    return settings
+
+
+def _shared_generated_mask(settings, inputs: RunInputs, plan: FramePlan) -> np.ndarray | None:
+    if settings is None or settings.mask is None or settings.mask.from_frame is None:
+        return None
+    from cccdask.preprocess import generate_shared_mask
+
+    index = settings.mask.from_frame
+    if index >= inputs.frames.n_frames:
+        raise ValueError(f"preprocess.mask.from_frame is {index} but the input has {inputs.frames.n_frames} frames.")
+    mask = None
+    if plan.mask is not None:
+        mask = read_frame(plan.mask, index if plan.mask_per_frame else 0)
+    generated, _ = generate_shared_mask(
+        read_frame(plan.image1, index), read_frame(plan.image2, index), mask, settings, plan.spacing
+    )
+    return generated
+
+
+def _provenance(config: PipelineConfig, inputs: RunInputs, identity: str, settings) -> dict[str, Any]:
+    frames = inputs.frames
+    attrs = {
+        "identity_hash": identity,
+        "config": config_json(config),
+        "inputs": {
+            name: (None if spec is None else {"path": spec.path, "channel": spec.channel, "component": spec.component})
+            for name, spec in (("image1", inputs.image1), ("image2", inputs.image2), ("mask", inputs.mask))
+        },
+        "versions": results_store.versions(),
+        "mode": config.ccc.mode,
+        "units": frames.units,
+        "spacing": list(frames.spacing),
+        "max_distance": config.ccc.max_distance,
+        "fiji_compat": config.ccc.fiji_compat,
+        "n_frames": frames.n_frames,
+        "time_series": bool(frames.time_series),
+        "title": "cccdask results",
+    }
+    if settings is not None and settings.chromatic_shift is not None:
+        attrs["chromatic_shift"] = list(settings.chromatic_shift.shift)
+    return attrs
+
+
+def run(
+    config: PipelineConfig | str | os.PathLike,
+    *,
+    overwrite: bool | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    log: Callable[[str], None] | None = None,
+) -> Path:
+    """Run a configured analysis and return the path of the results store.
+
+    Parameters
+    ----------
+    config : PipelineConfig or path
+        A validated config, or the path of a YAML file.
+    overwrite : bool, optional
+        Replace a store written with a different config (default: ``output.overwrite``).
+    progress : callable, optional
+        ``progress(frames_done, n_frames)``, called as frames are recorded.
+    log : callable, optional
+        Receives status lines (cluster, dashboard, resume).
+
+    Raises
+    ------
+    FileNotFoundError, ValueError, PermissionError
+        Bad inputs or output location, found before any work and before the store exists.
+    StoreConflictError
+        An existing store of a different config (without overwrite).
+    FrameTooLargeError
+        A frame that cannot fit a worker.
+    PipelineError
+        Tasks that failed; the store is left incomplete and a rerun computes only the
+        missing frames.
+    """
+    from cccdask.cluster import connect
+
+    if not isinstance(config, PipelineConfig):
+        config = load_config(config)
+    log = log or (lambda message: None)
+    overwrite = config.output.overwrite if overwrite is None else overwrite
+    path = Path(config.output.store)
+    inputs = open_inputs(config)
+    identity = run_identity(config, inputs.frames)
+    check_output_location(path, create=True)
+    output_state_at(path, identity, overwrite)  # refuse a conflicting store before starting a cluster
+    frames = inputs.frames
+    fpt = resolve_frames_per_task(config.execution.frames_per_task, tuple(frames.frame_shape), frames.n_frames)
+    estimate = estimate_task_memory(config, frames, fpt)
+
+    with connect(config.cluster, config.execution, log=log) as cluster, _disk_full_is_named(path):
+        budget = (cluster.memory_per_thread() if config.execution.memory_budget is None
+                  else _parse_bytes(config.execution.memory_budget))
+        whole_frames = check_memory(estimate, budget, config, frames.frame_shape)
+        if not whole_frames:
+            log("Frames do not fit one task: correlating each frame tile by tile (ccc.max_distance)")
+        resume = existing_store_resumes(path, identity, overwrite)
+        results_store.remove_interrupted_writes(path)
+        settings = _prepare_preprocessing(config, inputs, log)
+        plan, layout = plan_run(config, inputs, identity, settings)
+        if not resume:
+            shared_mask = _shared_generated_mask(settings, inputs, plan)
+            if shared_mask is not None:
+                spatial = plan.spatial_dims
+                layout = replace(layout, variables=layout.variables + (VariableLayout(
+                    GENERATED_MASK, spatial, shared_mask.shape, np.dtype(np.uint8), shared_mask.shape, image=False,
+                    attrs={"description": "the mask generated once and used for every frame"}),))
+            results_store.create_store(
+                path, layout, {**_provenance(config, inputs, identity, settings), **layout.attrs},
+                initial=None if shared_mask is None else {GENERATED_MASK: shared_mask.astype(np.uint8)},
+            )
+        else:
+            log(f"Resuming {path}")
+        record = results_store.read_completion(path)
+        n_frames = layout.n_frames
+        todo = [b for b in frame_batches(n_frames, fpt) if (record.status[b[0]:b[1]] == FRAME_MISSING).any()]
+        done = int(record.complete.sum())
+        if resume:
+            log(f"{done} of {n_frames} frames already complete; computing {n_frames - done}")
+        if progress:
+            progress(done, n_frames)
+        completion = Completion(path, record)
+        if whole_frames:
+            failures = submit_batches(cluster, plan, todo, completion, config.execution.retries, progress, n_frames)
+        else:
+            failures = run_tiled(cluster, plan, inputs, config, budget, todo, completion, progress, n_frames)
+        completion.flush()
+        if failures:
+            lines = "\n".join(f"  frames {s}-{e - 1}: {message}" for (s, e), message in failures[:10])
+            raise PipelineError(
+                f"{len(failures)} task(s) failed; the store {path} is incomplete. Fix the cause and rerun "
+                f"the same config: only the missing frames are computed.\n{lines}"
+            )
+    with _disk_full_is_named(path):
+        finalise(path, config)
+    return path
+
+
+@contextlib.contextmanager
+def _disk_full_is_named(path: Path):
+    """Turn a full disk met by the driver (store, completion record, reports) into a PipelineError."""
+    try:
+        yield
+    except OSError as error:
+        if error.errno not in DISK_FULL_ERRNOS:
+            raise
+        state = "is incomplete" if path.exists() else "was not created"
+        raise PipelineError(f"writing {path} failed: {error.strerror} ({error.filename or path}); the store "
+                            f"{state}. Cause: {DISK_FULL_HINT}.") from error
+
+
+def submit_batches(cluster, plan: FramePlan, todo, completion: Completion, retries: int, progress, n_frames):
+    """Submit the batches with a bounded number in flight; record each as it finishes."""
+    client = cluster.client
+    tag = uuid.uuid4().hex[:8]
+    queue = list(reversed(todo))
+    failures = []
+
+    def window() -> int:
+        return max(4, 3 * max(cluster.total_threads(), 1))
+
+    def submit_one(batch):
+        start, stop = batch
+        future = client.submit(
+            compute_frames, plan, start, stop, key=f"cccdask-frames-{start}-{tag}",
+            retries=retries, pure=False,
+        )
+        batches[future.key] = batch
+        return future
+
+    batches: dict[str, tuple[int, int]] = {}
+    pending = cluster.as_completed()
+    limit = window()
+    for _ in range(min(limit, len(queue))):
+        pending.add(submit_one(queue.pop()))
+    last_window = time.monotonic()
+    try:
+        for future in pending:
+            batch = batches.pop(future.key)
+            if future.status == "finished":
+                outcomes = future.result()
+                completion.add(outcomes)
+                if progress:
+                    progress(int(completion.record.complete.sum()), n_frames)
+            else:
+                try:
+                    future.result()
+                except Exception as error:  # the task raised: report, keep going
+                    failures.append((batch, failure_message(error)))
+            future.release()
+            if time.monotonic() - last_window > 2.0:
+                limit, last_window = window(), time.monotonic()
+            while queue and pending.count() < limit:
+                pending.add(submit_one(queue.pop()))
+    finally:
+        completion.flush()
+    return failures
+
+
+def _parse_bytes(text: str) -> int:
+    from dask.utils import parse_bytes
+
+    return int(parse_bytes(text))
+
+
+def finalise(path: Path, config: PipelineConfig | None = None) -> None:
+    """After every frame is recorded: best frame, reports, then mark the store complete.
+
+    The ``complete`` status is written last, so a store killed while finalising is
+    finalised again by the next run.
+    """
+    from cccdask.ccc import best_frame
+
+    attrs = results_store.read_store_attrs(path) or {}
+    record = results_store.read_completion(path)
+    if (record.status == FRAME_MISSING).any():
+        raise PipelineError(f"{path} still has missing frames; rerun to complete it.")
+    mode = attrs.get("mode", "full")
+    best = -1
+    if mode != "correlation":
+        with xr.open_zarr(str(path)) as ds:
+            score = ds["confidence"] if mode == "full" else ds["sigma"]
+            best = best_frame(np.asarray(score.values), mode)
+    failed = int((record.status != FRAME_OK).sum())
+    results_store.update_store_attrs(path, best_frame=int(best), frames_failed=failed)
+    reports = True if config is None else config.output.reports
+    if reports:
+        from cccdask.io.reports import write_reports
+
+        write_reports(path)
+    results_store.update_store_attrs(path, cccdask_status=results_store.STATUS_COMPLETE)

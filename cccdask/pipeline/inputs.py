@@ -1,0 +1,114 @@
+"""Open and check the inputs of a run (metadata only), and read single frames.
+
+:func:`open_inputs` validates the config's input section before any work (files,
+channels, shapes, an empty mask); :class:`SourceSpec` is how a task reopens one input
+lazily; :func:`read_frame` reads one whole frame (driver-side steps such as the
+chromatic-shift estimate and the shared generated mask use it).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+import numpy as np
+import xarray as xr
+
+from cccdask.config import PipelineConfig
+from cccdask.frames import prepare_inputs
+
+
+@dataclass(frozen=True)
+class SourceSpec:
+    """How a task opens one input lazily (see :func:`cccdask.io.readers.open_image`)."""
+
+    path: str
+    channel: int | None = None
+    component: str | None = None
+    dims: str | None = None
+
+    def open(self) -> xr.DataArray:
+        stat = os.stat(self.path)
+        return _open_source(self, stat.st_mtime_ns)
+
+
+@lru_cache(maxsize=16)
+def _open_source(spec: SourceSpec, mtime_ns: int) -> xr.DataArray:
+    from cccdask.io.readers import open_image
+
+    return open_image(spec.path, component=spec.component, channel=spec.channel, dims=spec.dims)
+
+
+def read_frame(spec: SourceSpec, index: int) -> np.ndarray:
+    """Frame ``index`` of an input (the whole input when it has no t dim)."""
+    array = spec.open()
+    if "t" in array.dims:
+        array = array.isel(t=index)
+    return np.asarray(array.data.compute(scheduler="synchronous"))
+
+
+@dataclass
+class RunInputs:
+    """The validated inputs of a run (lazy)."""
+
+    frames: Any  # cccdask.frames.Frames
+    image1: SourceSpec
+    image2: SourceSpec
+    mask: SourceSpec | None
+    chunks: tuple[int, ...]
+
+
+def _open_checked(source, label: str) -> xr.DataArray:
+    from cccdask.io.readers import open_image
+
+    try:
+        array = open_image(source.path, component=source.component, channel=source.channel, dims=source.dims)
+    except FileNotFoundError as error:
+        raise FileNotFoundError(f"{label}: {error}") from None
+    except ValueError as error:
+        raise ValueError(f"{label}: {error}") from None
+    if "c" in array.dims:
+        n = array.sizes["c"]
+        raise ValueError(
+            f"{label}: {source.path} has {n} channels; set {label}.channel to one of 0..{n - 1}."
+        )
+    return array
+
+
+def open_inputs(config: PipelineConfig) -> RunInputs:
+    """Open and validate the inputs (metadata only).
+
+    Raises
+    ------
+    FileNotFoundError, ValueError
+        Missing files, channels out of range, shape mismatches between the channels
+        and the mask; the message names the config key.
+    """
+    section = config.input
+    image1 = _open_checked(section.image1, "input.image1")
+    image2 = _open_checked(section.image2, "input.image2")
+    mask = None if section.mask is None else _open_checked(section.mask, "input.mask")
+    if mask is not None and "t" in mask.dims and "t" not in image1.dims:
+        raise ValueError("input.mask has a t dim but the images are a single frame; give one mask frame.")
+    if mask is not None and "t" in mask.dims and mask.sizes["t"] != image1.sizes.get("t"):
+        raise ValueError(
+            f"input.mask has {mask.sizes['t']} frames but the images have {image1.sizes.get('t')}; "
+            f"give one mask per frame or a single mask frame."
+        )
+    try:
+        frames = prepare_inputs(image1, image2, mask, spacing=section.spacing, units=section.units)
+    except ValueError as error:
+        raise ValueError(f"input: {error}") from None
+    if frames.mask is not None and "t" not in frames.mask.dims and not bool(np.asarray(frames.mask.any().values)):
+        raise ValueError(
+            f"input.mask: {section.mask.path} has no voxel inside (all zero), so every frame would be empty; "
+            f"give a mask with non-zero voxels where the signal is, or remove input.mask to use whole frames."
+        )
+    chunks = tuple(c[0] for c in frames.image1.chunks[1:]) if frames.lazy else frames.frame_shape
+
+    def spec(source):
+        return None if source is None else SourceSpec(str(source.path), source.channel, source.component, source.dims)
+
+    return RunInputs(frames, spec(section.image1), spec(section.image2), spec(section.mask), chunks)

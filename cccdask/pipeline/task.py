@@ -1,0 +1,229 @@
+"""What one task does to its frames: read, preprocess, analyse, write.
+
+Pure given its :class:`~cccdask.pipeline.plan.FramePlan`: a task holds no driver
+state and never imports the driver. :func:`compute_frames` is the task:
+:func:`_read_batch` **reads** its frames from the input files (one call per batch),
+:func:`analyse_frame` runs preprocessing, the CCC kernel and the coefficients once per
+frame, and :func:`cccdask.io.store.write_frames` **writes** the batch into the store
+chunks the task owns. The outcomes (status, reason per frame) go back to the driver,
+which records them (:mod:`cccdask.pipeline.record`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from functools import lru_cache
+
+import dask
+import numpy as np
+import xarray as xr
+
+from cccdask.frames import InvalidFrameError
+from cccdask.io import store as results_store
+from cccdask.io.store import FRAME_FIT_FAILED, FRAME_INVALID, FRAME_OK
+from cccdask.pipeline.errors import InputReadError
+from cccdask.pipeline.inputs import SourceSpec, read_frame
+from cccdask.pipeline.plan import FramePlan
+
+FIT_FAILED_REASON = "no valid Gaussian fit (sigma <= pixel size, mean < -pixel size, height < 0 or no convergence)"
+GENERATED_MASK = "generated_mask"
+_PREPROCESS_NAMES = {"shift": "chromatic_shift"}
+
+
+@lru_cache(maxsize=2)
+def _read_shared(spec: SourceSpec, mtime_ns: int) -> np.ndarray:
+    return read_frame(spec, 0)
+
+
+def _settings_of(plan: FramePlan):
+    return _preprocess_settings(json.dumps(plan.preprocess, sort_keys=True))
+
+
+@lru_cache(maxsize=4)
+def _preprocess_settings(settings_json: str):
+    from cccdask.preprocess import Preprocessing
+
+    return Preprocessing.model_validate(json.loads(settings_json))
+
+
+def analyse_frame(
+    plan: FramePlan,
+    image1: np.ndarray,
+    image2: np.ndarray,
+    mask: np.ndarray | None,
+    background_regions: tuple = (None, None),
+    geometry=None,
+) -> tuple[dict[str, tuple[tuple[str, ...], np.ndarray]], int, str]:
+    """All outputs of one frame: preprocessing, CCC, coefficients.
+
+    Returns
+    -------
+    outputs : dict
+        name -> (dims without t, array).
+    status : int
+        FRAME_OK, FRAME_FIT_FAILED or FRAME_INVALID (then ``outputs`` is empty).
+    reason : str
+        Why the frame has no (valid) result; empty when ok.
+    """
+    from cccdask.kernels.ccc import ccc_frame, output_dims
+
+    geometry = geometry if geometry is not None else plan.geometry()
+    spatial = plan.spatial_dims
+    outputs: dict[str, tuple[tuple[str, ...], np.ndarray]] = {}
+    try:
+        if plan.preprocess is not None:
+            from cccdask.preprocess import preprocess_frame
+
+            image1, image2, mask, record = preprocess_frame(
+                image1, image2, mask, _settings_of(plan), plan.spacing, background_regions=background_regions
+            )
+            for key, value in record.items():
+                name = _PREPROCESS_NAMES.get(key, key)
+                value = np.asarray(value, dtype=float)
+                outputs[name] = (("axis",) if value.ndim == 1 else (), value)
+            if plan.preprocess.get("mask") is not None and not plan.shared_generated_mask:
+                outputs["mask_used"] = (spatial, np.asarray(mask, dtype=np.uint8))
+        options = {k: plan.ccc[k] for k in ("mode", "contributions", "intermediates", "dtype")}
+        results = ccc_frame(image1, image2, mask, geometry, **options)
+        for name, value in results.items():
+            outputs[name] = (output_dims(name, spatial), np.asarray(value))
+        if plan.coefficients is not None:
+            from cccdask.coefficients import coefficients
+
+            with dask.config.set(scheduler="synchronous"):
+                table = coefficients(image1, image2, mask, spacing=plan.spacing, **plan.coefficients)
+                for name, variable in table.data_vars.items():
+                    dims = tuple(variable.dims)
+                    if "t" in dims:
+                        variable = variable.isel(t=0)
+                        dims = tuple(variable.dims)
+                    outputs[name] = (dims, np.asarray(variable.values))
+    except InvalidFrameError as error:
+        return {}, FRAME_INVALID, str(error)
+    fit_ok = outputs.get("fit_ok")
+    if fit_ok is not None and not bool(fit_ok[1]):
+        return outputs, FRAME_FIT_FAILED, _fit_failed_reason(image1, image2, mask)
+    return outputs, FRAME_OK, ""
+
+
+def _fit_failed_reason(image1: np.ndarray, image2: np.ndarray, mask: np.ndarray | None) -> str:
+    """Why a frame has no fit: a channel without signal inside the mask (e.g. all zero), or the fit."""
+    for name, image in (("image1", image1), ("image2", image2)):
+        inside = np.asarray(image) if mask is None else np.asarray(image)[np.asarray(mask) != 0]
+        if inside.size and inside.min() == inside.max():
+            return f"{name} is constant inside the mask (every voxel {inside.flat[0]:g}): no signal to correlate"
+    return FIT_FAILED_REASON
+
+
+class _StoredArray:
+    """Reads frames of one input straight from its stored array, in one call per batch.
+
+    The same array, axes and channel that :func:`cccdask.io.readers.open_image` uses
+    (through the readers' own format detection and axis resolution), without a Dask
+    graph: computing a slice of ``open_image``'s lazy array costs a cull of the whole
+    series' graph (O(frames)) and one Zarr call per chunk; reading a batch here is one
+    Zarr (or TIFF/.npy) call. Built only when its shape agrees with ``open_image``'s.
+    """
+
+    def __init__(self, spec: SourceSpec, expected: xr.DataArray):
+        from cccdask.io.readers import stored_array
+
+        self.array, storage_dims = stored_array(spec.path, spec.component, spec.dims)
+        select = spec.channel is not None and "c" in storage_dims
+        self.index = [spec.channel if (d == "c" and select) else slice(None) for d in storage_dims]
+        kept = [d for d in storage_dims if not (d == "c" and select)]
+        self.t_axis = kept.index("t") if "t" in kept else None
+        self.order = [kept.index(d) for d in expected.dims]
+        shape = tuple(self.array.shape[storage_dims.index(d)] for d in expected.dims)
+        if shape != tuple(expected.shape):
+            raise ValueError(f"stored shape {shape} differs from the opened image {tuple(expected.shape)}")
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        index = list(self.index)
+        if self.t_axis is not None:
+            position = [i for i, s in enumerate(index) if isinstance(s, slice)][self.t_axis]
+            index[position] = slice(start, stop)
+        return np.asarray(self.array[tuple(index)]).transpose(self.order)
+
+
+@lru_cache(maxsize=16)
+def _stored_array(spec: SourceSpec, mtime_ns: int) -> _StoredArray | None:
+    try:
+        return _StoredArray(spec, spec.open())
+    except Exception:  # the readers changed shape: read through the Dask graph instead
+        return None
+
+
+def _read_batch(spec: SourceSpec | None, start: int, stop: int):
+    """Frames ``start..stop-1`` of an input (None when absent), with a leading frame axis.
+
+    An input without a t dim (a single frame, a shared mask) is one frame for all.
+    """
+    if spec is None:
+        return None
+    try:
+        stored = _stored_array(spec, os.stat(spec.path).st_mtime_ns)
+        array = spec.open()
+        has_t = "t" in array.dims
+        if stored is not None:
+            data = stored.read(start, stop)
+            return data if has_t else data[None]
+        data = array.isel(t=slice(start, stop)).data if has_t else array.data[None]
+        return np.asarray(data.compute(scheduler="synchronous"))
+    except Exception as error:
+        frames = f"frame {start}" if stop - start == 1 else f"frames {start}-{stop - 1}"
+        raise InputReadError(
+            f"cannot read {frames} of {spec.path}" + (f" (channel {spec.channel})" if spec.channel is not None else "")
+            + f": {type(error).__name__}: {error}. The file may be corrupted, truncated or changed: repair or "
+            f"rewrite it, then rerun the same config"
+        ) from error
+
+
+def _batch_inputs(plan: FramePlan, start: int, stop: int):
+    """The input arrays of frames ``start..stop-1``, read from storage in one go."""
+    mask_spec = plan.mask if plan.mask_per_frame else None
+    specs = (plan.image1, plan.image2, mask_spec) + tuple(plan.background_regions)
+    image1, image2, masks, *regions = [_read_batch(s, start, stop) for s in specs]
+    if plan.shared_generated_mask:
+        shared = _read_generated_mask(plan.store, plan.identity)
+    elif plan.mask is not None and not plan.mask_per_frame:
+        shared = _read_shared(plan.mask, os.stat(plan.mask.path).st_mtime_ns)
+    else:
+        shared = None
+
+    def frame(batch, k):
+        return None if batch is None else batch[min(k, len(batch) - 1)]
+
+    for k in range(stop - start):
+        mask = shared if masks is None else masks[k]
+        yield frame(image1, k), frame(image2, k), mask, tuple(frame(r, k) for r in regions)
+
+
+@lru_cache(maxsize=2)
+def _read_generated_mask(store: str, identity: str) -> np.ndarray:
+    import zarr
+
+    return np.asarray(zarr.open_group(store, mode="r", use_consolidated=False)[GENERATED_MASK][...]) != 0
+
+
+def compute_frames(plan: FramePlan, start: int, stop: int) -> list[tuple[int, int, str]]:
+    """The task: read frames ``start..stop-1``, analyse them, write their store chunks.
+
+    Returns ``(frame, status, reason)`` per frame; the driver records them.
+    """
+    n = stop - start
+    arrays = {
+        name: np.full((n,) + tuple(shape), fill, dtype=dtype) for name, shape, dtype, fill in plan.variables
+    }
+    dtypes = {name: dtype for name, _, dtype, _ in plan.variables}
+    geometry = plan.geometry()
+    outcomes = []
+    for k, (index, inputs) in enumerate(zip(range(start, stop), _batch_inputs(plan, start, stop))):
+        outputs, status, reason = analyse_frame(plan, *inputs, geometry=geometry)
+        for name, (_, value) in outputs.items():
+            if name in arrays:
+                arrays[name][k] = np.asarray(value).astype(dtypes[name], copy=False)
+        outcomes.append((index, status, reason))
+    results_store.write_frames(plan.store, plan.identity, start, arrays)
+    return outcomes

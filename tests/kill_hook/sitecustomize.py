@@ -1,0 +1,54 @@
+"""Test-only fault injection: SIGKILL a ``cccdask run`` process at a chosen stage.
+
+tests/test_reliability.py puts this folder first on the PYTHONPATH of a ``cccdask run``
+subprocess (:func:`kill_points.kill_environment`) and names the stage in
+``$CCCDASK_TEST_KILL_AT``; Python imports this module at start-up, which wraps the
+driver's bookkeeping so the process kills itself with SIGKILL at that stage:
+
+first_frame
+    A task's frames are written but not yet recorded (the first
+    :meth:`cccdask.pipeline.record.Completion.add`).
+midway
+    Half the frames recorded (after the ``Completion.add`` that reaches half).
+finalise
+    Reports written, the store not yet marked complete (the
+    :func:`cccdask.io.store.update_store_attrs` call that sets the complete status).
+
+Production code carries no hook: without the variable nothing is wrapped.
+"""
+
+import os
+import signal
+
+STAGE = os.environ.get("CCCDASK_TEST_KILL_AT")
+
+
+def _kill() -> None:
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _install(stage: str) -> None:
+    from cccdask.io import store
+    from cccdask.pipeline import record
+
+    add = record.Completion.add
+    update_store_attrs = store.update_store_attrs
+
+    def add_then_maybe_kill(self, outcomes):
+        if stage == "first_frame":
+            _kill()  # its frames are written, not yet recorded
+        add(self, outcomes)
+        if stage == "midway" and self.record.complete.sum() >= len(self.record.status) // 2:
+            _kill()
+
+    def update_or_kill(path, **attrs):
+        if stage == "finalise" and attrs.get("cccdask_status") == store.STATUS_COMPLETE:
+            _kill()  # reports written, the store not yet marked complete
+        update_store_attrs(path, **attrs)
+
+    record.Completion.add = add_then_maybe_kill
+    store.update_store_attrs = update_or_kill
+
+
+if STAGE:
+    _install(STAGE)
