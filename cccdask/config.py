@@ -33,14 +33,13 @@ from typing import Any, Literal, Optional, Union
 
 import yaml
 from pydantic import (
-    BaseModel,
-    ConfigDict,
     Field,
     ValidationError,
-    ValidationInfo,
     field_validator,
     model_validator,
 )
+
+from cccdask.config_fields import Section, resolve_path
 
 try:  # the preprocessing section exists only when its module is installed
     from cccdask.preprocess import Preprocessing
@@ -54,22 +53,7 @@ class ConfigError(ValueError):
     """A configuration that cannot run; the message names the file and the key path."""
 
 
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-def resolve_path(value: Any, info: ValidationInfo) -> Any:
-    """Make a relative path absolute against the config file's folder (when known)."""
-    if value is None:
-        return None
-    path = Path(value).expanduser()
-    base = (info.context or {}).get("base_dir")
-    if not path.is_absolute() and base is not None:
-        path = Path(base) / path
-    return path.absolute() if not path.is_absolute() else path
-
-
-class ImageSource(_Section):
+class ImageSource(Section):
     """One image: a file (or a Zarr group/array) and optionally one of its channels.
 
     A bare string is accepted as ``{path: ...}``.
@@ -98,7 +82,7 @@ class ImageSource(_Section):
     _abs_path = field_validator("path", mode="after")(resolve_path)
 
 
-class InputConfig(_Section):
+class InputConfig(Section):
     """The two channels and the mask."""
 
     image1: ImageSource = Field(description="Channel 1 (the channel whose mean is subtracted).")
@@ -127,7 +111,7 @@ class InputConfig(_Section):
         return value
 
 
-class CCCConfig(_Section):
+class CCCConfig(Section):
     """Colocalization by Cross Correlation."""
 
     mode: Literal["full", "no_confidence", "correlation"] = Field(
@@ -153,7 +137,7 @@ class CCCConfig(_Section):
         return self
 
 
-class CoefficientsConfig(_Section):
+class CoefficientsConfig(Section):
     """The classic coefficients (Pearson, Manders, ...), computed per frame."""
 
     threshold: Optional[Union[Literal["costes"], float, tuple[float, float]]] = Field(
@@ -185,7 +169,7 @@ class CoefficientsConfig(_Section):
         return value
 
 
-class OutputConfig(_Section):
+class OutputConfig(Section):
     """The results store and the reports beside it."""
 
     store: Path = Field(description="The Zarr v3 results store to write (a folder, e.g. results.zarr).")
@@ -197,7 +181,7 @@ class OutputConfig(_Section):
     _abs_path = field_validator("store", mode="after")(resolve_path)
 
 
-class LocalClusterConfig(_Section):
+class LocalClusterConfig(Section):
     """An embedded distributed LocalCluster (the default)."""
 
     n_workers: Optional[int] = Field(None, ge=1, description="Worker processes; default: one per core.")
@@ -212,7 +196,7 @@ class LocalClusterConfig(_Section):
     host: Optional[str] = Field(None, description="Interface to listen on, e.g. '127.0.0.1'.")
 
 
-class SlurmConfig(_Section):
+class SlurmConfig(Section):
     """A SLURM cluster through dask-jobqueue (``pip install 'cccdask[slurm]'``)."""
 
     cores: int = Field(ge=1, description="Cores per job.")
@@ -232,7 +216,7 @@ class SlurmConfig(_Section):
     )
 
 
-class ClusterConfig(_Section):
+class ClusterConfig(Section):
     """Where the work runs. The same run code works on all of them."""
 
     kind: Literal["local", "address", "scheduler_file", "slurm", "threads", "synchronous"] = Field(
@@ -261,7 +245,7 @@ class ClusterConfig(_Section):
         return self
 
 
-class ExecutionConfig(_Section):
+class ExecutionConfig(Section):
     """How frames become tasks, and the Dask settings of the run."""
 
     frames_per_task: Union[Literal["auto"], int] = Field(
@@ -324,7 +308,7 @@ class ExecutionConfig(_Section):
 
 
 
-class PipelineConfig(_Section):
+class PipelineConfig(Section):
     """A complete run: inputs, analyses, output, cluster."""
 
     input: InputConfig

@@ -26,16 +26,14 @@ from typing import Annotated, Any, Literal, Sequence
 
 import numpy as np
 from pydantic import (
-    BaseModel,
-    ConfigDict,
     Field,
     StrictBool,
     StrictFloat,
-    ValidationInfo,
     field_validator,
     model_validator,
 )
 
+from cccdask.config_fields import Section, resolve_path
 from cccdask.frames import InvalidFrameError
 from cccdask.kernels.preprocess import (
     BackgroundMethod,
@@ -68,18 +66,7 @@ NonNegativeInt = Annotated[int, Field(ge=0, strict=True)]
 PositiveInt = Annotated[int, Field(gt=0, strict=True)]
 
 
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-def _relative_to_config(value: Any, info: ValidationInfo) -> Any:
-    """A relative path resolved against the YAML file's folder, as everywhere in the config."""
-    from cccdask.config import resolve_path  # imported here: cccdask.config imports this module
-
-    return resolve_path(value, info)
-
-
-class Background(_Model):
+class Background(Section):
     """Background of one channel, subtracted after conversion to float32.
 
     ``method``: ``none`` (0); ``constant`` (``value``, intensity units); ``median``
@@ -104,7 +91,7 @@ class Background(_Model):
         "shared by all frames or one per frame.",
     )
 
-    _resolve_region_mask = field_validator("region_mask", mode="after")(_relative_to_config)
+    _resolve_region_mask = field_validator("region_mask", mode="after")(resolve_path)
 
     @model_validator(mode="after")
     def _fields_match_method(self) -> "Background":
@@ -122,14 +109,14 @@ class Background(_Model):
         return self
 
 
-class Backgrounds(_Model):
+class Backgrounds(Section):
     """One :class:`Background` per channel."""
 
     image1: Background = Field(default_factory=Background)
     image2: Background = Field(default_factory=Background)
 
 
-class MaskGeneration(_Model):
+class MaskGeneration(Section):
     """Segment a mask: Gaussian blur, automatic threshold, hole filling, small-object removal.
 
     ``source``: the channel to segment, ``image1`` or ``image2`` (after the chromatic
@@ -152,14 +139,14 @@ class MaskGeneration(_Model):
     from_frame: NonNegativeInt | None = None
 
 
-class ShiftReference(_Model):
+class ShiftReference(Section):
     """Where to estimate the chromatic shift: two bead images, or a frame of the data."""
 
     image1: Path | None = Field(None, description="Reference (beads) image seen in channel 1.")
     image2: Path | None = Field(None, description="The same reference seen in channel 2.")
     frame: NonNegativeInt | None = Field(None, description="Use this frame of the analysed images.")
 
-    _resolve_images = field_validator("image1", "image2", mode="after")(_relative_to_config)
+    _resolve_images = field_validator("image1", "image2", mode="after")(resolve_path)
 
     @model_validator(mode="after")
     def _one_kind(self) -> "ShiftReference":
@@ -174,7 +161,7 @@ class ShiftReference(_Model):
         return self
 
 
-class ChromaticShift(_Model):
+class ChromaticShift(Section):
     """Translation of channel 2 onto channel 1: known, or estimated once from a reference.
 
     ``shift`` is the correction applied to channel 2 (physical units, ``(z,) y, x``):
@@ -199,7 +186,7 @@ class ChromaticShift(_Model):
         return self
 
 
-class Preprocessing(_Model):
+class Preprocessing(Section):
     """The ``preprocess:`` section: chromatic shift, mask generation, backgrounds."""
 
     chromatic_shift: ChromaticShift | None = None
