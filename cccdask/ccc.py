@@ -13,7 +13,8 @@ from cccdask.frames import Frames, frame_time_coords, prepare_inputs
 from cccdask.kernels.ccc import analyse_correlograms, ccc_frame, output_dims, output_names
 from cccdask.kernels.correlate import MODES
 from cccdask.kernels.profile import ProfileGeometry, profile_geometry
-from cccdask.tiled import tiled_contributions, tiled_correlograms, whole_frame_fits, worker_memory_budget
+from cccdask.tile_memory import whole_frame_fits, worker_memory_budget
+from cccdask.tiled import tiled_contributions, tiled_correlograms
 
 _DESCRIPTIONS = {
     "profile_original": "radial profile of the original cross-correlation O",
@@ -188,7 +189,7 @@ def ccc(
         ``max_distance`` whose FFTs would exceed it is correlated tile by tile
         (:mod:`cccdask.tiled`; never loaded whole; same numbers to float32 rounding).
         Default: half a worker's memory limit per thread
-        (:func:`cccdask.tiled.worker_memory_budget`).
+        (:func:`cccdask.tile_memory.worker_memory_budget`).
     tile_shape : sequence of int, optional
         Tile edge per axis (voxels) for the tiled path; default from the budget.
 
