@@ -108,18 +108,6 @@ def test_float_threshold_within_the_stated_resolution():
     assert coarse <= result.threshold1 <= coarse + (grid[0] - grid[1])
 
 
-def test_jacop_rule_is_ols_and_the_global_minimum():
-    rng = np.random.default_rng(8)
-    R, G = correlated_pair(rng, (30, 30), "uint8", 25.0)
-    x, y = R.ravel().astype(float), G.ravel().astype(float)
-    slope, intercept = np.polyfit(x, y, 1)
-    candidates = np.arange(x.max(), x.min() - 1, -1)
-    curve = r_below_all(x, y, candidates, slope, intercept)
-    result = costes_threshold(joint_table(R.ravel(), G.ravel()), regression="ols", rule="minimum")
-    assert result.slope == pytest.approx(slope, rel=1e-9)
-    assert result.threshold1 == candidates[np.nanargmin(curve)]
-
-
 def test_costes_in_coefficients_equals_manual_thresholds_and_is_chunking_invariant():
     rng = np.random.default_rng(9)
     R, G = correlated_pair(rng, (36, 40), "uint16", 300.0)

@@ -29,15 +29,29 @@ PRESET_SEMANTICS = {
     "coloc2": (
         "Fiji Coloc 2 conventions: values are not background-corrected (v' = v); above "
         "threshold means v >= T and v > 0; m1 = sum of R where G is above threshold / sum of "
-        "all R in the mask (tM1); ICQ counts zero products as positive; Costes: orthogonal "
-        "regression, highest threshold with r-below <= 0. Weights, object set and "
-        "intersection use the same above-threshold test."
+        "all R in the mask (tM1); ICQ counts zero products as positive. Weights, object set "
+        "and intersection use the same above-threshold test. Costes (threshold='costes') as "
+        "Coloc 2's AutoThresholdRegression: orthogonal regression; if -1 < slope < 1 the "
+        "search walks channel 1's threshold, else channel 2's, both Math.round-ed; "
+        "costes_search='stepper' (SimpleStepper, default: from the maximum down one unit per "
+        "step, stop at the first r-below < 0.0001 or when r-below rises) or 'bisection' "
+        "(BisectionStepper); r-below over ch1 < T1 or ch2 < T2. Extra: "
+        "coloc2_pearson_below_threshold, coloc2_pearson_above_threshold (ch1 > T1 or ch2 > T2). "
+        "Not reproduced: Coloc 2 leaves the first voxel of the mask out of its regression "
+        "sums (about 1e-5 relative in the slope)."
     ),
     "jacop": (
         "JACoP conventions: values are not background-corrected (v' = v); above threshold "
         "means v > T; m1 = sum of R where R and G are above their thresholds / sum of R above "
-        "its own threshold; ICQ counts positive products; Costes: ordinary least squares, "
-        "threshold at the global minimum of r-below."
+        "its own threshold; ICQ counts positive products. Costes (threshold='costes') as "
+        "JACoP 2.1.4's CostesAutoThr: ordinary least squares B = a A + b; integer candidates i "
+        "from LoopMax = (int) min(Amax, (Bmax - b)/a) down to LoopMin = (int) max(Amin, "
+        "(Bmin - b)/a), channel 2's threshold (int)(a i + b); r-below over A < i and B < "
+        "(int)(a i + b); the last candidate whose r-below is <= the running minimum (the "
+        "first candidate excepted); none (e.g. slope <= 0): JACoP's start values (Amax, "
+        "Bmax), said in costes_note. Extra: jacop_thresholded_overlap, jacop_thresholded_k1, "
+        "jacop_thresholded_k2 (over A > TA and B > TB), and with Costes jacop_costes_pearson "
+        "(r over A >= TA and B >= TB), jacop_costes_m1 = sum A[A > TA] / sum A, jacop_costes_m2."
     ),
     "skimage": (
         "scikit-image conventions: values are not background-corrected (v' = v); above "
@@ -76,25 +90,32 @@ class Preset:
         m1's denominator: all of R over the mask, or R above its own threshold (JACoP).
     icq_zero_positive : bool
         ICQ counts zero products as positive (Coloc 2).
-    costes_regression : {"orthogonal", "ols"}
-    costes_rule : {"first_nonpositive", "minimum"}
-        Costes: the highest threshold with r-below <= 0, or the global minimum (JACoP).
+    costes : {"huygens", "coloc2", "jacop"}
+        Whose Costes search (:func:`cccdask.kernels.costes.costes_threshold`).
+    extras : tuple of str
+        The tool's own numbers reported beside the common coefficients when thresholds
+        are set (see :func:`extra_names`).
     """
 
     subtract: bool
     inclusive: bool
     manders: str
     icq_zero_positive: bool
-    costes_regression: str
-    costes_rule: str
+    costes: str
+    extras: tuple[str, ...] = ()
 
+
+JACOP_THRESHOLDED = ("jacop_thresholded_overlap", "jacop_thresholded_k1", "jacop_thresholded_k2")
+JACOP_COSTES = ("jacop_costes_pearson", "jacop_costes_m1", "jacop_costes_m2")
+COLOC2_EXTRAS = ("coloc2_pearson_below_threshold", "coloc2_pearson_above_threshold")
 
 PRESETS = {
-    "huygens": Preset(True, False, "all", False, "orthogonal", "first_nonpositive"),
-    "coloc2": Preset(False, True, "all", True, "orthogonal", "first_nonpositive"),
-    "jacop": Preset(False, False, "own", False, "ols", "minimum"),
-    "skimage": Preset(False, False, "all", False, "orthogonal", "first_nonpositive"),
+    "huygens": Preset(True, False, "all", False, "huygens"),
+    "coloc2": Preset(False, True, "all", True, "coloc2", COLOC2_EXTRAS),
+    "jacop": Preset(False, False, "own", False, "jacop", JACOP_THRESHOLDED + JACOP_COSTES),
+    "skimage": Preset(False, False, "all", False, "huygens"),
 }
+COSTES_SEARCHES = ("stepper", "bisection")
 
 
 def preset_named(preset: str) -> Preset:
@@ -138,6 +159,39 @@ def resolve_thresholds(threshold: Any = None, threshold_range: Any = 0.0, preset
         channels.append(ChannelThreshold(None if level is None else float(level), float(soft_range),
                                          subtract=conventions.subtract, inclusive=conventions.inclusive))
     return Thresholds(*channels, manders=conventions.manders, icq_zero_positive=conventions.icq_zero_positive)
+
+
+def extra_names(preset: Preset, thresholds: Thresholds, automatic: bool) -> tuple[str, ...]:
+    """The tool's own numbers a call reports: with thresholds on both channels (JACoP's
+    Costes numbers only with ``threshold="costes"``)."""
+    if not automatic and (thresholds.channel1.level is None or thresholds.channel2.level is None):
+        return ()
+    return tuple(name for name in preset.extras if automatic or name not in JACOP_COSTES)
+
+
+def costes_search_named(costes_search: str | None, preset: str) -> str:
+    """The Costes search to use: Coloc 2's stepper unless ``bisection`` is asked for."""
+    if costes_search is None:
+        return "stepper"
+    if preset != "coloc2":
+        raise ValueError(f"costes_search={costes_search!r} applies to preset='coloc2' only (Coloc 2's two "
+                         f"searches); leave it unset for preset={preset!r}.")
+    if costes_search not in COSTES_SEARCHES:
+        raise ValueError(f"costes_search {costes_search!r} is unknown; use 'stepper' (Coloc 2's default) or "
+                         f"'bisection'.")
+    return costes_search
+
+
+def value_range(dtype: np.dtype) -> tuple[float, float]:
+    """The range of a data type, to which Coloc 2 clamps its thresholds."""
+    dtype = np.dtype(dtype)
+    if dtype.kind in "ui":
+        info = np.iinfo(dtype)
+        return float(info.min), float(info.max)
+    if dtype.kind == "b":
+        return 0.0, 1.0
+    top = float(np.finfo(dtype).max) if dtype.kind == "f" else np.inf
+    return -top, top
 
 
 def with_levels(thresholds: Thresholds, level1: float, level2: float) -> Thresholds:

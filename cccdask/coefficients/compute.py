@@ -12,7 +12,16 @@ from dask.base import tokenize
 from cccdask.frames import Frames, frame_time_coords, prepare_inputs
 from cccdask.graph import output_array
 from cccdask.kernels.coefficients import COEFFICIENT_NAMES, MAP_NAMES, ChannelThreshold, Thresholds
-from cccdask.coefficients.arguments import PRESET_SEMANTICS, THRESHOLD_SEMANTICS, preset_named, resolve_thresholds, shift_values
+from cccdask.coefficients.arguments import (
+    PRESET_SEMANTICS,
+    THRESHOLD_SEMANTICS,
+    costes_search_named,
+    extra_names,
+    preset_named,
+    resolve_thresholds,
+    shift_values,
+    value_range,
+)
 from cccdask.coefficients.graph import (
     REASON_DTYPE,
     FrameTasks,
@@ -38,6 +47,7 @@ def coefficients(
     spacing: float | Sequence[float] | None = None,
     preset: str = "huygens",
     cytofluorogram: int | None = None,
+    costes_search: str | None = None,
 ) -> xr.Dataset:
     """The classic colocalization coefficients of two channels, per frame.
 
@@ -72,11 +82,19 @@ def coefficients(
     preset : {"huygens", "coloc2", "jacop", "skimage"}, optional
         Whose conventions to follow where the tools differ (:data:`PRESETS`): background
         subtraction, ``>`` or ``>=``, Manders' denominators, ICQ's zero products, the
-        Costes regression and stopping rule. Default: Huygens (``spec/coefficients.md``).
+        Costes search. Default: Huygens (``spec/coefficients.md``). ``coloc2`` and
+        ``jacop`` reproduce those tools' numbers, Costes' threshold included, and add
+        their own numbers at the thresholds (``coloc2_pearson_below_threshold``,
+        ``coloc2_pearson_above_threshold``; ``jacop_thresholded_overlap``, ``_k1``,
+        ``_k2``, with Costes ``jacop_costes_pearson``, ``_m1``, ``_m2``); the
+        Dataset's ``threshold_semantics`` attribute states each rule.
     cytofluorogram : int, optional
         Add the 2D histogram of the raw values in the mask with this many bins per
         channel (``cytofluorogram`` over ``bin1, bin2``, edges in
         ``cytofluorogram_edges1/2``); :func:`plot_cytofluorogram` draws it.
+    costes_search : {"stepper", "bisection"}, optional
+        Coloc 2's Costes search (``preset="coloc2"`` only): its simple stepper (the
+        default, as in Coloc 2) or its bisection.
 
     Returns
     -------
@@ -87,6 +105,9 @@ def coefficients(
         ``nan_reason`` (str over ``coefficient``): why a value is NaN, ``""`` where it
         is defined; ``threshold`` (over ``channel``): the thresholds used (NaN: none);
         maps when asked for. ``attrs`` record the thresholds and their semantics.
+        With ``threshold="costes"``: ``costes_note`` (str), how a tool got its thresholds
+        in a degenerate case where it still reports them (JACoP's start values when its
+        candidate range is empty, Coloc 2 walking a slope <= 0); ``""`` otherwise.
         Lazy results hold several frames per chunk along ``t`` (as many as Dask's
         ``array.chunk-size`` of input, at least one), each frame computed by its own
         tasks; the maps one frame per chunk, on the chunks of ``image1``.
@@ -130,13 +151,17 @@ def coefficients(
                                        or isinstance(cytofluorogram, bool) or cytofluorogram < 1):
         raise ValueError(f"cytofluorogram is {cytofluorogram!r}; give the number of bins per channel "
                          f"(e.g. 256), or None for no cytofluorogram.")
-    layout = dataset_layout(None if shifts is None else n_shifts, automatic, cytofluorogram)
+    search = costes_search_named(costes_search, preset)
+    extras = extra_names(conventions, thresholds, automatic)
+    layout = dataset_layout(None if shifts is None else n_shifts, automatic, cytofluorogram, extras)
     n_values = sum(length for _, _, length in layout)
-    reason_names = list(COEFFICIENT_NAMES) + ["van_steensel"] * (shifts is not None) + ["costes"] * automatic
+    reason_names = (list(COEFFICIENT_NAMES) + list(extras) + ["van_steensel"] * (shifts is not None)
+                    + ["costes"] * automatic)
+    clamp_range = value_range(frames.image1.dtype)
 
     image1_chunked, image2_chunked, mask_chunked = chunked_inputs(frames)
     token = tokenize(image1_chunked, image2_chunked, mask_chunked, thresholds, conventions, automatic,
-                     shifts, axis, maps, cytofluorogram)
+                     shifts, axis, maps, cytofluorogram, search, clamp_range)
     tasks = FrameTasks("coefficients", image1_chunked, image2_chunked, mask_chunked, token)
     results, map_tasks = [], {}
     for t in range(frames.n_frames):
@@ -144,14 +169,15 @@ def coefficients(
         costes = None
         frame_thresholds: Any = thresholds
         if automatic:
-            found = tasks.add("costes", (t,), automatic_thresholds, stats, thresholds, conventions)
+            found = tasks.add("costes", (t,), automatic_thresholds, stats, thresholds, conventions, search,
+                              clamp_range)
             costes, frame_thresholds, stats = (tasks.add(f"costes-{i}", (t,), operator.getitem, found, i)
                                                for i in range(3))
         shifted = None
         if shifts is not None:
             shifted = tasks.shifted_moments(t, frame_thresholds, shifts, axis)
         results.append(tasks.add("finalize", (t,), finalize_frame, stats, shifted, frame_thresholds, costes,
-                                 n_shifts, cytofluorogram))
+                                 n_shifts, cytofluorogram, extras))
         if maps:
             constants = tasks.add("map-constants", (t,), map_constants, stats, frame_thresholds, costes)
             map_tasks.update(tasks.maps(t, frame_thresholds, constants, f"coefficient-maps-{token}"))
@@ -171,8 +197,11 @@ def coefficients(
     coords["channel"] = ("channel", [1, 2])
     if shifts is not None:
         coords["shift"] = ("shift", shifts, {"units": "voxel", "axis": van_steensel_axis})
-    data_vars["nan_reason"] = (("t", "coefficient"), tasks.per_frame_output(
-        f"coefficient-reasons-{token}", results, per_chunk, len(reason_names), REASON_DTYPE, item=1))
+    reasons = tasks.per_frame_output(f"coefficient-reasons-{token}", results, per_chunk,
+                                     len(reason_names) + automatic, REASON_DTYPE, item=1)
+    data_vars["nan_reason"] = (("t", "coefficient"), reasons[:, :len(reason_names)])
+    if automatic:
+        data_vars["costes_note"] = (("t",), reasons[:, len(reason_names)])
     coords["coefficient"] = ("coefficient", reason_names)
     if maps:
         stacked = output_array(tasks.graph(), tasks.name, f"coefficient-maps-{token}", map_tasks,

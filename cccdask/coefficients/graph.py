@@ -38,10 +38,11 @@ from cccdask.kernels.coefficients import (
     shifted_moments,
     statistics_from_table,
 )
+from cccdask.kernels.costes_tools import coloc2_extras, jacop_extras
 from cccdask.coefficients.arguments import Preset, with_levels
 
 
-REASON_DTYPE = "<U96"
+REASON_DTYPE = "<U160"
 MERGE_FAN_IN = 8
 
 
@@ -170,9 +171,10 @@ def _stacked(results: Sequence[Any], item: int | None) -> np.ndarray:
     return np.stack([result if item is None else result[item] for result in results])
 
 
-def automatic_thresholds(stats: PartStatistics, thresholds: Thresholds, preset: Preset):
+def automatic_thresholds(stats: PartStatistics, thresholds: Thresholds, preset: Preset, search: str,
+                         value_range: tuple[float, float]):
     """Costes' thresholds of a frame, its thresholds and its statistics restated with them."""
-    costes = costes_threshold(stats.table, preset.costes_regression, preset.costes_rule)
+    costes = costes_threshold(stats.table, preset.costes, search, value_range)
     if costes.reason or stats.n_nonfinite:
         return costes, thresholds, stats
     found = with_levels(thresholds, costes.threshold1, costes.threshold2)
@@ -180,15 +182,31 @@ def automatic_thresholds(stats: PartStatistics, thresholds: Thresholds, preset: 
     return costes, found, statistics_from_table(stats.table, found, stats.n_nonfinite)
 
 
+def tool_extras(stats: PartStatistics, thresholds: Thresholds, names: tuple[str, ...]) -> dict:
+    """``name -> (value, reason)`` of a tool's own numbers at the frame's thresholds."""
+    if not names:
+        return {}
+    level1, level2 = thresholds.channel1.level, thresholds.channel2.level
+    if stats.n_nonfinite or stats.table.n == 0 or level1 is None or level2 is None:
+        why = f"{stats.n_nonfinite} NaN/Inf voxels inside the mask" if stats.n_nonfinite else "empty mask"
+        return {name: (np.nan, why) for name in names}
+    compute = jacop_extras if names[0].startswith("jacop") else coloc2_extras
+    values = compute(stats.table, level1, level2)
+    return {name: values[name] for name in names}
+
+
 def finalize_frame(stats: PartStatistics, shifted: Moments | None, thresholds: Thresholds,
-                    costes: CostesThreshold | None, n_shifts: int,
-                    cytofluorogram_bins: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Values and NaN reasons of one frame, packed as :func:`dataset_layout` describes."""
+                   costes: CostesThreshold | None, n_shifts: int, cytofluorogram_bins: int | None = None,
+                   extras: tuple[str, ...] = ()) -> tuple[np.ndarray, np.ndarray]:
+    """Values and NaN reasons of one frame, packed as :func:`dataset_layout` describes (with
+    Costes, the last reason is the note ``costes_note``)."""
     results = finalize(stats, thresholds)
+    results.update(tool_extras(stats, thresholds, extras))
     if costes is not None and costes.reason:
         results = {name: (np.nan, f"Costes threshold undefined: {costes.reason}") for name in results}
-    values = [results[name][0] for name in COEFFICIENT_NAMES]
-    reasons = [results[name][1] for name in COEFFICIENT_NAMES]
+    names = list(COEFFICIENT_NAMES) + list(extras)
+    values = [results[name][0] for name in names]
+    reasons = [results[name][1] for name in names]
     for channel in (thresholds.channel1, thresholds.channel2):
         values.append(np.nan if channel.level is None else channel.level)
     if shifted is not None:
@@ -207,6 +225,7 @@ def finalize_frame(stats: PartStatistics, shifted: Moments | None, thresholds: T
         values.extend(costes.curve_threshold1.tolist())
         values.extend(costes.curve_r_below.tolist())
         reasons.append(costes.reason)
+        reasons.append(costes.note)
     if cytofluorogram_bins is not None:
         counts, edges1, edges2 = cytofluorogram_of_table(stats.table, cytofluorogram_bins)
         values.extend(counts.ravel().tolist())
@@ -215,10 +234,10 @@ def finalize_frame(stats: PartStatistics, shifted: Moments | None, thresholds: T
     return np.asarray(values, dtype=np.float64), np.asarray(reasons, dtype=REASON_DTYPE)
 
 
-def dataset_layout(n_shifts: int | None, automatic: bool,
-            cytofluorogram_bins: int | None = None) -> list[tuple[str, tuple[str, ...], int]]:
+def dataset_layout(n_shifts: int | None, automatic: bool, cytofluorogram_bins: int | None = None,
+                   extras: tuple[str, ...] = ()) -> list[tuple[str, tuple[str, ...], int]]:
     """Names, extra dims and lengths of the values :func:`finalize_frame` packs."""
-    layout = [(name, (), 1) for name in COEFFICIENT_NAMES]
+    layout = [(name, (), 1) for name in list(COEFFICIENT_NAMES) + list(extras)]
     layout.append(("threshold", ("channel",), 2))
     if n_shifts is not None:
         layout.append(("van_steensel", ("shift",), n_shifts))
