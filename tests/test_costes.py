@@ -326,3 +326,199 @@ def test_significance_of_a_time_series_is_per_frame_and_lazy_equals_eager():
         assert float(eager.costes_observed_r[t]) == pytest.approx(float(single.costes_observed_r), rel=1e-12)
         assert int(eager.costes_n_blocks[t]) == int(single.costes_n_blocks)
     assert int(eager.costes_n_blocks[1]) == 10 * 5 and int(eager.costes_n_blocks[0]) == 10 * 9
+
+
+# ---------------------------------------------------------------------------------------
+# The tools' rules (JACoP 2.1.4, Coloc 2) on small arrays
+# ---------------------------------------------------------------------------------------
+def test_below_sets_and_or_by_hand():
+    from cccdask.kernels.costes import below_set_sums
+
+    A = np.array([1, 1, 5, 5, 2])
+    B = np.array([1, 5, 1, 5, 2])
+    table = joint_table(A, B)
+    # A < 3 and B < 3: (1, 1), (2, 2)
+    np.testing.assert_array_equal(below_set_sums(table, [3.0], [3.0], "and")[:, 0], [2, 3, 3, 5, 5, 5])
+    # A < 3 or B < 3: (1, 1), (1, 5), (5, 1), (2, 2)
+    np.testing.assert_array_equal(below_set_sums(table, [3.0], [3.0], "or")[:, 0], [4, 9, 9, 31, 31, 15])
+    # a chain moving the thresholds in opposite directions (a negative slope), against brute force
+    rng = np.random.default_rng(2)
+    x, y = rng.integers(0, 30, 200), rng.integers(0, 30, 200)
+    t1, t2 = np.arange(29, -1, -1.0), np.arange(0, 30.0)
+    for combine, rule in (("and", np.logical_and), ("or", np.logical_or)):
+        sums = below_set_sums(joint_table(x, y), t1, t2, combine)
+        for k in range(30):
+            below = rule(x < t1[k], y < t2[k])
+            xs, ys = x[below], y[below]
+            assert sums[:, k].tolist() == [below.sum(), xs.sum(), ys.sum(), xs @ xs, ys @ ys, xs @ ys]
+
+
+def test_java_rounding_and_truncation():
+    from cccdask.kernels.costes_tools import java_int, java_round
+
+    assert [java_round(v) for v in (2.5, -2.5, 2.4999999, -2.5000001, 0.49999999999999994, np.nan)] == \
+        [3, -2, 2, -3, 0, 0]
+    assert [java_int(v) for v in (2.9, -2.9, np.nan, 1e12, -1e12)] == [2, -2, 0, 2 ** 31 - 1, -(2 ** 31)]
+
+
+def test_jacop_candidate_range_truncation_and_ols():
+    from java_tool_ports import JacopPort
+
+    rng = np.random.default_rng(198)
+    A = rng.integers(0, 40, 60)
+    B = np.clip(np.rint(0.6 * A + rng.normal(0, 4, 60) + 5), 8, 20).astype(int)
+    a, b = np.polyfit(A.astype(float), B.astype(float), 1)
+    result = costes_threshold(joint_table(A, B), "jacop")
+    assert result.slope == pytest.approx(a, rel=1e-12) and result.intercept == pytest.approx(b, rel=1e-12)
+    # LoopMax = (int) min(Amax, (Bmax - b) / a) = 32 < Amax; LoopMin = (int) max(Amin, (Bmin - b) / a) = 1
+    loop_max, loop_min = int(min(A.max(), (B.max() - b) / a)), int(max(A.min(), (B.min() - b) / a))
+    assert (loop_max, loop_min) == (32, 1) and A.max() == 39 and A.min() == 0
+    candidates = result.curve_threshold1[np.isfinite(result.curve_threshold1)]
+    np.testing.assert_array_equal(candidates, np.arange(32, 0, -1))
+    # channel 2's threshold is truncated: a 9 + b = 10.94 gives 10 (rounding would give 11)
+    assert result.threshold1 == 9 and a * 9 + b == pytest.approx(10.943, abs=1e-3) and result.threshold2 == 10
+    # r below each candidate over A < i AND B < (int)(a i + b), and the port's choice
+    for i, r in zip(candidates, result.curve_r_below):
+        below = (A < i) & (B < int(a * i + b))
+        expected = ss.pearsonr(A[below], B[below])[0] if below.sum() > 1 and np.ptp(A[below]) and np.ptp(B[below]) \
+            else np.nan
+        np.testing.assert_allclose(r, expected, rtol=1e-12)
+    port = JacopPort(A, B).CostesAutoThr()
+    assert (result.threshold1, result.threshold2) == (port["threshold1"], port["threshold2"])
+
+
+def test_jacop_ties_go_to_the_lowest_candidate_and_the_first_is_excluded():
+    # a low cluster with r = -1 exactly and a high one on the diagonal: every candidate whose
+    # below set is the whole low cluster has r = -1 (the same voxels): the lowest is chosen
+    low = np.array([(0, 1), (1, 0)] * 5)
+    high = np.array([(v, v) for v in range(20, 26)] * 2)
+    A, B = np.concatenate([low, high]).T
+    result = costes_threshold(joint_table(A, B), "jacop")
+    a, b = np.polyfit(A.astype(float), B.astype(float), 1)
+    candidates = result.curve_threshold1[np.isfinite(result.curve_threshold1)]
+    whole_low = [i for i in candidates if i > 1 and int(a * i + b) > 1 and i <= 20 and int(a * i + b) <= 20]
+    r = dict(zip(candidates, result.curve_r_below))
+    assert len(whole_low) > 5 and all(r[i] == -1.0 for i in whole_low)
+    assert result.threshold1 == min(whole_low) and result.threshold2 == int(a * min(whole_low) + b)
+    # the first candidate is never chosen, even at the minimum: one candidate -> start values
+    single = costes_threshold(joint_table(np.array([0, 0, 1, 1, 3]), np.array([0, 1, 0, 1, 3])), "jacop")
+    assert "start values" in single.note
+
+
+def test_negative_slope_as_each_tool_reports_it():
+    from java_tool_ports import Coloc2Port, JacopPort
+
+    rng = np.random.default_rng(12)
+    R = rng.integers(0, 200, 400)
+    G = np.clip(220 - R + rng.integers(-30, 30, 400), 0, 255)
+    table = joint_table(R, G)
+    jacop = costes_threshold(table, "jacop")
+    assert jacop.slope < 0 and (jacop.threshold1, jacop.threshold2) == (R.max(), G.max())
+    assert "start values" in jacop.note and jacop.reason == ""
+    port = JacopPort(R, G).CostesAutoThr()
+    assert (port["threshold1"], port["threshold2"]) == (R.max(), G.max())
+    for search, implementation in (("stepper", "Costes"), ("bisection", "Bisection")):
+        coloc2 = costes_threshold(table, "coloc2", search, (0, 255))
+        expected = Coloc2Port(R, G, (0, 255)).execute(implementation)
+        assert coloc2.slope < 0 and "slope <= 0" in coloc2.note
+        assert (coloc2.threshold1, coloc2.threshold2) == (expected["threshold1"], expected["threshold2"])
+    huygens = costes_threshold(table)
+    assert np.isnan(huygens.threshold1) and "not positive" in huygens.reason
+    ds = coefficients(R.reshape(20, 20), G.reshape(20, 20), threshold="costes", preset="jacop", van_steensel_shifts=None)
+    assert ds.threshold.values.tolist() == [R.max(), G.max()] and "start values" in str(ds.costes_note.values)
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_coloc2_stepper_and_bisection_equal_the_port_on_small_arrays(seed):
+    from java_tool_ports import Coloc2Port
+
+    rng = np.random.default_rng(300 + seed)
+    n = 150
+    signal = rng.gamma(2.0, 20.0, n)
+    slope = [0.4, 0.9, 1.0, 1.6][seed % 4]  # either channel walked
+    R = np.clip(np.rint(signal + rng.normal(0, 12, n)), 0, 255).astype(np.uint8)
+    G = np.clip(np.rint(slope * signal + rng.normal(0, 12, n) + 5), 0, 255).astype(np.uint8)
+    table = joint_table(R, G)
+    for search, implementation in (("stepper", "Costes"), ("bisection", "Bisection")):
+        result = costes_threshold(table, "coloc2", search, (0, 255))
+        port = Coloc2Port(R, G, (0, 255))
+        expected = port.execute(implementation)
+        assert (result.threshold1, result.threshold2) == (expected["threshold1"], expected["threshold2"])
+        assert result.slope == pytest.approx(expected["slope"], rel=1e-9)
+        if search == "stepper":
+            # every step evaluated is on the curve; the last is the first that stops
+            steps = result.curve_threshold1[np.isfinite(result.curve_threshold1)]
+            assert len(steps) == expected["steps"]
+            walked_channel_1 = -1 < result.slope < 1
+            if walked_channel_1:
+                np.testing.assert_array_equal(steps, R.max() - np.arange(len(steps)))
+            # thresholds are Math.round of the line (not truncated)
+            m, b = result.slope, result.intercept
+            t2 = np.floor(m * result.threshold1 + b + 0.5) if walked_channel_1 else result.threshold2
+            t1 = result.threshold1 if walked_channel_1 else np.floor((result.threshold2 - b) / m + 0.5)
+            assert (result.threshold1, result.threshold2) == (t1, t2)
+
+
+def test_coloc2_stepper_stops_at_the_first_r_below_1e4_or_the_first_rise():
+    from java_tool_ports import Coloc2Port
+
+    reasons = set()
+    for seed in range(16):
+        rng = np.random.default_rng(500 + seed)
+        if seed % 2:  # a correlated bulk: r below falls until it drops under 1e-4
+            signal = rng.gamma(2.0, 20.0, 120)
+            R = np.clip(np.rint(signal + rng.normal(0, 15, 120)), 0, 255).astype(np.uint8)
+            G = np.clip(np.rint(0.7 * signal + rng.normal(0, 15, 120) + 5), 0, 255).astype(np.uint8)
+        else:  # a tight diagonal and a few (low R, high G) voxels: r below wobbles and rises
+            v = rng.integers(0, 101, 200)
+            R = np.concatenate([v, [20] * 4]).astype(np.uint8)
+            G = np.concatenate([np.clip(v + rng.integers(-3, 4, 200), 0, 255), [80] * 4]).astype(np.uint8)
+        result = costes_threshold(joint_table(R, G), "coloc2", "stepper", (0, 255))
+        r = result.curve_r_below[np.isfinite(result.curve_threshold1)]
+        port = Coloc2Port(R, G, (0, 255))
+        steps = result.curve_threshold1[np.isfinite(result.curve_threshold1)]
+        if -1 < result.slope < 1:  # channel 1 walked: r at each step, directly over the voxels
+            line = result.slope * steps + result.intercept
+            direct = [port.pearson_below(t1, np.floor(t2 + 0.5)) for t1, t2 in zip(steps, line)]
+            np.testing.assert_array_equal(r, direct)  # Coloc 2's arithmetic: to the last bit
+        previous = np.concatenate([[1.0], r[:-1]])
+        with np.errstate(invalid="ignore"):
+            stops = (r < 1e-4) | (r > previous)
+        assert not stops[:-1].any() and (stops[-1] or steps[-1] < 2)
+        reasons.add("below 1e-4" if r[-1] < 1e-4 else "rise" if r[-1] > previous[-1] else "bottom")
+    assert {"below 1e-4", "rise"} <= reasons
+
+
+def test_coloc2_thresholds_swap_with_the_channels():
+    rng = np.random.default_rng(31)
+    signal = rng.gamma(2.0, 25.0, (30, 30))
+    R = np.clip(np.rint(signal + rng.normal(0, 10, (30, 30))), 0, 255).astype(np.uint8)
+    G = np.clip(np.rint(0.6 * signal + rng.normal(0, 10, (30, 30)) + 4), 0, 255).astype(np.uint8)
+    for search in ("stepper", "bisection"):
+        forward = costes_threshold(joint_table(R.ravel(), G.ravel()), "coloc2", search, (0, 255))
+        backward = costes_threshold(joint_table(G.ravel(), R.ravel()), "coloc2", search, (0, 255))
+        assert (forward.threshold1, forward.threshold2) == (backward.threshold2, backward.threshold1)
+
+
+def test_tool_presets_lazy_equals_eager_and_bad_search():
+    rng = np.random.default_rng(41)
+    R, G = correlated_pair(rng, (40, 36), "uint16", 300.0)
+    mask = rng.random(R.shape) > 0.2
+    for preset, search in (("coloc2", "stepper"), ("coloc2", "bisection"), ("jacop", None)):
+        eager = coefficients(R, G, mask, threshold="costes", preset=preset, costes_search=search,
+                             van_steensel_shifts=2, maps=True)
+        lazy = coefficients(da.from_array(R, chunks=(9, 11)), da.from_array(G, chunks=(13, 7)),
+                            da.from_array(mask, chunks=10), threshold="costes", preset=preset,
+                            costes_search=search, van_steensel_shifts=2, maps=True).compute()
+        for name in eager.data_vars:
+            if eager[name].dtype.kind == "f":
+                np.testing.assert_allclose(lazy[name].values, eager[name].values, rtol=1e-10, atol=1e-13,
+                                           err_msg=name)
+            else:
+                np.testing.assert_array_equal(lazy[name].values, eager[name].values, err_msg=name)
+        extras = [n for n in eager.data_vars if n.startswith(preset)]
+        assert extras and all(np.isfinite(float(eager[n])) for n in extras)
+    with pytest.raises(ValueError, match="applies to preset='coloc2' only"):
+        coefficients(R, G, threshold="costes", costes_search="bisection")
+    with pytest.raises(ValueError, match="costes_search 'golden' is unknown"):
+        coefficients(R, G, threshold="costes", preset="coloc2", costes_search="golden")
