@@ -522,3 +522,14 @@ def test_tool_presets_lazy_equals_eager_and_bad_search():
         coefficients(R, G, threshold="costes", costes_search="bisection")
     with pytest.raises(ValueError, match="costes_search 'golden' is unknown"):
         coefficients(R, G, threshold="costes", preset="coloc2", costes_search="golden")
+
+
+def test_coloc2_bisection_stays_where_r_below_is_exactly_zero():
+    # a square of four voxels below the first step (10, 10): cov = 4 - 4 * 4 / 4 = 0 exactly;
+    # r = 0 moves the bisection neither way, so the difference is 0 and it is finished
+    R = np.array([0, 0, 2, 2] + list(range(10, 21)))
+    G = np.array([0, 2, 0, 2] + list(range(10, 21)))
+    result = costes_threshold(joint_table(R, G), "coloc2", "bisection", (0, 255))
+    assert (result.slope, result.intercept) == (1.0, 0.0)
+    assert (result.threshold1, result.threshold2) == (10, 10)
+    assert result.curve_r_below[0] == 0.0 and np.isnan(result.curve_r_below[1])
