@@ -6,7 +6,9 @@ to /tmp when missing). Times, in one run, per frame of the series:
 * read: every chunk read and decompressed, nothing computed;
 * Pearson: one pass of per-chunk sums (float64 dot products) and the finalisation;
 * Costes: per-chunk joint histograms, merged per frame, then the threshold search over
-  every integer candidate (one pass over the merged histogram);
+  every integer candidate (one pass over the merged histogram); the default (Huygens)
+  search, and the presets' searches of JACoP and of Coloc 2 (stepper and bisection),
+  each also one pass over the merged histogram;
 * Coloc 2's ways, extrapolated from a few full passes over one frame (one pass per
   candidate threshold): its simple stepper (one intensity unit per pass, from the
   maximum down to the threshold) and its bisection stepper (about log2(span) passes).
@@ -72,8 +74,10 @@ def pearson_graph(source: da.Array) -> list:
     return per_frame_graph(source, _chunk_sums, _pearson)
 
 
-def costes_graph(source: da.Array) -> list:
-    return per_frame_graph(source, joint_table, lambda tables: costes_threshold(_merge(tables)))
+def costes_graph(source: da.Array, tool: str = "huygens", search: str = "stepper") -> list:
+    value_range = (0.0, float(np.iinfo(source.dtype).max))
+    return per_frame_graph(source, joint_table,
+                           lambda tables: costes_threshold(_merge(tables), tool, search, value_range))
 
 
 def coloc2_seconds_per_candidate(frame1: np.ndarray, frame2: np.ndarray, slope: float, intercept: float,
@@ -112,6 +116,9 @@ def main() -> None:
             "read": lambda: read_all(source),
             "pearson": lambda: dask.compute(*pearson_graph(source)),
             "costes": lambda: dask.compute(*costes_graph(source)),
+            "jacop": lambda: dask.compute(*costes_graph(source, "jacop")),
+            "coloc2 stepper": lambda: dask.compute(*costes_graph(source, "coloc2")),
+            "coloc2 bisection": lambda: dask.compute(*costes_graph(source, "coloc2", "bisection")),
         }, args.repeats)
         results = dask.compute(*costes_graph(source))
     (read, read_cpu), (pearson, pearson_cpu), (costes, costes_cpu) = times["read"], times["pearson"], times["costes"]
@@ -134,6 +141,10 @@ def main() -> None:
     print(f"| one Pearson pass | {pearson:.2f} | 1.00x | {pearson_cpu:.1f} | 1.00x |")
     print(f"| Costes threshold, every frame (exact, one pass) | {costes:.2f} | {costes / pearson:.2f}x "
           f"| {costes_cpu:.1f} | {costes_cpu / pearson_cpu:.2f}x |")
+    for name in ("jacop", "coloc2 stepper", "coloc2 bisection"):
+        wall, cpu = times[name]
+        print(f"| Costes threshold, preset {name} (one pass) | {wall:.2f} | {wall / pearson:.2f}x "
+              f"| {cpu:.1f} | {cpu / pearson_cpu:.2f}x |")
     for name, passes in (("simple stepper", candidates), ("bisection stepper", bisection)):
         seconds = per_candidate * passes
         print(f"| Coloc 2-style {name}: {passes:.0f} full passes (extrapolated, 1 core) "
