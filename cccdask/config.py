@@ -159,6 +159,16 @@ class CoefficientsConfig(Section):
     cytofluorogram: Optional[int] = Field(
         None, ge=2, description="Store the 2D histogram of the two channels with this many bins per axis."
     )
+    costes_search: Optional[Literal["stepper", "bisection"]] = Field(
+        None, description="With preset coloc2 and threshold 'costes': Coloc 2's search, 'stepper' (its "
+        "default) or 'bisection'."
+    )
+
+    @model_validator(mode="after")
+    def _search_of_coloc2(self):
+        if self.costes_search is not None and self.preset != "coloc2":
+            raise ValueError(f"costes_search applies to preset 'coloc2' only (got preset '{self.preset}')")
+        return self
 
     @field_validator("threshold_range")
     @classmethod
