@@ -38,7 +38,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_coefficients import keep_freed_memory, read_all, timed, write_dataset  # noqa: E402
 
 from cccdask.kernels.coefficients import joint_table  # noqa: E402
-from cccdask.kernels.costes import costes_threshold  # noqa: E402
+from cccdask.kernels.costes_tools import costes_threshold  # noqa: E402
 
 
 def _merge(tables):

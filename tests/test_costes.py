@@ -11,7 +11,7 @@ from skimage import measure
 
 from cccdask import coefficients
 from cccdask.kernels.coefficients import joint_table
-from cccdask.kernels.costes import costes_threshold
+from cccdask.kernels.costes_tools import costes_threshold
 
 
 # ---------------------------------------------------------------------------------------

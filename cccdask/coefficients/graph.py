@@ -23,7 +23,6 @@ from cccdask.graph import TaskLayer, as_dask, output_array
 from cccdask.kernels.costes import (
     CURVE_POINTS,
     CostesThreshold,
-    costes_threshold,
     cytofluorogram as cytofluorogram_of_table,
 )
 from cccdask.kernels.coefficients import (
@@ -38,7 +37,7 @@ from cccdask.kernels.coefficients import (
     shifted_moments,
     statistics_from_table,
 )
-from cccdask.kernels.costes_tools import coloc2_extras, jacop_extras
+from cccdask.kernels.costes_tools import coloc2_extras, costes_threshold, jacop_extras
 from cccdask.coefficients.arguments import Preset, with_levels
 
 

@@ -3,8 +3,8 @@
 Threshold (Costes et al. 2004): a regression line ``G = slope R + intercept`` through the
 voxels inside the mask; threshold pairs ``(T1, T2)`` are walked down the line and the
 Pearson r of the voxels *below* each pair decides where to stop. How the tools do it
-differs (:mod:`cccdask.kernels.costes_tools` reproduces JACoP and Coloc 2); the default
-(Huygens) takes the highest ``T1`` at which r of ``R < T1 or G < slope T1 + intercept``
+differs (:mod:`cccdask.kernels.costes_tools` reproduces JACoP and Coloc 2 and picks the
+search); the default (Huygens, :func:`huygens_threshold`) takes the highest ``T1`` at which r of ``R < T1 or G < slope T1 + intercept``
 is <= 0.
 
 One pass over a frame's joint histogram (:class:`~cccdask.kernels.coefficients.JointTable`,
@@ -286,34 +286,13 @@ def undefined_threshold(reason: str, slope: float = np.nan, intercept: float = n
     return CostesThreshold(np.nan, np.nan, slope, intercept, np.nan, *curve, reason=reason)
 
 
-def costes_threshold(table: JointTable, tool: str = "huygens", search: str = "stepper",
-                     value_range: tuple[float, float] = (-np.inf, np.inf)) -> CostesThreshold:
-    """Costes' automatic thresholds of a frame from its joint histogram.
+def huygens_threshold(table: JointTable) -> CostesThreshold:
+    """Costes' automatic thresholds of a frame from its joint histogram (Huygens' rule).
 
-    Parameters
-    ----------
-    table : JointTable
-        Joint histogram of the raw values inside the mask.
-    tool : {"huygens", "coloc2", "jacop"}
-        ``huygens``: orthogonal regression, the highest threshold with r-below <= 0
-        (``R < T1 or G < T2``), NaN with a reason when the slope is not positive.
-        ``coloc2`` and ``jacop``: the tools' own searches
-        (:mod:`cccdask.kernels.costes_tools`).
-    search : {"stepper", "bisection"}
-        Coloc 2's stepper (its default) or its bisection search.
-    value_range : (float, float)
-        Coloc 2 clamps its thresholds to the range of the image's data type.
+    Orthogonal regression; the highest threshold with r-below <= 0 (``R < T1 or
+    G < T2``); NaN with a reason when the slope is not positive. The tools' searches:
+    :func:`cccdask.kernels.costes_tools.costes_threshold`.
     """
-    if tool == "jacop":
-        from cccdask.kernels.costes_tools import jacop_threshold
-
-        return jacop_threshold(table)
-    if tool == "coloc2":
-        from cccdask.kernels.costes_tools import coloc2_threshold
-
-        return coloc2_threshold(table, search, value_range)
-    if tool != "huygens":
-        raise ValueError(f"Costes tool {tool!r} is unknown; use 'huygens', 'coloc2' or 'jacop'.")
     if table.n < 3:
         return undefined_threshold("fewer than 3 voxels in the mask")
     moments = Moments.from_weighted(table.values1.astype(np.float64), table.values2.astype(np.float64),

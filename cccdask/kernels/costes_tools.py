@@ -26,6 +26,7 @@ from cccdask.kernels.costes import (
     below_set_r,
     curve_points,
     exact_sums,
+    huygens_threshold,
     pearson_from_sums,
     regression_line,
     set_sums,
@@ -36,6 +37,31 @@ CHAIN_BLOCK = 1 << 18  # candidate pairs evaluated per pass over the histogram
 MAX_STEPS = 1 << 24  # most candidates a tool's search may walk (one unit per step)
 COLOC2_STOP_R = 0.0001  # SimpleStepper: finished when r < 0.0001
 BISECTION_MAX_ITERATIONS = 100
+
+
+def costes_threshold(table: JointTable, tool: str = "huygens", search: str = "stepper",
+                     value_range: tuple[float, float] = (-np.inf, np.inf)) -> CostesThreshold:
+    """Costes' automatic thresholds of a frame from its joint histogram.
+
+    Parameters
+    ----------
+    table : JointTable
+        Joint histogram of the raw values inside the mask.
+    tool : {"huygens", "coloc2", "jacop"}
+        ``huygens``: :func:`cccdask.kernels.costes.huygens_threshold`; ``coloc2``:
+        :func:`coloc2_threshold`; ``jacop``: :func:`jacop_threshold`.
+    search : {"stepper", "bisection"}
+        Coloc 2's stepper (its default) or its bisection search.
+    value_range : (float, float)
+        Coloc 2 clamps its thresholds to the range of the image's data type.
+    """
+    if tool == "jacop":
+        return jacop_threshold(table)
+    if tool == "coloc2":
+        return coloc2_threshold(table, search, value_range)
+    if tool == "huygens":
+        return huygens_threshold(table)
+    raise ValueError(f"Costes tool {tool!r} is unknown; use 'huygens', 'coloc2' or 'jacop'.")
 
 
 # ---------------------------------------------------------------------------------------
