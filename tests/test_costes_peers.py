@@ -123,6 +123,7 @@ def peer_pairs():
     pairs = [("colocsample1b, mask", "colocsample1b-green.tif", "colocsample1b-red.tif", "colocsample1b-mask.tif"),
              ("colocsample1b, red first", "colocsample1b-red.tif", "colocsample1b-green.tif",
               "colocsample1b-mask.tif"),
+             ("colocsample1b", "colocsample1b-green.tif", "colocsample1b-red.tif", None),
              ("Zstack", "greenZstack.tif", "redZstack.tif", None),
              ("high_random_overlap", "high_random_overlap1.tif", "high_random_overlap2.tif", None),
              ("syntheticNeg", "syntheticNegCh1.tif", "syntheticNegCh2.tif", None)]
