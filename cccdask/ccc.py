@@ -35,11 +35,20 @@ _DESCRIPTIONS = {
 _LENGTH_UNITS = {"mean", "sigma"}
 
 
-def variable_attrs(name: str, units: str) -> dict[str, str]:
-    """Attributes of a CCC output variable: its description, and its unit for lengths."""
+def variable_attrs(name: str, units: str, ndim: int | None = None) -> dict[str, str]:
+    """Attributes of a CCC output variable: its description and units.
+
+    Lengths (mean, sigma) are in ``units``; the profiles and correlograms, sums of
+    intensity products over the mask volume, in ``intensity^2 / units^ndim`` (given
+    ``ndim``, the frame's dimensionality); confidence and R squared are dimensionless.
+    """
     attrs = {"description": _DESCRIPTIONS[name]} if name in _DESCRIPTIONS else {}
     if name in _LENGTH_UNITS:
         attrs["units"] = units
+    elif name.startswith(("profile_", "ccf_")) and ndim is not None:
+        attrs["units"] = f"intensity^2 / {units}^{ndim}"
+    elif name in ("confidence", "r_squared"):
+        attrs["units"] = "1"
     return attrs
 
 
@@ -257,10 +266,10 @@ def ccc(
     for name in names:
         dims, _, dt = _output_layout(name, frames, geometry, dtype)
         data_vars[name] = (("t",) + dims, stack(per_frame[name]).astype(dt, copy=False),
-                           variable_attrs(name, frames.units))
+                           variable_attrs(name, frames.units, len(frames.spatial_dims)))
 
     coords = {"distance": ("distance", geometry.distances, {"units": frames.units, "long_name": "distance"})}
-    coords.update({k: ("t", v) for k, v in frame_time_coords(frames).items()})
+    coords.update(frame_time_coords(frames))
     for dim in frames.spatial_dims:
         if any(n.startswith("contribution") for n in names) and dim in frames.image1.coords:
             coords[dim] = frames.image1.coords[dim]

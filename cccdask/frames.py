@@ -256,7 +256,11 @@ def prepare_inputs(
 
 
 def frame_time_coords(frames: Frames) -> dict[str, Any]:
-    """Coordinates of the ``t`` dim to carry into results (the input's own, else the index)."""
+    """Coordinates of the ``t`` dim to carry into results (the input's own, else the index).
+
+    Each value is a ``(dims, values, attrs)`` tuple, so the time keeps its ``units``.
+    """
     if "t" in frames.image1.coords:
-        return {"t": frames.image1.coords["t"].values}
-    return {"t": np.arange(frames.n_frames)}
+        t = frames.image1.coords["t"]
+        return {"t": ("t", t.values, dict(t.attrs))}
+    return {"t": ("t", np.arange(frames.n_frames), {"units": "frame"})}

@@ -189,3 +189,27 @@ def intensity_floor(image: np.ndarray, mask: np.ndarray | None = None) -> float:
     if mean <= 0:
         return float("nan")
     return float(np.percentile(values, 1) / mean)
+
+
+def dataset_quality(ds) -> np.ndarray | None:
+    """The quality bit mask of every frame of a results Dataset (store or :func:`cccdask.ccc`).
+
+    Uses what the Dataset has: ``confidence``, ``r_squared``, the subtracted profile
+    with the fit (``mean``, ``sigma``), and ``intensity_floor1``/``intensity_floor2``
+    when the run measured them. Frames whose ``frame_status`` is not ok get 0 (their
+    status says what is wrong). None in correlation mode (no fit to judge).
+    """
+    if "profile_subtracted" not in ds.variables and "confidence" not in ds.variables:
+        return None
+
+    def values(name):
+        return np.asarray(ds[name].values, dtype=float) if name in ds.variables else None
+
+    far = None
+    if "profile_subtracted" in ds.variables:
+        far = far_field_ratio(ds["distance"].values, ds["profile_subtracted"].values, values("mean"), values("sigma"))
+    flags = np.atleast_1d(frame_quality(values("confidence"), values("r_squared"), far,
+                                        values("intensity_floor1"), values("intensity_floor2")))
+    if "frame_status" in ds.variables:
+        flags = np.where(np.asarray(ds["frame_status"].values) == 1, flags, 0).astype(np.uint8)
+    return flags

@@ -4,17 +4,22 @@ Written by the driver when a run finalises, into ``<store name>-reports/`` next 
 store (``results.zarr`` -> ``results-reports/``):
 
 * ``fits.csv`` - one row per frame: every per-frame value (the plugin's "Gaussian
-  fits over time" table), with the frame's status and the reason it has no result;
+  fits over time" table), with the frame's status, its quality verdict
+  (:mod:`cccdask.quality`: ``ok`` or e.g. ``low_confidence+background_dominated``)
+  and the reason it has no result;
 * ``results.csv`` - the results table of the single frame, or of the best frame of a
   time series (mean, SD, confidence, R², height);
 * ``profile.csv`` - the correlation plot's table for that frame (distance, original,
   subtracted, fit);
 * ``correlation_plot.png`` - original (blue circles), subtracted (green), fit
-  (magenta), x from 0 to mean + 5 sigma;
-* ``heatmap.png`` - time series only: time x distance (0 at the top), three panels:
-  Gaussian fit, subtracted, original;
-* ``summary.txt`` - the results, the plugin's warnings (confidence < 0.1, R² < 0.05)
-  and the frames without a result.
+  (magenta), x from 0 to mean + 5 sigma; the title names the frame (and its time)
+  and gives mean and sigma with units, confidence, R² and any quality warning;
+* ``heatmap.png`` - time series only: time x distance (0 at the top), panels for the
+  Gaussian fit, subtracted and original profiles and their composite; each frame is a
+  column centred on its own time (edges at the midpoints between frame times);
+* ``summary.txt`` - the results, the quality counts (with the hint to set
+  ``preprocess.background`` where background is the likely cause), the plugin's
+  warnings (confidence < 0.1, R² < 0.05) and the frames without a result.
 
 Each file is written to a temporary name and renamed, so a report is whole or absent.
 """
@@ -30,9 +35,15 @@ import numpy as np
 import xarray as xr
 
 from cccdask.io.store import FRAME_OK, FRAME_STATUS_NAMES
+from cccdask.quality import (
+    LOW_CONFIDENCE,
+    LOW_R_SQUARED,
+    dataset_quality,
+    quality_counts,
+    quality_names,
+    quality_summary,
+)
 
-LOW_CONFIDENCE = 0.1
-LOW_R_SQUARED = 0.05
 _MAX_HEATMAP_COLUMNS = 2000
 _HEATMAP_ROWS = 400
 _MAX_LISTED = 200
@@ -80,15 +91,40 @@ def per_frame_table(ds: xr.Dataset) -> tuple[list[str], list[list]]:
     errors = np.asarray(ds["frame_error"].values)
     frame = np.asarray(ds["frame"].values)
     times = np.asarray(ds["t"].values)
-    header = ["frame", "t"] + scalars + ["status", "reason"]
+    flags = dataset_quality(ds)
+    header = ["frame", "t"] + scalars + ["status", "quality", "reason"]
     rows = []
     for i in range(ds.sizes["t"]):
         rows.append(
             [int(frame[i]), _number(times[i])]
             + [_number(values[name][i]) for name in scalars]
-            + [FRAME_STATUS_NAMES.get(int(status[i]), str(status[i])), str(errors[i])]
+            + [FRAME_STATUS_NAMES.get(int(status[i]), str(status[i])),
+               "" if flags is None or status[i] != FRAME_OK else quality_names(flags[i]), str(errors[i])]
         )
     return header, rows
+
+
+def background_subtracted(ds: xr.Dataset) -> bool:
+    """Whether the run that wrote ``ds`` subtracted a background (``preprocess.background``)."""
+    import json
+
+    config = ds.attrs.get("config")
+    if isinstance(config, str):
+        try:
+            config = json.loads(config)
+        except ValueError:
+            config = None
+    background = ((config or {}).get("preprocess") or {}).get("background") or {}
+    return any((background.get(c) or {}).get("method", "none") != "none" for c in ("image1", "image2"))
+
+
+def quality_lines(ds: xr.Dataset) -> list[str]:
+    """The end-of-run quality summary of a results Dataset (empty in correlation mode)."""
+    flags = dataset_quality(ds)
+    if flags is None:
+        return []
+    assessed = np.asarray(ds["frame_status"].values) == FRAME_OK
+    return quality_summary(quality_counts(flags, assessed), int(assessed.sum()), background_subtracted(ds))
 
 
 def _reported_frame(ds: xr.Dataset) -> int:
@@ -125,8 +161,8 @@ def correlation_plot(ds: xr.Dataset, frame: int, path: Path) -> None:
                   label="Gaussian fit")
     axes.set_xlim(0, x_max if x_max > 0 else 1)
     axes.set_xlabel(f"distance ({units})")
-    axes.set_ylabel("cross-correlation (per mask volume)")
-    axes.set_title(f"frame {int(one['frame'])}")
+    axes.set_ylabel(_profile_label(ds))
+    axes.set_title(_fit_title(ds, frame), fontsize=9)
     axes.legend()
     figure.tight_layout()
     buffer = io.BytesIO()
@@ -135,14 +171,55 @@ def correlation_plot(ds: xr.Dataset, frame: int, path: Path) -> None:
     _atomic_write_bytes(path, buffer.getvalue())
 
 
-def heatmap(ds: xr.Dataset, path: Path) -> None:
-    """Time x distance heat maps (0 at the top) of the fit, subtracted and original profiles."""
-    import matplotlib
+def _profile_label(ds: xr.Dataset) -> str:
+    name = next((n for n in ("profile_subtracted", "profile_original") if n in ds), None)
+    units = ds[name].attrs.get("units") if name else None
+    return "cross-correlation" + (f" ({units})" if units else " (per mask volume)")
 
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
 
-    names = [n for n in ("profile_fit", "profile_subtracted", "profile_original") if n in ds]
+def _fit_title(ds: xr.Dataset, frame: int) -> str:
+    """Two lines: which frame (and when), and its fit with units and quality warnings."""
+    one = ds.isel(t=frame)
+    units = ds.attrs.get("units", "")
+    first = f"frame {int(one['frame'])}"
+    if ds.sizes["t"] > 1:
+        first += f" (t = {float(one['t']):.4g} {ds['t'].attrs.get('units', '')})".replace(" )", ")")
+        if frame == int(ds.attrs.get("best_frame", -1)):
+            first += ", best frame"
+    parts = []
+    for name, label, suffix in (("mean", "mean", f" {units}"), ("sigma", "sigma", f" {units}"),
+                                ("confidence", "confidence", ""), ("r_squared", "R²", "")):
+        if name in one:
+            value = float(one[name])
+            parts.append(f"{label} {value:.3g}{suffix}" if np.isfinite(value) else f"{label} -")
+    lines = [first, ", ".join(parts)] if parts else [first]
+    flags = dataset_quality(ds)
+    if flags is not None and flags[frame]:
+        lines.append(f"warning: {quality_names(flags[frame]).replace('+', ', ')}")
+    return "\n".join(lines)
+
+
+def time_edges(times: np.ndarray) -> np.ndarray:
+    """Cell edges along time for frames at ``times``: midpoints between neighbours.
+
+    The first and last cells extend half their neighbour's interval outwards (a single
+    frame: +-0.5), so each frame's cell holds its own time and reaches halfway to the
+    frames before and after it (centred on it when frames are evenly spaced).
+    """
+    times = np.asarray(times, dtype=float)
+    if times.size == 1:
+        return np.array([times[0] - 0.5, times[0] + 0.5])
+    middle = (times[1:] + times[:-1]) / 2
+    return np.concatenate([[times[0] - (times[1] - times[0]) / 2], middle, [times[-1] + (times[-1] - times[-2]) / 2]])
+
+
+def heatmap_cells(ds: xr.Dataset) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """What :func:`heatmap` draws: frame indices, time edges and distance edges of the cells.
+
+    At most 2000 frames are drawn (evenly chosen); each is a column between the
+    midpoints to its drawn neighbours. Distances run from 0 to where the fits reach
+    (95th percentile of mean + 5 sigma), in 400 rows.
+    """
     n_frames = ds.sizes["t"]
     columns = np.unique(np.linspace(0, n_frames - 1, min(n_frames, _MAX_HEATMAP_COLUMNS)).round().astype(int))
     distance = np.asarray(ds["distance"].values)
@@ -152,32 +229,52 @@ def heatmap(ds: xr.Dataset, path: Path) -> None:
         reach = reach[np.isfinite(reach)]
         if reach.size:
             d_max = min(d_max, float(np.percentile(reach, 95)))
-    grid = np.linspace(0, d_max, _HEATMAP_ROWS)
-    times = np.asarray(ds["t"].values)[columns]
+    rows = np.linspace(0, d_max, _HEATMAP_ROWS + 1)
+    return columns, time_edges(np.asarray(ds["t"].values)[columns]), rows
+
+
+def heatmap(ds: xr.Dataset, path: Path) -> None:
+    """Time x distance heat maps (0 at the top) of the fit, subtracted and original profiles.
+
+    Each frame is a column around its own time (edges at the midpoints between frame
+    times, :func:`heatmap_cells`), so uneven frame intervals are drawn as they are.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    names = [n for n in ("profile_fit", "profile_subtracted", "profile_original") if n in ds]
+    columns, t_edges, d_edges = heatmap_cells(ds)
+    distance = np.asarray(ds["distance"].values)
+    grid = (d_edges[1:] + d_edges[:-1]) / 2
     units = ds["distance"].attrs.get("units", "")
     t_units = ds["t"].attrs.get("units", "")
-    figure, axes = plt.subplots(1, len(names) + 1, figsize=(4.2 * (len(names) + 1), 4), dpi=110, squeeze=False)
+    figure, axes = plt.subplots(1, len(names) + 1, figsize=(4.4 * (len(names) + 1), 4), dpi=110, squeeze=False)
     labels = {"profile_fit": "Gaussian fit", "profile_subtracted": "subtracted", "profile_original": "original"}
     # the plugin's channel colours: fit magenta, subtracted green, original blue
     colours = {"profile_fit": (1.0, 0.0, 1.0), "profile_subtracted": (0.0, 1.0, 0.0), "profile_original": (0.0, 0.0, 1.0)}
-    extent = (times[0], times[-1] if len(times) > 1 else times[0] + 1, grid[-1], grid[0])
     composite = np.zeros((len(grid), len(columns), 3))
-    for axis, name in zip(axes[0], names):
-        profiles = np.asarray(ds[name].isel(t=columns).values, dtype=float)
-        image = np.stack([np.interp(grid, distance, p, left=np.nan, right=np.nan) for p in profiles], axis=1)
-        shown = axis.imshow(image, aspect="auto", extent=extent, cmap="magma", interpolation="nearest")
-        axis.set_title(labels[name])
+    for axis, name in zip(list(axes[0]) + [axes[0][-1]], names + [None]):
+        if name is not None:
+            profiles = np.asarray(ds[name].isel(t=columns).values, dtype=float)
+            image = np.stack([np.interp(grid, distance, p, left=np.nan, right=np.nan) for p in profiles], axis=1)
+            shown = axis.pcolormesh(t_edges, d_edges, np.ma.masked_invalid(image), cmap="magma", shading="flat")
+            axis.set_title(f"{labels[name]} profile")
+            bar = figure.colorbar(shown, ax=axis, fraction=0.046)
+            bar.set_label(f"cross-correlation ({ds[name].attrs.get('units', 'per mask volume')})", fontsize=8)
+            finite = image[np.isfinite(image)]
+            if finite.size and finite.max() > finite.min():  # each channel over its own range
+                scaled = np.clip((np.nan_to_num(image, nan=finite.min()) - finite.min()) / (finite.max() - finite.min()), 0, 1)
+                composite += scaled[..., None] * np.asarray(colours[name])
+        else:
+            axis.pcolormesh(t_edges, d_edges, np.clip(composite, 0, 1), shading="flat")
+            axis.set_title("composite (each scaled to its range)\nfit magenta, subtracted green, original blue",
+                           fontsize=8)
+        axis.set_xlim(t_edges[0], t_edges[-1])
+        axis.set_ylim(d_edges[-1], d_edges[0])  # distance 0 at the top, as the plugin draws it
         axis.set_xlabel(f"time ({t_units})")
         axis.set_ylabel(f"distance ({units})")
-        figure.colorbar(shown, ax=axis, fraction=0.046)
-        finite = image[np.isfinite(image)]
-        if finite.size and finite.max() > finite.min():  # each channel over its own range
-            scaled = np.clip((np.nan_to_num(image, nan=finite.min()) - finite.min()) / (finite.max() - finite.min()), 0, 1)
-            composite += scaled[..., None] * np.asarray(colours[name])
-    axis = axes[0][-1]
-    axis.imshow(np.clip(composite, 0, 1), aspect="auto", extent=extent, interpolation="nearest")
-    axis.set_title("composite (fit magenta, subtracted green, original blue)", fontsize=8)
-    axis.set_xlabel(f"time ({t_units})")
     figure.tight_layout()
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png")
@@ -219,6 +316,9 @@ def summary_text(ds: xr.Dataset) -> str:
         r2 = np.asarray(ds["r_squared"].values, dtype=float)
         for i in np.flatnonzero((status == FRAME_OK) & (r2 < LOW_R_SQUARED)):
             warnings.append(f"frame {i}: R squared {r2[i]:.3g} < {LOW_R_SQUARED}: the Gaussian fits the profile poorly.")
+    quality = quality_lines(ds)
+    if quality:
+        lines += [""] + quality
     lines += ["", f"Warnings ({len(warnings)}):"] + [f"  {w}" for w in warnings[:_MAX_LISTED]]
     if len(warnings) > _MAX_LISTED:
         lines.append(f"  ... and {len(warnings) - _MAX_LISTED} more (see fits.csv)")
