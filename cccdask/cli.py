@@ -9,17 +9,15 @@ and exit with a non-zero status.
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
-import numpy as np
 import typer
-import yaml
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-from rich.table import Table
 
-from cccdask.config import ConfigError, PipelineConfig, json_schema, load_config
+if TYPE_CHECKING:  # the CLI imports the heavy stack (NumPy, Dask, ...) only where a command needs it
+    from cccdask.config import PipelineConfig
 
 app = typer.Typer(
     name="cccdask",
@@ -27,6 +25,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # plain help: flags show as flags, and rich's help renderer is not loaded
 )
 console = Console()
 errors = Console(stderr=True)
@@ -41,44 +40,70 @@ def _fail(message: str, code: int = EXIT_FAILED) -> None:
     raise typer.Exit(code)
 
 
-def _load(config: Path) -> PipelineConfig:
+def _load(config: Path) -> "PipelineConfig":
+    from cccdask.config import ConfigError, load_config
+
     try:
         return load_config(config)
     except ConfigError as error:
         _fail(str(error), EXIT_CONFIG)
 
 
-def _run_with_progress(config: PipelineConfig, overwrite: bool) -> Path:
+def _run_with_progress(config: "PipelineConfig", overwrite: bool) -> Path:
+    """Run with a live bar on a terminal, progress lines otherwise (a log file, a batch job)."""
     from cccdask.pipeline import FrameTooLargeError, PipelineError, StoreConflictError, run
+    from cccdask.progress import ProgressLog
 
-    columns = (TextColumn("frames"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn())
+    failures = (FileNotFoundError, PermissionError, FileExistsError, StoreConflictError, FrameTooLargeError,
+                PipelineError, ValueError, RuntimeError, OSError)
+    if not console.is_terminal:
+        def write(line: str) -> None:
+            console.file.write(line + "\n")
+            console.file.flush()
+
+        report = ProgressLog(write)
+        try:
+            return run(config, overwrite=overwrite, progress=report.update, log=report.message, phase=report.phase)
+        except failures as error:
+            _fail(str(error))
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+               TimeRemainingColumn(), TextColumn("{task.fields[failed]}"))
     with Progress(*columns, console=console, transient=False) as bar:
-        task = bar.add_task("frames", total=None)
+        task = bar.add_task("frames", total=None, failed="")
 
-        def progress(done: int, total: int) -> None:
-            bar.update(task, completed=done, total=total)
+        def progress(done: int, total: int, failed: int = 0) -> None:
+            bar.update(task, completed=done, total=total, description="frames",
+                       failed=f"{failed} without a result" if failed else "")
+
+        def phase(name: str) -> None:
+            bar.update(task, description=name)
 
         def log(message: str) -> None:
             bar.console.print(message, markup=False, highlight=False, soft_wrap=True)
 
         try:
-            return run(config, overwrite=overwrite, progress=progress, log=log)
-        except (FileNotFoundError, PermissionError, FileExistsError, StoreConflictError,
-                FrameTooLargeError, PipelineError, ValueError, RuntimeError, OSError) as error:
+            return run(config, overwrite=overwrite, progress=progress, log=log, phase=phase)
+        except failures as error:
             bar.stop()
             _fail(str(error))
 
 
 def _fmt(value, decimals: int = 3) -> str:
+    import numpy as np
+
     value = float(value)
     return "-" if not np.isfinite(value) else f"{value:.{decimals}f}"
 
 
-def _summary_table(store: Path, max_rows: int = 30, truth: np.ndarray | None = None,
-                   expected: np.ndarray | None = None) -> Table:
+def _summary_table(store: Path, max_rows: int = 30, truth=None, expected=None):
+    import numpy as np
     import xarray as xr
+    from rich.table import Table
 
-    from cccdask.io.store import FRAME_STATUS_NAMES
+    from cccdask.io.store import FRAME_OK, FRAME_STATUS_NAMES
+    from cccdask.quality import dataset_quality, quality_names
 
     with xr.open_zarr(str(store)) as ds:
         n = ds.sizes["t"]
@@ -95,6 +120,7 @@ def _summary_table(store: Path, max_rows: int = 30, truth: np.ndarray | None = N
         values = {name: np.asarray(ds[name].values) for name in names}
         status = np.asarray(ds["frame_status"].values)
         errors_ = np.asarray(ds["frame_error"].values)
+        flags = dataset_quality(ds)
         for k, i in enumerate(rows):
             if k and rows[k - 1] != i - 1:
                 table.add_row(*(["..."] * len(columns)))
@@ -103,9 +129,20 @@ def _summary_table(store: Path, max_rows: int = 30, truth: np.ndarray | None = N
                 row += [_fmt(truth[i]), _fmt(expected[i])]
             row += [_fmt(values[name][i]) for name in names]
             label = FRAME_STATUS_NAMES.get(int(status[i]), str(status[i]))
+            if label == "ok" and flags is not None and status[i] == FRAME_OK and flags[i]:
+                label = quality_names(flags[i])
             row.append(label if not errors_[i] else f"{label}: {str(errors_[i])[:40]}")
             table.add_row(*row)
     return table
+
+
+def _quality_lines(store: Path) -> list[str]:
+    import xarray as xr
+
+    from cccdask.io.reports import quality_lines
+
+    with xr.open_zarr(str(store)) as ds:
+        return quality_lines(ds)
 
 
 @app.command("run")
@@ -117,6 +154,8 @@ def run_command(
     settings = _load(config)
     store = _run_with_progress(settings, overwrite)
     console.print(_summary_table(store))
+    for line in _quality_lines(store):
+        console.print(line, markup=False, highlight=False, soft_wrap=True)
     from cccdask.io.reports import reports_folder
 
     console.print(f"Results: {store}")
@@ -132,12 +171,18 @@ def validate_command(
     """Check a config (keys, types) and, by default, that its inputs open and match."""
     settings = _load(config)
     if inputs:
+        from cccdask.examples import EXAMPLES, example_name
         from cccdask.pipeline import open_inputs, output_state
 
         try:
             opened = open_inputs(settings)
             state = output_state(settings)  # opens the inputs again: metadata only, cheap
-        except (FileNotFoundError, ValueError, PermissionError, FileExistsError) as error:
+        except FileNotFoundError as error:
+            name = example_name(str(config))
+            hint = (f" This is an example config: write its data with `cccdask demo --example {config}`."
+                    if name in EXAMPLES else "")
+            _fail(str(error) + hint)
+        except (ValueError, PermissionError, FileExistsError) as error:
             _fail(str(error))
         frames = opened.frames
         console.print(
@@ -150,6 +195,14 @@ def validate_command(
         )
     else:
         console.print(f"{config}: valid.")
+    from cccdask.checks import background_warning, machine_warnings
+
+    warnings = machine_warnings(settings)
+    if inputs:
+        warnings.append(background_warning(settings, frames))
+    for warning in filter(None, warnings):
+        errors.print("Warning:", style="bold yellow", end=" ")
+        errors.print(warning, markup=False, highlight=False, soft_wrap=True)
 
 
 @app.command("inspect")
@@ -178,6 +231,8 @@ def inspect_command(store: Path = typer.Argument(..., help="A results store (.za
     console.print(f"Frames: {n}; complete {n - missing.size}; missing {missing.size}")
     if missing.size:
         console.print(f"Missing frames: {_ranges(missing)}", highlight=False)
+    import numpy as np
+
     failed = np.flatnonzero((record.status != 0) & (record.status != 1))
     if failed.size:
         console.print(f"Frames without a result ({failed.size}):")
@@ -188,6 +243,8 @@ def inspect_command(store: Path = typer.Argument(..., help="A results store (.za
     import xarray as xr
 
     with xr.open_zarr(str(store)) as ds:
+        from rich.table import Table
+
         table = Table(title="Variables")
         for column in ("name", "dims", "shape", "dtype"):
             table.add_column(column)
@@ -196,7 +253,7 @@ def inspect_command(store: Path = typer.Argument(..., help="A results store (.za
         console.print(table)
 
 
-def _ranges(indices: np.ndarray) -> str:
+def _ranges(indices) -> str:
     parts, start = [], None
     for k, i in enumerate(indices):
         if start is None:
@@ -212,15 +269,14 @@ def schema_command(
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write the schema here instead of printing it."),
 ) -> None:
     """Print (or write) the JSON Schema of the YAML config."""
+    from cccdask.config import json_schema
+
     text = json.dumps(json_schema(), indent=2)
     if output is None:
         typer.echo(text)
     else:
         output.write_text(text + "\n")
         console.print(f"Wrote {output}")
-
-
-DEMO_DISTANCES = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 
 
 def demo_config(store: str = "results.zarr") -> dict:
@@ -237,36 +293,55 @@ def demo_config(store: str = "results.zarr") -> dict:
     }
 
 
+def _write_example(example: str) -> None:
+    """``demo --example``: write the data of an example config (a name or the config's path)."""
+    from cccdask.examples import EXAMPLES, NOT_LOCAL, example_name, write_example_data
+
+    name = example_name(example)
+    config_path = Path(example) if example.endswith(".yaml") else Path("configs") / f"{name}.yaml"
+    if name not in EXAMPLES and name not in NOT_LOCAL:
+        _fail(f"unknown example {name!r}; choose one of {', '.join(sorted(EXAMPLES))} (or the path of its config).")
+    if not config_path.is_file():
+        _fail(f"{config_path} not found: run this in the folder that holds configs/, or give the config's path "
+              f"(cccdask demo --example path/to/{name}.yaml).")
+    try:
+        written = write_example_data(name, config_path)
+    except (ValueError, OSError) as error:
+        _fail(str(error))
+    for path in written:
+        console.print(f"Wrote {path}", highlight=False)
+    console.print(f"Now: cccdask validate {config_path} && cccdask run {config_path}", highlight=False, soft_wrap=True)
+
+
 @app.command("demo")
 def demo_command(
-    output: Path = typer.Option(Path("cccdask-demo"), "--output", "-o", help="Folder for the data, config and results."),
-    frames: int = typer.Option(len(DEMO_DISTANCES), min=1, help="Number of frames (distances cycle)."),
-    size: int = typer.Option(256, min=64, help="Frame size (pixels per side)."),
+    output: Path = typer.Option(Path("cccdask-demo"), "--output", "-o", metavar="FOLDER",
+                                help="Folder for the data, config and results."),
+    frames: Optional[int] = typer.Option(None, min=1, metavar="N", help="Number of frames (distances cycle; default 8)."),
+    size: int = typer.Option(256, min=64, metavar="PIXELS", help="Frame size (pixels per side)."),
     overwrite: bool = typer.Option(True, "--overwrite/--resume", help="Replace results of an earlier demo."),
+    example: Optional[str] = typer.Option(
+        None, "--example", metavar="NAME",
+        help="Only write the data of an example config (timeseries-3d, preprocess-2d, demo; or the config's "
+             "path) where that config reads it, then run it with `cccdask run configs/NAME.yaml`."),
 ) -> None:
     """Synthetic two-channel spots paired at known distances, analysed end to end on a local cluster."""
-    from cccdask.io.store import write_ome_zarr
-    from cccdask.synthetic import paired_spots
+    if example is not None:
+        return _write_example(example)
+    import numpy as np
+    import yaml
 
-    distances = np.resize(np.asarray(DEMO_DISTANCES), frames)
+    from cccdask.config import load_config
+    from cccdask.examples import DEMO_DISTANCES, write_demo_data
+
+    frames = len(DEMO_DISTANCES) if frames is None else frames
     spacing = (0.05, 0.05)
     try:
         output.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         _fail(f"cannot create the demo folder {output}: {error}")
     console.print(f"Writing {frames} synthetic frames of {size}x{size} (spacing {spacing[0]} um) to {output}")
-    scenes = [
-        # well-separated pairs (no spot within 1.2 um of another but its partner) and
-        # unpaired decoys: the known answer is not blurred by chance coincidences
-        paired_spots(shape=(size, size), spacing=spacing, distance=float(d), psf_sigma=0.1,
-                     n_pairs=int(30 * (size / 256) ** 2), n_decoys=int(8 * (size / 256) ** 2),
-                     min_separation=1.2, seed=i)
-        for i, d in enumerate(distances)
-    ]
-    images = np.stack([np.stack([s.image1, s.image2]) for s in scenes])  # t, c, y, x
-    masks = np.stack([s.mask for s in scenes]).astype(np.uint8)
-    write_ome_zarr(output / "input.ome.zarr", images, "tcyx", spacing, units="um", time_interval=1.0, time_units="s")
-    write_ome_zarr(output / "mask.ome.zarr", masks, "tyx", spacing, units="um", time_interval=1.0, time_units="s")
+    distances, scenes = write_demo_data(output, frames, size)
     config_path = output / "demo.yaml"
     config_path.write_text(
         "# written by `cccdask demo`; rerun with: cccdask run " + str(config_path) + "\n"
