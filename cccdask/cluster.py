@@ -24,6 +24,7 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import os
+import warnings
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
@@ -240,7 +241,7 @@ def connect(
     """
     log = log or (lambda message: None)
     settings = {**worker_environment_settings(), **execution.dask_settings()}
-    with dask.config.set(settings):
+    with dask.config.set(settings), _dashboard_port_moves_silently():
         started = None
         declared = None
         try:
@@ -296,6 +297,17 @@ def connect(
         finally:
             if started is not None:
                 started.close()
+
+
+@contextlib.contextmanager
+def _dashboard_port_moves_silently():
+    """A taken dashboard port moves to a free one without distributed's UserWarning.
+
+    The link cccdask prints (``client.dashboard_link``) names the port actually used.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"Port \d+ is already in use", category=UserWarning)
+        yield
 
 
 def _has_dashboard(client: Client) -> bool:
