@@ -27,25 +27,39 @@ for i in np.flatnonzero(status > 1):
     print(f"frame {i}: {ds['frame_error'].values[i]}")
 
 # %% the per-frame fits as a table
-table = ds[["mean", "sigma", "confidence", "r_squared"]].to_dataframe()
+table = ds[[c for c in ("mean", "sigma", "confidence", "r_squared", "frame_quality") if c in ds]].to_dataframe()
 print(table)
+if "frame_quality" in ds:  # a bit mask: its meanings are in the variable's attrs
+    print("frame_quality bits:", dict(zip(ds["frame_quality"].attrs["flag_meanings"].split(),
+                                         ds["frame_quality"].attrs["flag_masks"])))
 
 # %% plot the fitted distance over time and the best frame's profiles
 best = int(ds.attrs.get("best_frame", 0))
 print(f"best frame {best}")
 units = ds.attrs.get("units", "")
-figure, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
-ds["mean"].plot(ax=left, marker="o", label="mean")
+t_units = ds["t"].attrs.get("units", "")
+figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
+left.plot(ds["t"].values, ds["mean"].values, marker="o", label="mean")
 left.fill_between(ds["t"].values, ds["mean"] - ds["sigma"], ds["mean"] + ds["sigma"], alpha=0.3, label="± sigma")
-left.set_ylabel(f"distance ({units})")
+left.set_xlabel(f"time ({t_units})")
+left.set_ylabel(f"fitted distance ({units})")
+left.set_title("Gaussian fit per frame")
 left.legend()
 frame = ds.isel(t=best)
 reach = float(abs(frame["mean"]) + 5 * frame["sigma"]) if np.isfinite(frame["mean"]) else float(ds["distance"][-1])
 near = frame.sel(distance=slice(0, reach))
-near["profile_original"].plot(ax=right, marker="o", ls="none", mfc="none", color="blue", label="original")
-near["profile_subtracted"].plot(ax=right, marker="o", ls="none", mfc="none", color="green", label="subtracted")
-near["profile_fit"].plot(ax=right, marker="o", ls="none", color="magenta", ms=3, label="fit")
-right.set_title(f"frame {best}")
+distance = near["distance"].values
+right.plot(distance, near["profile_original"].values, "o", mfc="none", color="blue", label="original")
+right.plot(distance, near["profile_subtracted"].values, "o", mfc="none", color="green", label="subtracted")
+right.plot(distance, near["profile_fit"].values, "o", color="magenta", ms=3, label="Gaussian fit")
+right.set_xlabel(f"distance ({units})")
+right.set_ylabel(f"cross-correlation ({ds['profile_original'].attrs.get('units', 'per mask volume')})")
+right.set_title(
+    f"frame {best} (t = {float(frame['t']):.4g} {t_units}): mean {float(frame['mean']):.3g} {units}, "
+    f"sigma {float(frame['sigma']):.3g} {units}\nconfidence {float(frame['confidence']):.3g}, "
+    f"R² {float(frame['r_squared']):.3g}",
+    fontsize=9,
+)
 right.legend()
 figure.tight_layout()
 figure.savefig(output)
