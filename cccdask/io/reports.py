@@ -82,7 +82,7 @@ def per_frame_table(ds: xr.Dataset) -> tuple[list[str], list[list]]:
     """Header and rows of ``fits.csv``: every per-frame scalar, the status and the reason."""
     scalars = [
         name for name, v in ds.data_vars.items()
-        if v.dims == ("t",) and name not in ("frame_status", "frame_error") and v.dtype.kind in "biuf"
+        if v.dims == ("t",) and name not in ("frame_status", "frame_error", "frame_quality") and v.dtype.kind in "biuf"
     ]
     order = ["mean", "sigma", "height", "confidence", "r_squared", "fit_ok"]
     scalars = [n for n in order if n in scalars] + [n for n in scalars if n not in order]

@@ -8,6 +8,8 @@ Layout (``xr.open_zarr(store)`` shows it as one Dataset):
   profiles over ``(t, distance)``, image-sized variables over ``(t, [z,] y, x)``
   (contribution images, coefficient maps) chunked like the input, and any other
   per-frame output (coefficients, preprocessing records);
+* ``frame_quality`` (uint8 bit mask, CF ``flag_masks``/``flag_meanings``): the quality
+  warnings of each frame's fit (:mod:`cccdask.quality`), written when the run finalises;
 * the completion record: ``frame_status`` (int8: 0 missing, 1 ok, 2 invalid frame,
   3 fit failed) and ``frame_error`` (the reason, empty when none), written only by the
   driver after a frame's writes finished;
@@ -40,6 +42,8 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 import zarr
+
+from cccdask.quality import QUALITY_ATTRS
 
 FRAME_MISSING = 0
 FRAME_OK = 1
@@ -250,6 +254,12 @@ def _template(layout: StoreLayout, attrs: dict[str, Any]) -> tuple[xr.Dataset, d
     data_vars["frame_error"] = xr.Variable(
         ("t",), np.full(n, "", dtype=object), attrs={"description": "why a frame has no result (empty: none)"}
     )
+    data_vars["frame_quality"] = xr.Variable(
+        ("t",), np.zeros(n, dtype=np.uint8),
+        attrs={**QUALITY_ATTRS, "description": "quality warnings of each frame's fit, set when the run "
+               "finalises (cccdask.quality; 0: none)"},
+    )
+    encoding["frame_quality"] = {"chunks": (max(n, 1),)}
     encoding["frame_status"] = {"chunks": (max(n, 1),)}
     encoding["frame_error"] = {"chunks": (max(n, 1),)}
     dataset = xr.Dataset(data_vars, coords=layout.coords, attrs=attrs)
@@ -378,6 +388,15 @@ def write_completion(path: Path | str, record: CompletionRecord) -> None:
     # the reasons first: a frame is complete once its status says so
     group["frame_error"][...] = np.asarray(record.errors, dtype=object)
     group["frame_status"][...] = np.asarray(record.status, dtype=np.int8)
+
+
+def write_quality(path: Path | str, flags: np.ndarray) -> bool:
+    """Write the per-frame quality bit mask (driver, when finalising); False for a store without it."""
+    group = zarr.open_group(str(path), mode="r+", use_consolidated=False)
+    if "frame_quality" not in group:
+        return False
+    group["frame_quality"][...] = np.asarray(flags, dtype=np.uint8)
+    return True
 
 
 _ARRAYS: dict[tuple[str, str], dict[str, zarr.Array]] = {}
