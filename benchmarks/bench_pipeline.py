@@ -188,7 +188,7 @@ def main() -> None:
                 with PeakMemory() as memory:
                     start = time.perf_counter()
                     run(config_for(sub, "results.zarr", address, args),
-                        progress=lambda done, total: stamps.append((time.perf_counter(), done)))
+                        progress=lambda done, total, *_: stamps.append((time.perf_counter(), done)))
                     elapsed = time.perf_counter() - start
                 ideal = per_frame * n / args.workers
                 # steady state: from the first recorded batch to the last (no set-up, no finalising)

@@ -179,16 +179,22 @@ def intensity_floor(image: np.ndarray, mask: np.ndarray | None = None) -> float:
 
     Returns NaN when the mask is empty or the mean is not positive.
     """
-    values = np.asarray(image, dtype=float)
-    if mask is not None:
-        values = values[np.asarray(mask) != 0]
-    values = values[np.isfinite(values)]
+    values = np.asarray(image)
+    values = values[np.asarray(mask) != 0] if mask is not None else values.ravel()
+    if values.dtype.kind == "f":
+        values = values[np.isfinite(values)]
     if values.size == 0:
         return float("nan")
-    mean = float(values.mean())
+    mean = float(values.mean(dtype=np.float64))
     if mean <= 0:
         return float("nan")
-    return float(np.percentile(values, 1) / mean)
+    # the k-th smallest by partition (O(n)): the 1st percentile, linearly interpolated
+    position = 0.01 * (values.size - 1)
+    low = int(np.floor(position))
+    high = min(low + 1, values.size - 1)
+    part = np.partition(values, (low, high))
+    floor = float(part[low]) + (position - low) * (float(part[high]) - float(part[low]))
+    return floor / mean
 
 
 def dataset_quality(ds) -> np.ndarray | None:
@@ -213,3 +219,13 @@ def dataset_quality(ds) -> np.ndarray | None:
     if "frame_status" in ds.variables:
         flags = np.where(np.asarray(ds["frame_status"].values) == 1, flags, 0).astype(np.uint8)
     return flags
+
+
+QUALITY_VARIABLE_ATTRS = {
+    f"intensity_floor{channel}": {
+        "description": f"1st percentile / mean of image {channel} under the mask, as correlated (after any "
+                       f"preprocessing): >= {FLOOR_FRACTION} flags background_dominated",
+        "units": "1",
+    }
+    for channel in (1, 2)
+}

@@ -46,6 +46,7 @@ from cccdask.pipeline.store_state import (
 )
 from cccdask.pipeline.task import GENERATED_MASK, compute_frames
 from cccdask.pipeline.tiled import run_tiled
+from cccdask.quality import dataset_quality
 
 
 def _prepare_preprocessing(config: PipelineConfig, inputs: RunInputs, log):
@@ -117,8 +118,9 @@ def run(
     config: PipelineConfig | str | os.PathLike,
     *,
     overwrite: bool | None = None,
-    progress: Callable[[int, int], None] | None = None,
+    progress: Callable[[int, int, int], None] | None = None,
     log: Callable[[str], None] | None = None,
+    phase: Callable[[str], None] | None = None,
 ) -> Path:
     """Run a configured analysis and return the path of the results store.
 
@@ -129,9 +131,18 @@ def run(
     overwrite : bool, optional
         Replace a store written with a different config (default: ``output.overwrite``).
     progress : callable, optional
-        ``progress(frames_done, n_frames)``, called as frames are recorded.
+        ``progress(frames_done, n_frames, frames_without_result)``, called as frames
+        are recorded.
     log : callable, optional
         Receives status lines (cluster, dashboard, resume).
+    phase : callable, optional
+        Receives the name of each phase as it begins: starting the cluster (or
+        connecting to the scheduler, or the in-process executor), waiting for workers
+        (while none is connected), computing frames, finalising reports.
+
+    A complete store of the same config whose inputs are unchanged (the sizes and
+    modification times recorded when it finalised) is returned at once, without a
+    cluster.
 
     Raises
     ------
@@ -150,17 +161,25 @@ def run(
     if not isinstance(config, PipelineConfig):
         config = load_config(config)
     log = log or (lambda message: None)
+    phase = phase or (lambda name: None)
     overwrite = config.output.overwrite if overwrite is None else overwrite
     path = Path(config.output.store)
     inputs = open_inputs(config)
     identity = run_identity(config, inputs.frames)
     check_output_location(path, create=True)
-    output_state_at(path, identity, overwrite)  # refuse a conflicting store before starting a cluster
+    state = output_state_at(path, identity, overwrite)  # refuse a conflicting store before starting a cluster
+    if state == "resume" and _complete_and_unchanged(path, config):
+        log(f"{path} is complete for this config and these inputs: nothing to compute "
+            f"(change the config or --overwrite to recompute)")
+        return path
     frames = inputs.frames
     fpt = resolve_frames_per_task(config.execution.frames_per_task, tuple(frames.frame_shape), frames.n_frames)
     estimate = estimate_task_memory(config, frames, fpt)
 
+    phase(_STARTING.get(config.cluster.kind, "starting the cluster"))
     with connect(config.cluster, config.execution, log=log) as cluster, _disk_full_is_named(path):
+        if cluster.total_threads() == 0:
+            phase("waiting for workers")
         budget = (cluster.memory_per_thread() if config.execution.memory_budget is None
                   else _parse_bytes(config.execution.memory_budget))
         whole_frames = check_memory(estimate, budget, config, frames.frame_shape)
@@ -189,9 +208,9 @@ def run(
         done = int(record.complete.sum())
         if resume:
             log(f"{done} of {n_frames} frames already complete; computing {n_frames - done}")
-        if progress:
-            progress(done, n_frames)
         completion = Completion(path, record)
+        phase("computing frames")
+        completion.report(progress, n_frames)
         if whole_frames:
             failures = submit_batches(cluster, plan, todo, completion, config.execution.retries, progress, n_frames)
         else:
@@ -203,9 +222,52 @@ def run(
                 f"{len(failures)} task(s) failed; the store {path} is incomplete. Fix the cause and rerun "
                 f"the same config: only the missing frames are computed.\n{lines}"
             )
+    phase("finalising reports" if config.output.reports else "finalising")
     with _disk_full_is_named(path):
         finalise(path, config)
     return path
+
+
+_STARTING = {"address": "connecting to the scheduler", "scheduler_file": "connecting to the scheduler",
+             "threads": "starting the in-process executor", "synchronous": "starting the in-process executor"}
+
+
+def inputs_stamp(config: PipelineConfig) -> list:
+    """Size and modification time of every input file (for a folder: of every file in it).
+
+    Recorded when a store finalises; a rerun whose inputs still have the same stamp
+    skips the run. Cost: one ``stat`` per file of the inputs.
+    """
+    paths = [config.input.image1.path, config.input.image2.path]
+    if config.input.mask is not None:
+        paths.append(config.input.mask.path)
+    stamp = []
+    for path in dict.fromkeys(str(p) for p in paths):
+        files = [path]
+        if os.path.isdir(path):
+            files = sorted(os.path.join(root, name) for root, _, names in os.walk(path) for name in names)
+        total, newest = 0, 0
+        for name in files:
+            info = os.stat(name)
+            total, newest = total + info.st_size, max(newest, info.st_mtime_ns)
+        stamp.append([path, len(files), total, newest])
+    return stamp
+
+
+def _complete_and_unchanged(path: Path, config: PipelineConfig) -> bool:
+    """The store is complete, its inputs are as they were, and its reports are there (when configured)."""
+    attrs = results_store.read_store_attrs(path) or {}
+    if attrs.get("cccdask_status") != results_store.STATUS_COMPLETE:
+        return False
+    if config.output.reports:
+        from cccdask.io.reports import reports_folder
+
+        if not (reports_folder(path) / "summary.txt").is_file():
+            return False
+    try:
+        return attrs.get("inputs_stamp") == inputs_stamp(config)
+    except OSError:
+        return False
 
 
 @contextlib.contextmanager
@@ -252,8 +314,7 @@ def submit_batches(cluster, plan: FramePlan, todo, completion: Completion, retri
             if future.status == "finished":
                 outcomes = future.result()
                 completion.add(outcomes)
-                if progress:
-                    progress(int(completion.record.complete.sum()), n_frames)
+                completion.report(progress, n_frames)
             else:
                 try:
                     future.result()
@@ -294,7 +355,12 @@ def finalise(path: Path, config: PipelineConfig | None = None) -> None:
             score = ds["confidence"] if mode == "full" else ds["sigma"]
             best = best_frame(np.asarray(score.values), mode)
     failed = int((record.status != FRAME_OK).sum())
-    results_store.update_store_attrs(path, best_frame=int(best), frames_failed=failed)
+    with xr.open_zarr(str(path)) as ds:
+        quality = dataset_quality(ds)
+    if quality is not None:
+        results_store.write_quality(path, quality)
+    stamp = {} if config is None else {"inputs_stamp": inputs_stamp(config)}
+    results_store.update_store_attrs(path, best_frame=int(best), frames_failed=failed, **stamp)
     reports = True if config is None else config.output.reports
     if reports:
         from cccdask.io.reports import write_reports

@@ -15,6 +15,7 @@ import numpy as np
 import xarray as xr
 
 from cccdask.ccc import variable_attrs
+from cccdask.quality import QUALITY_VARIABLE_ATTRS
 from cccdask.config import PipelineConfig
 from cccdask.io.store import FRAME_INVALID, StoreLayout, VariableLayout
 from cccdask.pipeline.errors import PipelineError
@@ -163,7 +164,8 @@ def plan_run(config: PipelineConfig, inputs: RunInputs, identity: str, settings=
     )
     fpt = resolve_frames_per_task(config.execution.frames_per_task, tuple(frames.frame_shape), frames.n_frames)
     layouts, extra_dims = _output_layout(plan, frames.n_frames, inputs.chunks, fpt)
-    layouts = [replace(v, attrs=variable_attrs(v.name, frames.units)) for v in layouts]
+    layouts = [replace(v, attrs=variable_attrs(v.name, frames.units, len(frames.spatial_dims))
+                       or QUALITY_VARIABLE_ATTRS.get(v.name, {})) for v in layouts]
     coefficient_coords = _coefficient_coords(plan)
     coefficient_attrs = coefficient_coords.pop("_attrs", None)
     coords = _coordinates(inputs, plan, layouts, extra_dims, coefficient_coords)

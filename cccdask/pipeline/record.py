@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from cccdask.io import store as results_store
-from cccdask.io.store import CompletionRecord
+from cccdask.io.store import FRAME_OK, CompletionRecord
 
 
 class Completion:
@@ -33,6 +33,13 @@ class Completion:
         self.dirty = True
         if first or time.monotonic() - self.last >= self.interval:
             self.flush()
+
+    def report(self, progress, n_frames: int) -> None:
+        """``progress(frames recorded, n_frames, frames recorded without a result)``, when given."""
+        if progress:
+            status = self.record.status
+            done = int(self.record.complete.sum())
+            progress(done, n_frames, done - int((status == FRAME_OK).sum()))
 
     def flush(self) -> None:
         if self.dirty:

@@ -67,6 +67,7 @@ def analyse_frame(
         Why the frame has no (valid) result; empty when ok.
     """
     from cccdask.kernels.ccc import ccc_frame, output_dims
+    from cccdask.quality import intensity_floor
 
     geometry = geometry if geometry is not None else plan.geometry()
     spatial = plan.spatial_dims
@@ -86,6 +87,8 @@ def analyse_frame(
                 outputs["mask_used"] = (spatial, np.asarray(mask, dtype=np.uint8))
         options = {k: plan.ccc[k] for k in ("mode", "contributions", "intermediates", "dtype")}
         results = ccc_frame(image1, image2, mask, geometry, **options)
+        for channel, image in (("intensity_floor1", image1), ("intensity_floor2", image2)):
+            outputs[channel] = ((), np.asarray(intensity_floor(image, mask)))  # for frame_quality
         for name, value in results.items():
             outputs[name] = (output_dims(name, spatial), np.asarray(value))
         if plan.coefficients is not None:

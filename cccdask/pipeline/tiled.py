@@ -61,6 +61,5 @@ def run_tiled(cluster, plan: FramePlan, inputs: RunInputs, config: PipelineConfi
             failures.append(((start, stop), failure_message(error)))
             continue
         completion.add(outcomes)
-        if progress:
-            progress(int(completion.record.complete.sum()), n_frames)
+        completion.report(progress, n_frames)
     return failures
