@@ -96,3 +96,66 @@ def test_demo_example_writes_the_data_an_example_config_reads(tmp_path, monkeypa
     assert float(xr.corr(image.isel(t=0), open_image(tmp_path / "configs/data/cells.ome.zarr", channel=0).isel(t=0))) > 0
     refused = runner.invoke(app, ["demo", "--example", "slurm-example"])
     assert refused.exit_code == 1 and "has no local data" in _output(refused)
+
+
+def _run_config(folder: Path, image: Path, name: str, cluster: dict, **sections) -> Path:
+    import yaml
+
+    config = {"input": {"image1": {"path": image.name, "channel": 0}, "image2": {"path": image.name, "channel": 1}},
+              "ccc": {"max_distance": 1.5}, "output": {"store": f"{name}.zarr", "reports": True},
+              "cluster": cluster, **sections}
+    path = folder / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+NO_SCHEDULER = {"kind": "address", "address": "tcp://127.0.0.1:9", "connect_timeout": 1.0}
+
+
+def test_a_complete_store_is_returned_without_a_cluster_until_an_input_changes(tmp_path):
+    import os
+
+    image = _two_channel_tiff(tmp_path, 0.0)
+    first = runner.invoke(app, ["run", str(_run_config(tmp_path, image, "again", {"kind": "synchronous"}))])
+    assert first.exit_code == 0, _output(first)
+    summary = (tmp_path / "again-reports" / "summary.txt").stat().st_mtime_ns
+    # same config and inputs, and a cluster that cannot be reached: nothing connects to it
+    rerun = runner.invoke(app, ["run", str(_run_config(tmp_path, image, "again", NO_SCHEDULER))])
+    assert rerun.exit_code == 0, _output(rerun)
+    assert "is complete for this config and these inputs: nothing to compute" in _output(rerun)
+    assert (tmp_path / "again-reports" / "summary.txt").stat().st_mtime_ns == summary
+    # an input touched since: the rerun goes the normal way (and needs its cluster)
+    info = image.stat()
+    os.utime(image, ns=(info.st_atime_ns, info.st_mtime_ns + 10**9))
+    refused = runner.invoke(app, ["run", str(_run_config(tmp_path, image, "again", NO_SCHEDULER))])
+    assert refused.exit_code != 0 and "nothing to compute" not in _output(refused)
+    redone = runner.invoke(app, ["run", str(_run_config(tmp_path, image, "again", {"kind": "synchronous"}))])
+    assert redone.exit_code == 0, _output(redone)
+    assert (tmp_path / "again-reports" / "summary.txt").stat().st_mtime_ns != summary
+
+
+@pytest.mark.parametrize("background", [None, {"image1": {"method": "median"}, "image2": {"method": "median"}}])
+def test_a_run_flags_an_unsubtracted_background_and_names_the_setting(tmp_path, background):
+    from cccdask.quality import QUALITY_FLAGS, intensity_floor
+
+    image = _two_channel_tiff(tmp_path, 400.0)
+    sections = {"preprocess": {"background": background}} if background else {}
+    result = runner.invoke(app, ["run", str(_run_config(tmp_path, image, "offset", {"kind": "synchronous"},
+                                                         **sections))])
+    assert result.exit_code == 0, _output(result)
+    ds = xr.open_zarr(tmp_path / "offset.zarr")
+    flags = int(ds["frame_quality"].values[0])
+    assert ds["frame_quality"].attrs["flag_meanings"] == " ".join(QUALITY_FLAGS)
+    data = tifffile.imread(image).astype(float).reshape(2, 128, 128)  # the two channels of the one frame
+    if background is None:
+        # the floor the task stored is the one of the raw channels
+        assert float(ds["intensity_floor1"].values[0]) == pytest.approx(intensity_floor(data[0]), abs=1e-12)
+        assert flags & QUALITY_FLAGS["background_dominated"]
+        assert "Background is the likely cause: no background is subtracted" in _output(result)
+        assert "set preprocess.background" in (tmp_path / "offset-reports" / "summary.txt").read_text()
+        assert "background_dominated" in (tmp_path / "offset-reports" / "fits.csv").read_text()
+    else:
+        median = data[0] - np.median(data[0])
+        assert float(ds["intensity_floor1"].values[0]) == pytest.approx(intensity_floor(median), abs=1e-6)
+        assert not flags & QUALITY_FLAGS["background_dominated"]
+        assert "likely cause" not in _output(result)
