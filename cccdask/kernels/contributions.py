@@ -13,7 +13,6 @@ with the images extended by mirroring at the frame border (``numpy.pad`` mode
 from __future__ import annotations
 
 import numpy as np
-from scipy import signal
 
 from cccdask.kernels.fit import GaussianFit
 
@@ -72,6 +71,8 @@ def filter_with_kernel(image: np.ndarray, kernel: np.ndarray, shift_lo, correlat
         pads.append((-lo, hi) if correlate else (hi, -lo))
     extended = np.pad(image, pads, mode="symmetric")
     taps = kernel[(slice(None, None, -1),) * kernel.ndim] if correlate else kernel
+    from scipy import signal  # here: importing scipy.signal costs seconds, and most runs need no contributions
+
     return signal.fftconvolve(extended, taps, mode="valid").astype(image.dtype, copy=False)
 
 
