@@ -71,7 +71,7 @@ def _run_with_progress(config: "PipelineConfig", overwrite: bool) -> Path:
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                TimeRemainingColumn(), TextColumn("{task.fields[failed]}"))
     with Progress(*columns, console=console, transient=False) as bar:
-        task = bar.add_task("frames", total=None, failed="")
+        task = bar.add_task("opening the inputs", total=None, failed="")
 
         def progress(done: int, total: int, failed: int = 0) -> None:
             bar.update(task, completed=done, total=total, description="frames",
