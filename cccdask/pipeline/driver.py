@@ -178,8 +178,9 @@ def run(
 
     phase(_STARTING.get(config.cluster.kind, "starting the cluster"))
     with connect(config.cluster, config.execution, log=log) as cluster, _disk_full_is_named(path):
-        if cluster.total_threads() == 0:
+        if cluster.total_threads() == 0:  # e.g. SLURM jobs still queued: the tasks could not start anyway
             phase("waiting for workers")
+            cluster.client.wait_for_workers(1)
         budget = (cluster.memory_per_thread() if config.execution.memory_budget is None
                   else _parse_bytes(config.execution.memory_budget))
         whole_frames = check_memory(estimate, budget, config, frames.frame_shape)
