@@ -147,3 +147,25 @@ def test_the_printed_dashboard_link_answers_even_when_its_port_was_taken(series)
         assert "UserWarning" not in err.read_text()
     finally:
         taken.close()
+
+
+def test_waiting_for_workers_is_named_until_one_joins(series):
+    from distributed import LocalCluster
+
+    with LocalCluster(n_workers=0, processes=False, protocol="tcp://", host="127.0.0.1",
+                      dashboard_address=None) as cluster:
+        config = _config(series, "workerless", {"kind": "address", "address": cluster.scheduler_address})
+        log, err = series / "workerless.log", series / "workerless.err"
+        with log.open("w") as out, err.open("w") as errors:
+            process = subprocess.Popen([sys.executable, "-m", "cccdask", "run", str(config)], stdout=out,
+                                       stderr=errors, env={**os.environ, "PYTHONPATH": str(REPO)}, cwd=series)
+        try:
+            text = _wait_for(log, r"waiting for workers", process)
+            assert process.poll() is None and "computing frames" not in text  # no worker: nothing can run
+            cluster.scale(1)
+            assert process.wait(timeout=300) == 0, err.read_text()
+        finally:
+            if process.poll() is None:
+                process.kill()
+    final = log.read_text()
+    assert final.index("waiting for workers") < final.index("computing frames") < final.index("frames 40/40")
