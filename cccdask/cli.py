@@ -168,8 +168,9 @@ def validate_command(
     config: Path = typer.Argument(..., help="The YAML run configuration."),
     inputs: bool = typer.Option(True, "--inputs/--no-inputs", help="Also open the input files (metadata only)."),
 ) -> None:
-    """Check a config (keys, types) and, by default, that its inputs open and match."""
+    """Check a config (keys, types, TLS files) and, by default, that its inputs open and match."""
     settings = _load(config)
+    _check_tls_files(settings)
     if inputs:
         from cccdask.examples import EXAMPLES, example_name
         from cccdask.pipeline import open_inputs, output_state
@@ -203,6 +204,17 @@ def validate_command(
     for warning in filter(None, warnings):
         errors.print("Warning:", style="bold yellow", end=" ")
         errors.print(warning, markup=False, highlight=False, soft_wrap=True)
+
+
+def _check_tls_files(settings: PipelineConfig) -> None:
+    """Fail naming every problem of cluster.security's files (missing, a key others can read)."""
+    from cccdask.config import TLSFiles
+    from cccdask.security import tls_file_problems
+
+    if isinstance(settings.cluster.security, TLSFiles):
+        problems = tls_file_problems(settings.cluster.security)
+        if problems:
+            _fail("\n".join(problems))
 
 
 @app.command("inspect")

@@ -4,11 +4,15 @@
 :class:`distributed.Client`; the pipeline's code is the same on all of them.
 
 * ``local`` (default): a LocalCluster sized to this machine: one single-threaded
-  worker process per core, the machine's memory shared out between them.
+  worker process per core, the machine's memory shared out between them. Every socket
+  (scheduler, workers, nannies, dashboard) listens on ``cluster.local.host``, loopback
+  by default.
 * ``address`` / ``scheduler_file``: connect to a scheduler that is already running
-  (``dask scheduler`` + ``dask worker``, a JupyterHub gateway, ...).
+  (``dask scheduler`` + ``dask worker``, a JupyterHub gateway, ...), over TLS with the
+  files of ``cluster.security``.
 * ``slurm``: dask-jobqueue's SLURMCluster (``pip install 'cccdask[slurm]'``), imported
-  only then.
+  only then; TLS with credentials made for the run unless ``cluster.security: false``,
+  the dashboard on loopback. :mod:`cccdask.security` holds these rules.
 * ``threads`` / ``synchronous``: no distributed at all: the tasks run in a thread pool
   of this process, or one at a time in it (debugging, and the determinism checks: every
   kind must write the same bytes). :class:`InProcessClient` offers the few Client
@@ -23,16 +27,29 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import getpass
+import json
 import os
+import socket
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Iterator
 
 import dask
 import psutil
 from distributed import Client, LocalCluster
+from distributed.security import Security
 
-from cccdask.config import ClusterConfig, ExecutionConfig, SlurmConfig
+from cccdask.config import ClusterConfig, ExecutionConfig, SlurmConfig, TLSFiles
+from cccdask.security import (
+    LOOPBACK,
+    client_security,
+    dashboard_bind_address,
+    dashboard_message,
+    is_loopback,
+    temporary_credentials,
+)
 
 
 @dataclass
@@ -190,7 +207,7 @@ def local_cluster_size(n_workers: int | None, threads_per_worker: int) -> tuple[
     return workers, memory
 
 
-def _slurm_cluster(settings: SlurmConfig):
+def _slurm_cluster(settings: SlurmConfig, security: Security | None, dashboard: str | None):
     try:
         from dask_jobqueue import SLURMCluster
     except ImportError as error:  # pragma: no cover - depends on the install
@@ -210,6 +227,11 @@ def _slurm_cluster(settings: SlurmConfig):
         log_directory=settings.log_directory,
         job_extra_directives=list(settings.job_extra_directives),
         job_script_prologue=list(settings.job_script_prologue),
+        security=security,
+        # the scheduler listens on the network for the jobs; its HTTP server (dashboard or not) and
+        # the workers' (metrics) need not
+        scheduler_options={"dashboard_address": dashboard or f"{LOOPBACK}:0", "dashboard": dashboard is not None},
+        worker_extra_args=["--dashboard-address", f"{LOOPBACK}:0"],
     )
     cluster = SLURMCluster(**{k: v for k, v in options.items() if v is not None})
     if settings.adapt:
@@ -225,11 +247,96 @@ def _parse_bytes(text: str) -> int:
     return int(parse_bytes(text))
 
 
+@dataclass
+class _Joined:
+    """What starting or joining one kind of cluster gives :func:`connect`."""
+
+    client: Client | InProcessClient
+    declared_memory_per_thread: float | None = None
+    dashboard_link: str | None = None
+
+
+def _run_in_process(cluster: ClusterConfig, log) -> _Joined:
+    threads = 1 if cluster.kind == "synchronous" else (cluster.threads or local_cluster_size(None, 1)[0])
+    log(f"Running in this process: {cluster.kind}" + (f", {threads} thread(s)" if threads > 1 else ""))
+    return _Joined(InProcessClient(cluster.kind, threads), psutil.virtual_memory().total * 0.9 / threads)
+
+
+def _start_local(cluster: ClusterConfig, stack: contextlib.ExitStack, log) -> _Joined:
+    local = cluster.local
+    if not is_loopback(local.host):
+        log(f"Warning: cluster.local.host is {local.host}: the scheduler, the workers and the dashboard accept "
+            f"connections from other machines, without authentication (anyone who reaches them can run code as "
+            f"you). Leave it out (127.0.0.1) and reach the dashboard through an SSH tunnel.")
+    workers, memory = local_cluster_size(local.n_workers, local.threads_per_worker)
+    memory_limit = local.memory_limit or memory
+    # in-thread workers talk over the inproc transport (no socket) unless they must be reached from elsewhere
+    tcp = local.processes or not is_loopback(local.host)
+    dashboard = dashboard_bind_address(local.dashboard_address, local.host)
+    started = LocalCluster(
+        n_workers=workers,
+        threads_per_worker=local.threads_per_worker,
+        processes=local.processes,
+        memory_limit=memory_limit,
+        dashboard_address=dashboard,
+        host=local.host if tcp else None,
+        protocol="tcp://" if tcp else None,
+    )
+    stack.callback(started.close)
+    client = Client(started, timeout=cluster.connect_timeout)
+    limit = _parse_bytes(memory_limit) if isinstance(memory_limit, str) else memory_limit
+    log(f"Started a local cluster: {workers} worker(s) x {local.threads_per_worker} thread(s), "
+        f"{_format_bytes(limit)} each")
+    return _Joined(client, dashboard_link=_dashboard_link(client, dashboard))
+
+
+def _join_running(cluster: ClusterConfig, log) -> _Joined:
+    """A scheduler that is already running, in plain TCP or, with ``cluster.security``, TLS."""
+    security = client_security(cluster.security) if isinstance(cluster.security, TLSFiles) else None
+    tls = " over TLS" if security is not None else ""
+    if cluster.kind == "address":
+        client = Client(cluster.address, security=security, timeout=cluster.connect_timeout)
+        log(f"Connected to the scheduler at {cluster.address}{tls}")
+        return _Joined(client, dashboard_link=_dashboard_link(client))
+    path = cluster.scheduler_file
+    if not path.is_file():
+        raise FileNotFoundError(f"cluster.scheduler_file {path} does not exist; start the scheduler with "
+                                f"`dask scheduler --scheduler-file {path}` first.")
+    address = str(json.loads(path.read_text()).get("address", ""))
+    if address.startswith("tls://") and security is None:
+        raise ValueError(f"cluster.scheduler_file {path} names a TLS scheduler ({address}) but cluster.security "
+                         f"is not set; give security: {{ca_file: ..., cert: ..., key: ...}}")
+    client = Client(scheduler_file=str(path), security=security, timeout=cluster.connect_timeout)
+    log(f"Connected to the scheduler in {path}{tls}")
+    return _Joined(client, dashboard_link=_dashboard_link(client))
+
+
+def _start_slurm(cluster: ClusterConfig, shared_directory: Path | None, stack: contextlib.ExitStack, log) -> _Joined:
+    slurm = cluster.slurm
+    security = None
+    if cluster.security is False:
+        log("Warning: cluster.security is false: the scheduler listens on the network in plain TCP, and anyone "
+            "who can reach it can connect and run code as you. Remove the key to use TLS (the default).")
+    else:
+        directory = slurm.shared_directory or shared_directory or Path.cwd()
+        security, folder = stack.enter_context(temporary_credentials(Path(directory)))
+        log(f"TLS: temporary credentials in {folder} (owner-only, removed when the run ends)")
+    dashboard = dashboard_bind_address(slurm.dashboard_address, LOOPBACK)
+    started = _slurm_cluster(slurm, security, dashboard)
+    stack.callback(started.close)  # before the credentials are removed: the jobs are cancelled first
+    client = Client(started, timeout=cluster.connect_timeout)  # takes the cluster's security
+    per_process = _parse_bytes(slurm.memory) / slurm.processes
+    log(f"Submitted {slurm.jobs} SLURM job(s) for the scheduler at {started.scheduler_address}; "
+        f"workers join as the jobs start")
+    return _Joined(client, per_process / max(slurm.cores // slurm.processes, 1), _dashboard_link(client, dashboard))
+
+
 @contextlib.contextmanager
 def connect(
     cluster: ClusterConfig,
     execution: ExecutionConfig,
     log: Callable[[str], None] | None = None,
+    shared_directory: Path | None = None,
 ) -> Iterator[ClusterHandle]:
     """Start or join the configured cluster; close what was started on exit.
 
@@ -238,83 +345,53 @@ def connect(
     cluster, execution : the config sections.
     log : callable, optional
         Receives one line per event (e.g. the dashboard address).
+    shared_directory : Path, optional
+        A folder the SLURM jobs can read (the output store's), for the run's temporary TLS
+        credentials when ``cluster.slurm.shared_directory`` is not set.
     """
     log = log or (lambda message: None)
     settings = {**worker_environment_settings(), **execution.dask_settings()}
-    with dask.config.set(settings), _dashboard_port_moves_silently():
-        started = None
-        declared = None
-        try:
-            if cluster.kind in ("threads", "synchronous"):
-                threads = 1 if cluster.kind == "synchronous" else (cluster.threads or local_cluster_size(None, 1)[0])
-                client = InProcessClient(cluster.kind, threads)
-                declared = psutil.virtual_memory().total * 0.9 / threads
-                log(f"Running in this process: {cluster.kind}" + (f", {threads} thread(s)" if threads > 1 else ""))
-            elif cluster.kind == "local":
-                local = cluster.local
-                workers, memory = local_cluster_size(local.n_workers, local.threads_per_worker)
-                memory_limit = local.memory_limit or memory
-                started = LocalCluster(
-                    n_workers=workers,
-                    threads_per_worker=local.threads_per_worker,
-                    processes=local.processes,
-                    memory_limit=memory_limit,
-                    dashboard_address=local.dashboard_address,
-                    host=local.host,
-                    # in-thread workers default to the inproc transport, which cannot bind a host
-                    protocol="tcp://" if local.host and not local.processes else None,
-                )
-                client = Client(started, timeout=cluster.connect_timeout)
-                log(f"Started a local cluster: {workers} worker(s) x {local.threads_per_worker} thread(s), "
-                    f"{_format_bytes(_parse_bytes(str(memory_limit)) if isinstance(memory_limit, str) else memory_limit)} each")
-            elif cluster.kind == "address":
-                client = Client(cluster.address, timeout=cluster.connect_timeout)
-                log(f"Connected to the scheduler at {cluster.address}")
-            elif cluster.kind == "scheduler_file":
-                if not cluster.scheduler_file.is_file():
-                    raise FileNotFoundError(
-                        f"cluster.scheduler_file {cluster.scheduler_file} does not exist; start the "
-                        f"scheduler with `dask scheduler --scheduler-file {cluster.scheduler_file}` first."
-                    )
-                client = Client(scheduler_file=str(cluster.scheduler_file), timeout=cluster.connect_timeout)
-                log(f"Connected to the scheduler in {cluster.scheduler_file}")
-            else:
-                slurm = cluster.slurm
-                started = _slurm_cluster(slurm)
-                client = Client(started, timeout=cluster.connect_timeout)
-                per_process = _parse_bytes(slurm.memory) / slurm.processes
-                declared = per_process / max(slurm.cores // slurm.processes, 1)
-                log(f"Submitted {slurm.jobs} SLURM job(s); workers join as the jobs start")
-            link = getattr(client, "dashboard_link", None) if _has_dashboard(client) else None
-            if link:
-                log(f"Dask dashboard: {link}")
-            handle = ClusterHandle(client=client, kind=cluster.kind, dashboard_link=link,
-                                   declared_memory_per_thread=declared)
-            try:
-                yield handle
-            finally:
-                client.close()
-        finally:
-            if started is not None:
-                started.close()
+    with dask.config.set(settings), _dashboard_port_moves_silently(), contextlib.ExitStack() as stack:
+        if cluster.kind in ("threads", "synchronous"):
+            joined = _run_in_process(cluster, log)
+        elif cluster.kind == "local":
+            joined = _start_local(cluster, stack, log)
+        elif cluster.kind in ("address", "scheduler_file"):
+            joined = _join_running(cluster, log)
+        else:
+            joined = _start_slurm(cluster, shared_directory, stack, log)
+        stack.callback(joined.client.close)
+        if joined.dashboard_link:
+            remote = cluster.kind == "slurm" or "SSH_CONNECTION" in os.environ
+            log(dashboard_message(joined.dashboard_link, remote, socket.gethostname(), getpass.getuser()))
+        yield ClusterHandle(client=joined.client, kind=cluster.kind, dashboard_link=joined.dashboard_link,
+                            declared_memory_per_thread=joined.declared_memory_per_thread)
 
 
 @contextlib.contextmanager
 def _dashboard_port_moves_silently():
     """A taken dashboard port moves to a free one without distributed's UserWarning.
 
-    The link cccdask prints (``client.dashboard_link``) names the port actually used.
+    The link cccdask prints names the port actually used.
     """
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=r"Port \d+ is already in use", category=UserWarning)
         yield
 
 
-def _has_dashboard(client: Client) -> bool:
+def _dashboard_link(client: Client, bound: str | None = "") -> str | None:
+    """The dashboard's address. ``bound``: the 'address:port' of a dashboard cccdask started
+    (None: it started none; '': a scheduler that was already running, which says where its is)."""
+    if bound is None:
+        return None
     try:
-        return "dashboard" in client.scheduler_info().get("services", {})
+        port = client.scheduler_info().get("services", {}).get("dashboard")
     except Exception:
-        return False
+        return None
+    host = bound.rsplit(":", 1)[0]
+    if port is None or not bound or host in ("", "0.0.0.0"):
+        return None if port is None else client.dashboard_link
+    return f"http://{host}:{port}/status"
 
 
 def _format_bytes(n: float) -> str:

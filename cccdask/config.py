@@ -201,9 +201,14 @@ class LocalClusterConfig(Section):
     )
     processes: bool = Field(True, description="Workers in separate processes (recommended).")
     dashboard_address: Optional[str] = Field(
-        ":8787", description="Dashboard address (':0' for any free port, null for none)."
+        ":8787", description="Dashboard port (':8787'; ':0' any free port) listening on `host`, or "
+        "'address:port' to listen elsewhere; null: no dashboard."
     )
-    host: Optional[str] = Field(None, description="Interface to listen on, e.g. '127.0.0.1'.")
+    host: str = Field(
+        "127.0.0.1", description="Address the scheduler, workers, nannies and dashboard listen on. "
+        "Default loopback: nothing is reachable from another machine (reach the dashboard through an "
+        "SSH tunnel). Another address (e.g. '0.0.0.0') opens them, unauthenticated, to the network."
+    )
 
 
 class SlurmConfig(Section):
@@ -224,6 +229,28 @@ class SlurmConfig(Section):
     job_script_prologue: list[str] = Field(
         default_factory=list, description="Shell lines run before the worker starts (module load ...)."
     )
+    dashboard_address: Optional[str] = Field(
+        ":8787", description="Dashboard port on the submitting machine, listening on 127.0.0.1 (reach it "
+        "through an SSH tunnel), or 'address:port' to listen elsewhere; null: no dashboard."
+    )
+    shared_directory: Optional[Path] = Field(
+        None, description="A folder the jobs can read, for the run's temporary TLS credentials (removed "
+        "after the run). Default: the folder of output.store, which the workers write anyway."
+    )
+
+    _abs_path = field_validator("shared_directory", mode="after")(resolve_path)
+
+
+class TLSFiles(Section):
+    """TLS credentials (PEM files) for joining a scheduler that requires TLS."""
+
+    ca_file: Path = Field(description="Certificate of the authority that signed the scheduler's and "
+                          "workers' certificates.")
+    cert: Path = Field(description="This client's certificate.")
+    key: Optional[Path] = Field(None, description="This client's private key (readable by its owner "
+                                "only); None: the key is in the `cert` file.")
+
+    _abs_path = field_validator("ca_file", "cert", "key", mode="after")(resolve_path)
 
 
 class ClusterConfig(Section):
@@ -238,11 +265,17 @@ class ClusterConfig(Section):
     threads: Optional[int] = Field(
         None, ge=1, description="Threads for kind 'threads'; default: one per core."
     )
-    address: Optional[str] = Field(None, description="Scheduler address, e.g. 'tcp://10.0.0.5:8786'.")
+    address: Optional[str] = Field(None, description="Scheduler address, e.g. 'tcp://10.0.0.5:8786' "
+                                   "('tls://...' with a `security` section).")
     scheduler_file: Optional[Path] = Field(None, description="Scheduler file written by `dask scheduler`.")
     local: LocalClusterConfig = Field(default_factory=LocalClusterConfig)
     slurm: Optional[SlurmConfig] = None
     connect_timeout: float = Field(60.0, gt=0, description="Seconds to wait for the scheduler/workers.")
+    security: Optional[Union[bool, TLSFiles]] = Field(
+        None, description="TLS. slurm: true (default) encrypts and authenticates every connection with "
+        "temporary credentials made for the run; false: plain TCP (warned). address / scheduler_file: "
+        "the files {ca_file, cert, key} of a scheduler that requires TLS. Not for the in-machine kinds."
+    )
 
     _abs_path = field_validator("scheduler_file", mode="after")(resolve_path)
 
@@ -252,6 +285,28 @@ class ClusterConfig(Section):
         key = needed.get(self.kind)
         if key is not None and getattr(self, key) is None:
             raise ValueError(f"cluster.kind is {self.kind!r} but cluster.{key} is not set")
+        return self
+
+    @model_validator(mode="after")
+    def _security_fits_kind(self):
+        files = isinstance(self.security, TLSFiles)
+        if self.kind in ("local", "threads", "synchronous") and self.security is not None:
+            raise ValueError(f"cluster.security does not apply to kind {self.kind!r} (it listens on "
+                             f"cluster.local.host, loopback by default); remove it")
+        if self.kind == "slurm" and files:
+            raise ValueError("cluster.security for kind 'slurm' is true (temporary credentials made for "
+                             "the run, the default) or false (plain TCP)")
+        if self.kind in ("address", "scheduler_file") and self.security is True:
+            raise ValueError(f"cluster.security for kind {self.kind!r} names the scheduler's TLS files: "
+                             f"security: {{ca_file: ca.pem, cert: client.pem, key: client-key.pem}}")
+        if self.kind == "address":
+            scheme = self.address.split("://")[0] if "://" in self.address else None
+            if scheme == "tls" and not files:
+                raise ValueError(f"cluster.address {self.address} is a TLS scheduler but cluster.security is "
+                                 f"not set; give security: {{ca_file: ..., cert: ..., key: ...}}")
+            if files and scheme not in (None, "tls"):
+                raise ValueError(f"cluster.security is set but cluster.address {self.address} is not TLS; "
+                                 f"use the scheduler's tls:// address")
         return self
 
 
@@ -419,6 +474,20 @@ def json_schema() -> dict[str, Any]:
     return schema
 
 
+PEM_REDACTED = "<PEM data not recorded>"
+
+
+def without_pem_data(value: Any) -> Any:
+    """``value`` (nested dicts, lists, strings) with every string holding PEM data (a key or
+    certificate given inline, e.g. in ``execution.dask_config``) replaced by a note."""
+    if isinstance(value, dict):
+        return {key: without_pem_data(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [without_pem_data(item) for item in value]
+    return PEM_REDACTED if isinstance(value, str) and "-----BEGIN" in value else value
+
+
 def config_json(config: PipelineConfig) -> str:
-    """The resolved config as JSON text (stored in the results' provenance)."""
-    return json.dumps(config.model_dump(mode="json"), indent=1, sort_keys=True)
+    """The resolved config as JSON text (stored in the results' provenance), without key material:
+    paths of credentials appear, never their contents."""
+    return json.dumps(without_pem_data(config.model_dump(mode="json")), indent=1, sort_keys=True)

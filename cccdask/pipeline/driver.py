@@ -177,7 +177,7 @@ def run(
     estimate = estimate_task_memory(config, frames, fpt)
 
     phase(_STARTING.get(config.cluster.kind, "starting the cluster"))
-    with connect(config.cluster, config.execution, log=log) as cluster, _disk_full_is_named(path):
+    with connect(config.cluster, config.execution, log, path.parent) as cluster, _disk_full_is_named(path):
         if cluster.total_threads() == 0:  # e.g. SLURM jobs still queued: the tasks could not start anyway
             phase("waiting for workers")
             cluster.client.wait_for_workers(1)
