@@ -18,7 +18,6 @@ import sys
 import time
 from pathlib import Path
 
-import dask
 import numpy as np
 import psutil
 import pytest
@@ -138,9 +137,9 @@ def tls_scheduler(tmp_path_factory):
 
 def assert_refused(address: str, security: Security | None = None) -> None:
     """A distributed Client to ``address`` fails to connect (and so can run nothing there)."""
-    # a Client that fails to start leaves dask's default scheduler set to its own: restore it
-    with dask.config.set(scheduler=dask.config.get("scheduler", None)), pytest.raises((OSError, TypeError)) as refused:
-        Client(address, security=security, timeout=10)
+    # not the default client: one that fails to start would stay dask's default scheduler
+    with pytest.raises((OSError, TypeError)) as refused:
+        Client(address, security=security, timeout=10, set_as_default=False)
     assert not isinstance(refused.value, TimeoutError), f"timed out instead of being refused: {refused.value!r}"
 
 

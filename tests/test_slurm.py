@@ -1,0 +1,92 @@
+"""``cluster: {kind: slurm}`` on a real single-node SLURM (tests/slurm_fixture.py): TLS by default.
+
+The workers are dask-jobqueue jobs run by slurmd; the interface is ``lo`` so that the
+test needs no network. Skipped, with the reason, where SLURM cannot start.
+"""
+
+import os
+import stat
+
+import pytest
+import xarray as xr
+
+pytest.importorskip("dask_jobqueue", reason="dask-jobqueue is not installed (pip install 'cccdask[slurm]')")
+
+from distributed import Client  # noqa: E402
+from slurm_fixture import slurm  # noqa: E402,F401  (the fixture)
+from test_security import _config, assert_refused, assert_results_are, series  # noqa: E402,F401
+
+from cccdask.cluster import connect  # noqa: E402
+from cccdask.config import ClusterConfig, ExecutionConfig, config_from_dict  # noqa: E402
+from cccdask.pipeline import run  # noqa: E402
+from cccdask.security import CREDENTIALS_PREFIX  # noqa: E402
+
+WORKER_START_S = 180
+
+
+def _slurm_cluster(tmp_path, **cluster) -> dict:
+    slurm = {"cores": 1, "memory": "1GB", "jobs": 1, "interface": "lo", "walltime": "00:10:00",
+             "log_directory": str(tmp_path / "logs")}
+    return {"kind": "slurm", "slurm": slurm, "connect_timeout": WORKER_START_S, **cluster}
+
+
+def _credentials(folder):
+    return sorted(folder.glob(CREDENTIALS_PREFIX + "*"))
+
+
+def _no_key_material(*texts: str) -> None:
+    for text in texts:
+        assert "-----BEGIN" not in text and "PRIVATE KEY" not in text
+
+
+def test_slurm_workers_join_over_tls_and_plain_clients_are_refused(slurm, tmp_path):
+    lines = []
+    cluster = ClusterConfig.model_validate(_slurm_cluster(tmp_path))
+    with connect(cluster, ExecutionConfig(), lines.append, shared_directory=tmp_path) as handle:
+        client = handle.client
+        client.wait_for_workers(1, timeout=WORKER_START_S)
+        (folder,) = _credentials(tmp_path)
+        assert stat.S_IMODE(folder.stat().st_mode) == 0o700
+        assert {f.name: stat.S_IMODE(f.stat().st_mode) for f in folder.iterdir()} == {"cert.pem": 0o600,
+                                                                                    "key.pem": 0o600}
+        address = client.scheduler.address
+        workers = client.scheduler_info(n_workers=-1)["workers"]
+        assert address.startswith("tls://127.0.0.1:") and workers
+        assert all(worker.startswith("tls://127.0.0.1:") for worker in workers), list(workers)
+        # the worker really is a SLURM job of this cluster
+        job = client.submit(lambda: os.environ.get("SLURM_JOB_ID"), pure=False).result()
+        assert job in slurm.jobs()
+        assert_refused(address.replace("tls://", "tcp://"))
+        assert_refused(address)
+    assert _credentials(tmp_path) == []
+    slurm.wait_for(lambda: not slurm.jobs(), "the run's jobs ending with it")
+    assert any(line.startswith(f"TLS: temporary credentials in {folder}") for line in lines), lines
+    _no_key_material(*lines, *(log.read_text() for log in (tmp_path / "logs").iterdir()))
+
+
+def test_a_slurm_run_writes_the_results_and_removes_its_credentials(slurm, series, tmp_path):
+    folder, expected = series
+    lines = []
+    store = tmp_path / "slurm.zarr"
+    run(config_from_dict(_config(folder, store, _slurm_cluster(tmp_path))), log=lines.append)
+    assert_results_are(store, expected)
+    assert _credentials(tmp_path) == []  # made beside the store (which the workers write), removed after
+    assert any(line.startswith(f"TLS: temporary credentials in {tmp_path / CREDENTIALS_PREFIX}") for line in lines)
+    with xr.open_zarr(str(store)) as stored:
+        recorded = stored.attrs["config"]
+    _no_key_material(recorded, *lines, *(log.read_text() for log in (tmp_path / "logs").iterdir()))
+
+
+def test_slurm_without_tls_is_an_explicit_warned_choice(slurm, tmp_path):
+    lines = []
+    cluster = ClusterConfig.model_validate(_slurm_cluster(tmp_path, security=False))
+    with connect(cluster, ExecutionConfig(), lines.append, shared_directory=tmp_path) as handle:
+        handle.client.wait_for_workers(1, timeout=WORKER_START_S)
+        address = handle.client.scheduler.address
+        assert address.startswith("tcp://127.0.0.1:")
+        assert all(w.startswith("tcp://") for w in handle.client.scheduler_info(n_workers=-1)["workers"])
+        with Client(address, timeout=30) as anyone:  # what TLS prevents: any plain client gets in
+            assert anyone.submit(sum, [1, 2], pure=False).result() == 3
+    assert _credentials(tmp_path) == []
+    assert any(line.startswith("Warning: cluster.security is false: the scheduler listens on the network in plain "
+                               "TCP") for line in lines), lines
