@@ -7,6 +7,7 @@ test needs no network. Skipped, with the reason, where SLURM cannot start.
 import os
 import stat
 
+import psutil
 import pytest
 import xarray as xr
 
@@ -58,6 +59,14 @@ def test_slurm_workers_join_over_tls_and_plain_clients_are_refused(slurm, tmp_pa
         assert job in slurm.jobs()
         assert_refused(address.replace("tls://", "tcp://"))
         assert_refused(address)
+        # the dashboard (in this process, with the scheduler) listens on loopback; the link says how to reach it
+        port = client.scheduler_info()["services"]["dashboard"]
+        bound = [c.laddr.ip for c in psutil.Process().net_connections(kind="inet")
+                 if c.status == psutil.CONN_LISTEN and c.laddr.port == port]
+        assert bound == ["127.0.0.1"]
+        assert handle.dashboard_link == f"http://127.0.0.1:{port}/status"
+        assert any(line.startswith(f"Dask dashboard: {handle.dashboard_link} (listens on this machine only). "
+                                   f"From your computer: ssh -N -L {port}:127.0.0.1:{port} ") for line in lines)
     assert _credentials(tmp_path) == []
     slurm.wait_for(lambda: not slurm.jobs(), "the run's jobs ending with it")
     assert any(line.startswith(f"TLS: temporary credentials in {folder}") for line in lines), lines
