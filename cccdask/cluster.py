@@ -210,7 +210,7 @@ def local_cluster_size(n_workers: int | None, threads_per_worker: int) -> tuple[
 def _slurm_cluster(settings: SlurmConfig, security: Security | None, dashboard: str | None):
     try:
         from dask_jobqueue import SLURMCluster
-    except ImportError as error:  # pragma: no cover - depends on the install
+    except ImportError as error:
         raise RuntimeError(
             "cluster.kind is 'slurm' but dask-jobqueue is not installed; install it with "
             "pip install 'cccdask[slurm]' (or pip install dask-jobqueue)."

@@ -2,6 +2,7 @@
 
 import json
 import re
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -149,11 +150,9 @@ def test_demo_writes_known_distances_and_recovers_them(tmp_path):
     assert (tmp_path / "results-reports" / "heatmap.png").exists()
 
 
-def test_slurm_without_dask_jobqueue_is_a_clear_error(files):
-    import importlib.util
-
-    if importlib.util.find_spec("dask_jobqueue") is not None:
-        pytest.skip("dask-jobqueue is installed here; this checks the message shown without it")
+def test_slurm_without_dask_jobqueue_is_a_clear_error(files, monkeypatch):
+    # A None entry in sys.modules makes the import fail as if dask-jobqueue were not installed.
+    monkeypatch.setitem(sys.modules, "dask_jobqueue", None)
     config = _write_config(files, "slurm")
     text = yaml.safe_load(config.read_text())
     text["cluster"] = {"kind": "slurm", "slurm": {"cores": 4, "memory": "16GB"}}
