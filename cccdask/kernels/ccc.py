@@ -142,7 +142,7 @@ def analyse_correlograms(
     fit = GaussianFit.failed()
     if subtracted is not None:
         profile = radial_profile(subtracted, geometry)
-        fit = fit_gaussian(keys, profile, pixel_size=geometry.spacing[-1])
+        fit = fit_gaussian(keys, profile, pixel_size=geometry.spacing[-1], fiji_compat=geometry.fiji_compat)
         out["profile_subtracted"] = profile
         out["profile_fit"] = fit.curve(keys) if fit.ok else np.full(len(keys), np.nan)
         out["mean"], out["sigma"], out["height"] = fit.mean, fit.sigma, fit.height

@@ -1,9 +1,23 @@
 """The Gaussian fit of a radial profile, and the statistics built on it.
 
 The model is ``g(x) = height * exp(-(x - mu)^2 / (2 sigma^2))`` (no offset), fitted by
-unweighted Levenberg-Marquardt least squares with an analytic Jacobian to the
-subtracted profile plus its mirrored tail, as the Fiji plugin does (its Commons-Math
-GaussianCurveFitter: 100 iterations, 50 for the moving-average retries).
+unweighted Levenberg-Marquardt least squares to the subtracted profile plus its
+mirrored tail, as the Fiji plugin does (its Commons-Math GaussianCurveFitter: 100
+iterations, 50 for the moving-average retries).
+
+Two flavours share every step (:func:`fit_gaussian`):
+
+* default: a starting guess from the true half maximum (:func:`initial_guess`), an LM
+  on the 3x3 normal equations that touches only the points near the peak
+  (:func:`levenberg_marquardt`), retries over five moving-average windows until a fit
+  is valid;
+* ``fiji_compat``: the plugin 2.2.3 exactly: Commons Math 3.6.1's guess, quirk
+  included (:func:`commons_math_guess`), MINPACK's lmder with Commons Math's settings
+  and iteration limits (:func:`minpack_levenberg_marquardt`), the plugin's retry
+  windows (:func:`retry_windows`) and retry conditions, and window means as Java
+  computes them.
+
+Both collapse identical moving-average windows into one point (:func:`moving_average`).
 """
 
 from __future__ import annotations
@@ -12,10 +26,16 @@ from dataclasses import dataclass
 
 import numpy as np
 
-MAX_ITERATIONS = 100
+from cccdask.kernels.commons_math import (
+    MAX_ITERATIONS,
+    TOLERANCE as _TOLERANCE,
+    commons_math_guess,
+    java_window_means,
+    minpack_levenberg_marquardt,
+)
+
 RETRY_ITERATIONS = 50
 RETRY_WINDOWS = (0.1, 0.2, 0.3, 0.4, 0.5)  # moving-average half widths, in units of s_x
-_TOLERANCE = 1e-10  # relative cost and parameter tolerance (Commons-Math's defaults)
 
 
 @dataclass(frozen=True)
@@ -184,34 +204,97 @@ def levenberg_marquardt(x, y, p0, max_iterations=MAX_ITERATIONS):
     return p, False
 
 
-def moving_average(keys: np.ndarray, values: np.ndarray, half_width: float):
-    """Smooth a profile: each key becomes the mean of the points with keys in [k - w, k + w).
+def retry_windows(pixel_size: float, fiji_compat: bool = False) -> tuple[float, ...]:
+    """Half widths of the moving averages tried after an invalid fit (physical units).
 
-    Returns new keys (the mean of the keys in the window) and values (the mean of
-    their values), one point per input point.
+    Default: 0.1, 0.2, ..., 0.5 times s_x. ``fiji_compat``: as the plugin accumulates
+    them in float64, ``w = s_x/10`` then ``w += s_x/10`` while ``w <= s_x/2``: 4 windows
+    for some s_x (0.103: the fifth w is 0.05150000000000001 > 0.0515), else 5.
     """
+    if not fiji_compat:
+        return tuple(f * pixel_size for f in RETRY_WINDOWS)
+    windows, step = [], pixel_size / 10
+    w = step
+    while w <= pixel_size / 2:
+        windows.append(w)
+        w += step
+    return tuple(windows)
+
+
+def moving_average(keys: np.ndarray, values: np.ndarray, half_width: float, java_means: bool = False):
+    """Smooth a profile: each key's window is the points with keys in [k - w, k + w).
+
+    Every window gives one point: the mean of its keys and the mean of its values.
+    Windows holding the same points give that point once (the plugin stores the
+    points by their new key), so a refit never counts one window several times.
+
+    Parameters
+    ----------
+    keys : numpy.ndarray
+        Ascending distances (physical units).
+    values : numpy.ndarray
+        Profile values at ``keys``.
+    half_width : float
+        w (physical units); the bounds are computed as ``k - w`` and ``k + w`` in
+        float64.
+    java_means : bool
+        Compute each mean as the plugin does (Java's compensated ``average()`` over
+        the window) and merge points whose new keys are equal float64 values (the
+        plugin's map keeps one of them; here the last). Default: means from prefix
+        sums (equal to them to rounding), one point per distinct window.
+
+    Returns
+    -------
+    keys, values : numpy.ndarray
+        The smoothed points, ascending by key.
+    """
+    keys = np.asarray(keys, dtype=np.float64)
+    values = np.asarray(values, dtype=np.float64)
     lo = np.searchsorted(keys, keys - half_width, side="left")
     hi = np.searchsorted(keys, keys + half_width, side="left")
     hi = np.maximum(hi, lo + 1)  # the point itself is always in its window
-    ck = np.concatenate([[0.0], np.cumsum(keys)])
-    cv = np.concatenate([[0.0], np.cumsum(values)])
-    n = hi - lo
-    return (ck[hi] - ck[lo]) / n, (cv[hi] - cv[lo]) / n
+    # lo and hi never decrease with k: equal windows are neighbours
+    distinct = np.ones(len(lo), dtype=bool)
+    distinct[1:] = (lo[1:] != lo[:-1]) | (hi[1:] != hi[:-1])
+    lo, hi = lo[distinct], hi[distinct]
+    if java_means:
+        new_keys = java_window_means(keys, lo, hi)
+        new_values = java_window_means(values, lo, hi)
+    else:
+        ck = np.concatenate([[0.0], np.cumsum(keys)])
+        cv = np.concatenate([[0.0], np.cumsum(values)])
+        n = hi - lo
+        new_keys, new_values = (ck[hi] - ck[lo]) / n, (cv[hi] - cv[lo]) / n
+    order = np.argsort(new_keys, kind="stable")
+    new_keys, new_values = new_keys[order], new_values[order]
+    if java_means:
+        last = np.ones(len(new_keys), dtype=bool)
+        last[:-1] = new_keys[1:] != new_keys[:-1]
+        new_keys, new_values = new_keys[last], new_values[last]
+    return new_keys, new_values
 
 
-def _valid(params, converged, pixel_size) -> bool:
+def _valid(params, pixel_size) -> bool:
+    """The plugin's validity rules: a result, sigma > s_x, mu >= -s_x, height >= 0."""
+    if params is None or not np.all(np.isfinite(params)):
+        return False
     height, mu, sigma = params
-    return bool(
-        converged
-        and np.all(np.isfinite(params))
-        and abs(sigma) > pixel_size
-        and mu >= -pixel_size
-        and height >= 0
-    )
+    return bool(abs(sigma) > pixel_size and mu >= -pixel_size and height >= 0)
 
 
-def fit_gaussian(keys: np.ndarray, values: np.ndarray, pixel_size: float) -> GaussianFit:
+def _plugin_retries(params, pixel_size) -> bool:
+    """The plugin's retry loop condition: no result, sigma <= s_x or mu < 0."""
+    return params is None or params[2] <= pixel_size or params[1] < 0
+
+
+def fit_gaussian(keys: np.ndarray, values: np.ndarray, pixel_size: float,
+                 fiji_compat: bool = False) -> GaussianFit:
     """Fit the plugin's Gaussian to a subtracted radial profile.
+
+    The first fit (100 iterations) uses the whole profile; when it is invalid (no
+    result, sigma <= s_x, mu < -s_x or height < 0) the fit is retried (50 iterations
+    each) on the profile smoothed by :func:`moving_average` with the windows of
+    :func:`retry_windows`, each time from the unsmoothed profile.
 
     Parameters
     ----------
@@ -222,6 +305,14 @@ def fit_gaussian(keys: np.ndarray, values: np.ndarray, pixel_size: float) -> Gau
     pixel_size : float
         s_x, the voxel size along x (physical units): sets the validity rules and the
         moving-average windows of the retries.
+    fiji_compat : bool
+        The plugin 2.2.3 exactly: Commons Math's guess and optimiser
+        (:func:`commons_math_guess`, :func:`minpack_levenberg_marquardt`), its
+        windows, Java's window means, and its retry loop: retries run while there is
+        no result, sigma <= s_x or mu < 0 (a fit invalid from height < 0 alone is not
+        retried), a retry without result keeps the previous result, and the last
+        result is judged by the validity rules. Default: :func:`initial_guess` and
+        :func:`levenberg_marquardt`, retries until the first valid fit.
 
     Returns
     -------
@@ -235,18 +326,31 @@ def fit_gaussian(keys: np.ndarray, values: np.ndarray, pixel_size: float) -> Gau
     keys, values = keys[finite], values[finite]
     if len(keys) < 3 or not np.any(values > 0):
         return GaussianFit.failed()
-    attempts = [(0.0, keys, values, MAX_ITERATIONS)]
-    attempts += [(w * pixel_size, None, None, RETRY_ITERATIONS) for w in RETRY_WINDOWS]
-    for half_width, k, v, iterations in attempts:
-        if k is None:
-            k, v = moving_average(keys, values, half_width)
+    guess, optimise = ((commons_math_guess, minpack_levenberg_marquardt) if fiji_compat
+                       else (initial_guess, levenberg_marquardt))
+
+    def attempt(k, v, iterations):
+        """The fitted parameters, or None without a result."""
         x, y = mirrored_tail(k, v)
         with np.errstate(over="ignore", invalid="ignore", divide="ignore", under="ignore"):
-            params, converged = levenberg_marquardt(x, y, initial_guess(x, y), iterations)
-        if _valid(params, converged, pixel_size):
-            height, mu, sigma = params
-            return GaussianFit(float(mu), float(abs(sigma)), float(height), True, float(half_width))
-    return GaussianFit.failed()
+            params, converged = optimise(x, y, guess(x, y), iterations)
+        return params if converged else None
+
+    params, smoothing = attempt(keys, values, MAX_ITERATIONS), 0.0
+    if not _valid(params, pixel_size):
+        for half_width in retry_windows(pixel_size, fiji_compat):
+            if fiji_compat and not _plugin_retries(params, pixel_size):
+                break
+            retried = attempt(*moving_average(keys, values, half_width, java_means=fiji_compat),
+                              RETRY_ITERATIONS)
+            if retried is not None or not fiji_compat:
+                params, smoothing = retried, half_width
+            if not fiji_compat and _valid(params, pixel_size):
+                break
+    if not _valid(params, pixel_size):
+        return GaussianFit.failed()
+    height, mu, sigma = params
+    return GaussianFit(float(mu), float(abs(sigma)), float(height), True, float(smoothing))
 
 
 def fit_window(keys: np.ndarray, fit: GaussianFit, closed_right: bool) -> np.ndarray:
