@@ -364,7 +364,8 @@ def tiled_contributions(image1, image2, gauss_correlogram, *, mask=None,
 
     ``contribution1 = (I2m convolved with G) x I1m`` and
     ``contribution2 = (I1m correlated with G) x I2m``, the frame extended by mirroring
-    at its border (``numpy.pad`` mode "symmetric"), exactly as the whole-frame engine
+    at its border without repeating the edge voxel (``numpy.pad`` mode "reflect", the
+    plugin's rule), exactly as the whole-frame engine
     (:func:`cccdask.kernels.contributions.contribution_images`).
 
     Parameters

@@ -1,7 +1,7 @@
 """Tiled correlation bounded by a maximum distance equals the whole-frame computation.
 
 References are independent of the code under test: a direct sum over voxels, SciPy's
-FFT correlation of the whole frame, numpy.pad(symmetric) + scipy.signal.fftconvolve for
+FFT correlation of the whole frame, numpy.pad(reflect) + scipy.signal.fftconvolve for
 the contribution images; and the whole-frame engine (cccdask.kernels.ccc) itself.
 """
 
@@ -122,9 +122,11 @@ def test_correlate_tile_rejects_a_wrong_halo():
         correlate_tile(np.zeros((4, 4)), np.zeros((6, 6)), (2, 2))
 
 
-def test_mirror_indices_match_numpy_symmetric_pad():
-    for size, before, after in [(5, 2, 3), (3, 7, 8), (1, 2, 2), (6, 0, 13)]:
-        padded = np.pad(np.arange(size), (before, after), mode="symmetric")
+def test_mirror_indices_match_numpy_reflect_pad():
+    # the edge voxel is not repeated (imglib2 extendMirrorSingle, the plugin's rule)
+    np.testing.assert_array_equal(mirror_indices(-3, 7, 4), [3, 2, 1, 0, 1, 2, 3, 2, 1, 0])
+    for size, before, after in [(5, 2, 3), (3, 7, 8), (1, 2, 2), (6, 0, 13), (2, 5, 5)]:
+        padded = np.pad(np.arange(size), (before, after), mode="reflect")
         np.testing.assert_array_equal(mirror_indices(-before, size + after, size), padded)
 
 
@@ -254,15 +256,15 @@ def test_bad_arguments_name_the_fix():
 
 
 def direct_contributions(image1, image2, mask, gauss, shift_lo):
-    """numpy.pad(symmetric) of the whole frame + scipy.signal.fftconvolve, float64."""
+    """numpy.pad(reflect) of the whole frame + scipy.signal.fftconvolve, float64."""
     inside = np.ones(image1.shape, bool) if mask is None else mask != 0
     i1 = np.where(inside, image1, 0).astype(np.float64)
     i2 = np.where(inside, image2, 0).astype(np.float64)
     lo = np.array(shift_lo)
     hi = lo + np.array(gauss.shape) - 1
     # convolution sum_s G(s) I(m - s): the frame needs hi before and -lo after
-    conv = scipy.signal.fftconvolve(np.pad(i2, list(zip(hi, -lo)), mode="symmetric"), gauss, mode="valid")
-    corr = scipy.signal.fftconvolve(np.pad(i1, list(zip(-lo, hi)), mode="symmetric"),
+    conv = scipy.signal.fftconvolve(np.pad(i2, list(zip(hi, -lo)), mode="reflect"), gauss, mode="valid")
+    corr = scipy.signal.fftconvolve(np.pad(i1, list(zip(-lo, hi)), mode="reflect"),
                                     gauss[(slice(None, None, -1),) * gauss.ndim], mode="valid")
     return conv * i1, corr * i2
 

@@ -6,8 +6,9 @@ weighted by the fitted Gaussian (negatives kept). Then
 * contribution1 = (I2m convolved with G) x I1m
 * contribution2 = (I1m correlated with G) x I2m
 
-with the images extended by mirroring at the frame border (``numpy.pad`` mode
-"symmetric", the plugin's rule) and zero padding nowhere else.
+with the images extended by mirroring at the frame border without repeating the edge
+voxel (``numpy.pad`` mode "reflect"; the plugin's imglib2 ``Views.extendMirrorSingle``)
+and zero padding nowhere else.
 """
 
 from __future__ import annotations
@@ -61,6 +62,10 @@ def gaussian_support(gauss_ccf: np.ndarray, shift_lo):
 def filter_with_kernel(image: np.ndarray, kernel: np.ndarray, shift_lo, correlate: bool) -> np.ndarray:
     """Convolve (or correlate) ``image`` with a shift-indexed kernel, mirror-extended.
 
+    Beyond the border the image is mirrored about its edge voxel, which is not
+    repeated (``numpy.pad`` mode "reflect", periodic with period ``2 (N - 1)`` for any
+    pad width), as the plugin's imglib2 FFT convolution extends its image.
+
     ``kernel[j]`` holds shift ``s = j + lo`` per axis. Convolution gives
     ``out(p) = sum_s K(s) image(p - s)``; correlation ``out(p) = sum_s K(s) image(p + s)``.
     The output has the image's shape.
@@ -69,7 +74,7 @@ def filter_with_kernel(image: np.ndarray, kernel: np.ndarray, shift_lo, correlat
     for n_k, lo in zip(kernel.shape, shift_lo):
         hi = n_k - 1 + lo
         pads.append((-lo, hi) if correlate else (hi, -lo))
-    extended = np.pad(image, pads, mode="symmetric")
+    extended = np.pad(image, pads, mode="reflect")
     taps = kernel[(slice(None, None, -1),) * kernel.ndim] if correlate else kernel
     from scipy import signal  # here: importing scipy.signal costs seconds, and most runs need no contributions
 

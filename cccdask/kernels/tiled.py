@@ -94,11 +94,17 @@ def correlate_tile(a_tile, b_tile_with_halo: np.ndarray, max_shift: Sequence[int
 def mirror_indices(start: int, stop: int, size: int) -> np.ndarray:
     """Frame indices of positions ``start..stop-1`` of the frame extended by mirroring.
 
-    The extension is ``numpy.pad(mode="symmetric")`` (edge voxel repeated), which for
-    any pad width is the ``2 * size``-periodic mirror image of the frame.
+    The extension mirrors about the edge voxel without repeating it (``numpy.pad``
+    mode "reflect", imglib2's ``extendMirrorSingle``, the plugin's rule): for any pad
+    width the ``2 * (size - 1)``-periodic mirror image of the frame (a one-voxel axis
+    repeats its voxel).
     """
-    period = np.arange(start, stop) % (2 * size)
-    return np.where(period < size, period, 2 * size - 1 - period)
+    positions = np.arange(start, stop)
+    if size == 1:
+        return np.zeros_like(positions)
+    period = 2 * (size - 1)
+    wrapped = positions % period
+    return np.where(wrapped < size, wrapped, period - wrapped)
 
 
 def contribution_tile(image1_extended: np.ndarray, image2_extended: np.ndarray,
