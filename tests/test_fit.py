@@ -12,7 +12,6 @@ from cccdask.kernels.fit import (
     initial_guess,
     levenberg_marquardt,
     mirrored_tail,
-    moving_average,
     r_squared,
 )
 
@@ -75,18 +74,6 @@ def test_support_window_gives_the_full_sums():
                             ftol=1e-12).x
     assert cost(both, xa, ya) <= cost(minpack, xa, ya) * (1 + 1e-12)
     np.testing.assert_allclose(both[:2], minpack[:2], rtol=1e-6)
-
-
-def test_moving_average_is_a_direct_window_mean():
-    rng = np.random.default_rng(1)
-    keys = np.sort(rng.random(200) * 10)
-    values = rng.normal(size=200)
-    w = 0.37
-    k, v = moving_average(keys, values, w)
-    for i in range(0, 200, 17):
-        window = (keys >= keys[i] - w) & (keys < keys[i] + w)
-        assert k[i] == pytest.approx(keys[window].mean())
-        assert v[i] == pytest.approx(values[window].mean())
 
 
 def test_unfittable_profiles_are_flagged_not_raised():
