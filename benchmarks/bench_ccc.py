@@ -18,6 +18,7 @@ Usage::
     python benchmarks/bench_ccc.py                       # 2048^2 and 64x512x512
     python benchmarks/bench_ccc.py --small               # quick check
     python benchmarks/bench_ccc.py --threads 2
+    python benchmarks/bench_ccc.py --fiji-compat         # adds full mode with fiji_compat=True
 """
 
 from __future__ import annotations
@@ -75,7 +76,7 @@ def reset_peak_rss() -> int:
     return _status_bytes("VmRSS")
 
 
-def memory_probe(shape, spacing, mode, contributions):
+def memory_probe(shape, spacing, mode, contributions, fiji_compat=False):
     """Run one frame in this (fresh) process; print peak bytes above the inputs."""
     from cccdask.kernels.ccc import ccc_frame
     from cccdask.kernels.profile import profile_geometry
@@ -84,7 +85,7 @@ def memory_probe(shape, spacing, mode, contributions):
     # the geometry is built once per frame shape and shared by every frame of a
     # series: its (exact) size is reported on its own; then the scene's and the
     # geometry's temporaries are forgotten
-    geometry = profile_geometry(shape, spacing)
+    geometry = profile_geometry(shape, spacing, fiji_compat=fiji_compat)
     cached = sum(a.nbytes for a in (geometry.distances, geometry.index, geometry.counts))
     before = reset_peak_rss()
     ccc_frame(image1, image2, mask, geometry, mode=mode, contributions=contributions)
@@ -124,12 +125,14 @@ def main():
     parser.add_argument("--small", action="store_true", help="small frames (a quick check)")
     parser.add_argument("--threads", type=int, default=1, help="scipy.fft workers (default 1)")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--fiji-compat", action="store_true",
+                        help="also time full mode with fiji_compat=True (the plugin's keys and fit)")
     parser.add_argument("--probe", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.probe:
-        shape, spacing, mode, contributions = json.loads(args.probe)
+        shape, spacing, mode, contributions, fiji_compat = json.loads(args.probe)
         with scipy.fft.set_workers(args.threads):
-            memory_probe(tuple(shape), tuple(spacing), mode, contributions)
+            memory_probe(tuple(shape), tuple(spacing), mode, contributions, fiji_compat)
         return
 
     from cccdask.kernels.correlate import padded_shape
@@ -146,17 +149,20 @@ def main():
         with scipy.fft.set_workers(args.threads):
             floor = fft_floor(image1, image2, padded, args.repeats)
             floor_plugin = fft_floor(image1, image2, plugin_padded, 1)
-            variants = [(m, False) for m in MODES] + [("full", True)]
-            for mode, contributions in variants:
-                t = time_mode(image1, image2, mask, geometry, mode, args.repeats, contributions)
-                probe = json.dumps([shape, spacing, mode, contributions])
+            variants = [(m, False, False) for m in MODES] + [("full", True, False)]
+            if args.fiji_compat:
+                variants.append(("full", False, True))
+            for mode, contributions, fiji_compat in variants:
+                variant_geometry = profile_geometry(shape, spacing, fiji_compat=fiji_compat)
+                t = time_mode(image1, image2, mask, variant_geometry, mode, args.repeats, contributions)
+                probe = json.dumps([shape, spacing, mode, contributions, fiji_compat])
                 out = subprocess.run(
                     [sys.executable, __file__, "--probe", probe, "--threads", str(args.threads)],
                     capture_output=True, text=True, check=True,
                 )
                 probed = json.loads(out.stdout.strip().splitlines()[-1])
                 above = probed["above_inputs"] + probed["geometry"]
-                label = mode + (" +contributions" if contributions else "")
+                label = mode + (" +contributions" if contributions else "") + (" fiji_compat" if fiji_compat else "")
                 rows.append((name, "x".join(map(str, shape)), "x".join(map(str, padded)), label,
                              t * 1e3, floor * 1e3, t / floor, above / np.prod(shape), floor_plugin * 1e3))
 

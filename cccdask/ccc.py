@@ -189,8 +189,12 @@ def ccc(
     intermediates : bool
         Add the correlograms ``ccf_original``, ``ccf_subtracted``, ``ccf_gauss``.
     fiji_compat : bool
-        Measure distances from ``(N - 1) / 2`` as the Fiji plugin 2.2.3 does (half a
-        voxel off on every even axis). Default: from the true zero shift.
+        Reproduce the Fiji plugin 2.2.3's numbers: distances from ``(N - 1) / 2`` (half
+        a voxel off on every even axis), one profile key per distinct float64 distance
+        of the plugin's expression, Commons Math's starting guess and Levenberg-Marquardt
+        (MINPACK) with its iteration limits, the plugin's retry windows and retry
+        conditions (:func:`cccdask.kernels.fit.fit_gaussian`). Default: distances from
+        the true zero shift, equal distances merged, cccdask's own guess and fit.
     dtype : {"float32", "float64"}
         Working precision of the correlations.
     memory_budget : float, optional

@@ -124,7 +124,7 @@ class CCCConfig(Section):
     )
     contributions: bool = Field(False, description="Store the contribution images.")
     intermediates: bool = Field(False, description="Store the correlograms O, S and G.")
-    fiji_compat: bool = Field(False, description="Measure distances as the Fiji plugin does.")
+    fiji_compat: bool = Field(False, description="Reproduce the Fiji plugin 2.2.3's numbers: its distance keys, starting guess, Levenberg-Marquardt and retries.")
     dtype: Literal["float32", "float64"] = Field("float32", description="Working precision.")
 
     @model_validator(mode="after")
