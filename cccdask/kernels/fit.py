@@ -209,7 +209,7 @@ def retry_windows(pixel_size: float, fiji_compat: bool = False) -> tuple[float, 
 
     Default: 0.1, 0.2, ..., 0.5 times s_x. ``fiji_compat``: as the plugin accumulates
     them in float64, ``w = s_x/10`` then ``w += s_x/10`` while ``w <= s_x/2``: 4 windows
-    for some s_x (0.103: the fifth w is 0.05150000000000001 > 0.0515), else 5.
+    for some s_x (0.103: the fifth w is 0.051500000000000004 > 0.0515), else 5.
     """
     if not fiji_compat:
         return tuple(f * pixel_size for f in RETRY_WINDOWS)
