@@ -102,9 +102,16 @@ def test_profile_is_group_by_distance(shape, spacing, fiji):
     exact = {}
     for idx in np.ndindex(*shape):
         centre = [(n - 1) / 2 if fiji else n // 2 for n in shape]
-        d = np.sqrt(sum(((i - c) * s) ** 2 for i, c, s in zip(idx, centre, spacing)))
-        groups[round(d, 9)].append(ccf[idx])
-        exact[round(d, 9)] = d
+        if fiji:  # the plugin: float64 running sum x first, every distinct value a key
+            total = 0.0
+            for i, c, s in reversed(list(zip(idx, centre, spacing))):
+                total += ((i - c) * s) ** 2
+            d = key = float(np.sqrt(total))
+        else:  # equal distances merged
+            d = np.sqrt(sum(((i - c) * s) ** 2 for i, c, s in zip(idx, centre, spacing)))
+            key = round(d, 9)
+        groups[key].append(ccf[idx])
+        exact[key] = d
     keys = sorted(groups)
     np.testing.assert_allclose(geometry.distances, [exact[k] for k in keys], rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(radial_profile(ccf, geometry), [np.mean(groups[k]) for k in keys], rtol=1e-12)
