@@ -11,7 +11,6 @@ Used by :func:`cccdask.kernels.fit.fit_gaussian` with ``fiji_compat=True``.
 from __future__ import annotations
 
 import numpy as np
-from scipy.optimize import leastsq
 
 MAX_ITERATIONS = 100  # the plugin's first fit; its retries allow 50
 TOLERANCE = 1e-10  # Commons Math's cost, parameter and orthogonality tolerances
@@ -124,6 +123,8 @@ def minpack_levenberg_marquardt(x, y, p0, max_iterations=MAX_ITERATIONS):
         e = np.exp(-diff * diff * i2s2)
         m = height * e * 2 * i2s2 * diff
         return np.column_stack([e, m, m * diff / sigma])
+
+    from scipy.optimize import leastsq  # here: scipy.optimize is a slow import most runs never need
 
     try:
         params, _, _, _, info = leastsq(residuals, p0, Dfun=jacobian, full_output=True, ftol=TOLERANCE,
