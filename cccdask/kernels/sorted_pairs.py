@@ -1,0 +1,662 @@
+"""Rank coefficients of float frames with mostly distinct values, from sorted 64-bit keys.
+
+A joint histogram (:class:`~cccdask.kernels.coefficients.JointTable`) has one entry per
+distinct ``(R, G)`` pair: small for integer images, one entry per voxel for deconvolved
+float images, where every per-entry step (24 bytes, random lookups, a Fenwick tree over
+millions of codes) costs far more than a sort. For such frames the voxels are kept as one
+sorted array of 64-bit keys (:class:`SortedPairs`): the order-keeping bits of
+``float32(R)`` above those of ``float32(G)`` (float32 values, and float64 values that
+float32 holds exactly). Sorting them sorts the voxels by ``(R, G)``; two parts merge
+exactly (a merge of sorted arrays), so the frame's keys are the same at any chunking.
+
+From a frame's keys (:func:`rank_coefficients`), with ``n`` voxels:
+
+* channel 1's exact average ranks come from the runs of equal (background-corrected)
+  values in key order; channel 2's from one sort of ``code2 << 32 | position``
+  (``code2`` the order bits of G, the values a threshold ties into one code);
+* Spearman is the Pearson r of the two ranks, object Spearman the same over the object
+  voxels; Kendall's tau-b counts the discordant pairs as the inversions of channel 2's
+  ranks in channel 1's order (a Fenwick tree over ``sqrt(n)`` rank buckets, then one per
+  bucket: both stay in cache), the tied pairs from the runs;
+* ICQ compares each voxel's codes with the codes where the corrected values cross
+  their means (found once, by bisection over the 2^32 codes with the threshold rule).
+
+Cost, measured on one 2048 x 2048 float32 frame: a few ``numpy.sort`` calls of the
+frame's keys and O(n) compiled passes; memory 8 bytes per voxel for the keys of a part,
+24 bytes per voxel while a frame's ranks are computed (keys, channel-2 keys, two uint32
+arrays). Frames of 2^31 voxels or more (twice a rank must fit 32 bits) use the joint
+histogram.
+"""
+
+from __future__ import annotations
+
+import math
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from functools import cached_property
+
+import numpy as np
+from numba import njit
+
+from cccdask.kernels.coefficients import (
+    ChannelThreshold,
+    JointTable,
+    Moments,
+    PartStatistics,
+    Thresholds,
+    _float32_of_bits,
+    _threshold_sums,
+    kendall_tau_b,
+    icq_count,
+    rank_pearson,
+)
+
+#: Order codes of -inf and +inf: every finite float32 value's code lies between them.
+LOWEST_CODE, HIGHEST_CODE = 0x007FFFFF, 0xFF800000
+#: A frame takes the sorted path when at least this fraction of its voxels are distinct
+#: ``(R, G)`` pairs (measured: benchmarks/bench_coefficients.py, per-frame table).
+DISTINCT_FRACTION = 0.5
+#: Parts smaller than this keep the joint histogram (either is fast; fewer conversions).
+MIN_SORTED_VOXELS = 1 << 12
+SAMPLE_VOXELS = 1 << 12  # voxels sampled per part to estimate its distinct fraction
+MAX_SORTED_VOXELS = (1 << 31) - 1  # twice a rank fits 32 bits
+STRIP = 1 << 16  # keys decoded at once for the moments
+
+
+# ---------------------------------------------------------------------------------------
+# Keys
+# ---------------------------------------------------------------------------------------
+def float32_holds(values: np.ndarray) -> bool:
+    """True for float32 values, and float64 values that float32 holds exactly."""
+    if values.dtype == np.float32:
+        return True
+    return values.dtype == np.float64 and bool(np.array_equal(values.astype(np.float32), values))
+
+
+@njit(nogil=True, cache=True, inline="always")
+def _order_code(bits):
+    """Order-keeping code of float32 bits (-0.0 as 0.0): unsigned order = value order."""
+    if bits == np.uint32(0x80000000):  # -0.0
+        bits = np.uint32(0)
+    return ~bits if bits >> np.uint32(31) else bits | np.uint32(0x80000000)
+
+
+@njit(nogil=True, cache=True)
+def _pair_keys(bits1, bits2, out):
+    """``out[i] = code(bits1[i]) << 32 | code(bits2[i])`` (float32 bit patterns in)."""
+    for i in range(bits1.size):
+        out[i] = (np.uint64(_order_code(bits1[i])) << np.uint64(32)) | np.uint64(_order_code(bits2[i]))
+
+
+@njit(nogil=True, cache=True)
+def _merge_sorted(first, second, out):
+    """Merge two ascending arrays into ``out``."""
+    i = j = 0
+    for k in range(out.size):
+        if j >= second.size or (i < first.size and first[i] <= second[j]):
+            out[k] = first[i]
+            i += 1
+        else:
+            out[k] = second[j]
+            j += 1
+
+
+def _sorted(keys: np.ndarray, threads: int) -> np.ndarray:
+    """``keys`` sorted in place; with ``threads`` > 1 as halves sorted at once (NumPy's sort
+    releases the GIL) and merged."""
+    if threads < 2 or keys.size < 1 << 18:
+        keys.sort()
+        return keys
+    half = keys.size // 2
+    with ThreadPoolExecutor(2) as pool:
+        list(pool.map(np.ndarray.sort, (keys[:half], keys[half:])))
+    out = np.empty_like(keys)
+    _merge_sorted(keys[:half], keys[half:], out)
+    return out
+
+
+def pair_keys(values1: np.ndarray, values2: np.ndarray, threads: int = 1) -> np.ndarray:
+    """Sorted uint64 keys of equally long 1-D arrays of finite values float32 holds."""
+    bits1 = np.ascontiguousarray(values1, dtype=np.float32).reshape(-1).view(np.uint32)
+    bits2 = np.ascontiguousarray(values2, dtype=np.float32).reshape(-1).view(np.uint32)
+    keys = np.empty(bits1.size, np.uint64)
+    _pair_keys(bits1, bits2, keys)
+    return _sorted(keys, threads)
+
+
+def _values_of_codes(codes: np.ndarray) -> np.ndarray:
+    """float64 values of order codes."""
+    return _float32_of_bits(np.ascontiguousarray(codes, dtype=np.uint32))
+
+
+@dataclass(frozen=True)
+class SortedPairs:
+    """The voxels of a part as ascending uint64 keys ``code(R) << 32 | code(G)``.
+
+    A stand-in for :class:`~cccdask.kernels.coefficients.JointTable` where most pairs
+    are distinct: the same voxels, 8 bytes each, merged exactly by a merge of sorted
+    arrays; :attr:`joint_table` gives the table where one is needed.
+    """
+
+    keys: np.ndarray
+
+    integer = False
+
+    @property
+    def n(self) -> int:
+        return int(self.keys.size)
+
+    @cached_property
+    def run_starts(self) -> np.ndarray:
+        """Indices where each run of equal keys starts (computed once)."""
+        return np.flatnonzero(np.concatenate(([True], self.keys[1:] != self.keys[:-1]))) if self.n else \
+            np.empty(0, np.int64)
+
+    @property
+    def distinct_fraction(self) -> float:
+        """Distinct ``(R, G)`` pairs per voxel."""
+        return len(self.run_starts) / max(self.n, 1)
+
+    @cached_property
+    def joint_table(self) -> JointTable:
+        """The joint histogram of the same voxels (float64 values; computed once)."""
+        starts = self.run_starts
+        distinct = self.keys[starts]
+        counts = np.diff(np.append(starts, self.n)).astype(np.int64)
+        codes1 = (distinct >> np.uint64(32)).astype(np.uint32)
+        values1 = _values_of_codes(codes1)
+        first = np.concatenate(([True], codes1[1:] != codes1[:-1]))
+        known1 = (values1[first], np.cumsum(first) - 1)
+        return JointTable(values1, _values_of_codes(distinct.astype(np.uint32)), counts, (known1, None))
+
+    @classmethod
+    def from_table(cls, table: JointTable) -> "SortedPairs | None":
+        """The keys of a float table's voxels (one per voxel), or None where float32 does
+        not hold its values."""
+        if table.integer or not (float32_holds(table.values1) and float32_holds(table.values2)):
+            return None
+        return cls(np.repeat(pair_keys(table.values1, table.values2), table.counts))
+
+    def merge(self, other: "SortedPairs | JointTable") -> "SortedPairs | JointTable":
+        """The voxels of both parts (a table of values float32 does not hold: a table)."""
+        if isinstance(other, JointTable):
+            converted = SortedPairs.from_table(other)
+            if converted is None:
+                return self.joint_table.merge(other)
+            other = converted
+        out = np.empty(self.n + other.n, np.uint64)
+        _merge_sorted(self.keys, other.keys, out)
+        return SortedPairs(out)
+
+
+def merge_tables(first, second):
+    """Merge two parts' :class:`SortedPairs` or :class:`JointTable` (either order)."""
+    if isinstance(first, JointTable) and isinstance(second, SortedPairs):
+        first, second = second, first
+    return first.merge(second)
+
+
+def prefers_sorted(values1: np.ndarray, values2: np.ndarray) -> bool:
+    """Whether a part's finite values are better kept as :class:`SortedPairs`: float values
+    float32 holds, enough of them, and a sample whose pairs are mostly distinct."""
+    if values1.dtype.kind != "f" and values2.dtype.kind != "f":
+        return False
+    if not (MIN_SORTED_VOXELS <= values1.size <= MAX_SORTED_VOXELS):
+        return False
+    step = max(1, values1.size // SAMPLE_VOXELS)
+    sample = np.unique(pair_keys(values1[::step], values2[::step]))
+    if sample.size < DISTINCT_FRACTION * min(values1.size, len(values1[::step])):
+        return False
+    return float32_holds(values1) and float32_holds(values2)
+
+
+# ---------------------------------------------------------------------------------------
+# Moments and sums of a part
+# ---------------------------------------------------------------------------------------
+def statistics_from_pairs(pairs: SortedPairs, thresholds: Thresholds, n_nonfinite: int = 0) -> PartStatistics:
+    """The :class:`PartStatistics` of the voxels of ``pairs`` (the same numbers as from
+    their joint histogram, to rounding), decoded a strip of keys at a time."""
+    th1, th2 = thresholds.channel1, thresholds.channel2
+    mask_moments = object_moments = Moments.empty()
+    sums = np.zeros(14)
+    codes = np.arange(min(STRIP, pairs.n), dtype=np.int64)
+    for start in range(0, pairs.n, STRIP):
+        keys = pairs.keys[start:start + STRIP]
+        values1 = _values_of_codes(keys >> np.uint64(32))
+        values2 = _values_of_codes(keys.astype(np.uint32))
+        corrected1, corrected2 = th1.corrected(values1), th2.corrected(values2)
+        ones = np.ones(keys.size)
+        in_objects = (th1.above(values1) | th2.above(values2)).astype(np.float64)
+        mask_moments = mask_moments.merge(Moments.from_weighted(corrected1, corrected2, ones))
+        object_moments = object_moments.merge(Moments.from_weighted(corrected1, corrected2, in_objects))
+        sums += _threshold_sums(codes[:keys.size], codes[:keys.size], ones, corrected1, corrected2,
+                                th1.weight(values1), th2.weight(values2))
+    return PartStatistics(pairs, mask_moments, object_moments, sums, n_nonfinite)
+
+
+# ---------------------------------------------------------------------------------------
+# Code boundaries of the threshold rules
+# ---------------------------------------------------------------------------------------
+def _first_code(predicate) -> int:
+    """The lowest order code whose float value satisfies ``predicate`` (monotone in the
+    value: False, then True), by bisection over the finite codes; ``HIGHEST_CODE + 1``
+    where none does."""
+    low, high = LOWEST_CODE, HIGHEST_CODE + 1  # predicate False below low (-inf), True from high
+    if predicate(-np.inf):
+        return LOWEST_CODE
+    while high - low > 1:
+        middle = (low + high) // 2
+        if predicate(float(_values_of_codes(np.array([middle]))[0])):
+            high = middle
+        else:
+            low = middle
+    return high
+
+
+def _applies(function, value: float) -> bool:
+    return bool(np.asarray(function(np.array([value], dtype=np.float64)))[0])
+
+
+def _tie_floor(threshold: ChannelThreshold) -> int:
+    """Codes below the returned code stand for values the correction ties into one
+    (``max(v - T, 0) = 0``); 0 where the correction keeps values as they are."""
+    if threshold.level is None or not threshold.subtract:
+        return 0
+    return _first_code(lambda v: _applies(lambda x: threshold.corrected(x) > 0, v)) - 1
+
+
+def _corrected_form(threshold: ChannelThreshold) -> tuple[float, bool]:
+    """``(T, clip)`` with ``corrected(v) = max(v - T, 0)`` where ``clip``, else ``v``."""
+    if threshold.level is None or not threshold.subtract:
+        return 0.0, False
+    return float(threshold.level), True
+
+
+# ---------------------------------------------------------------------------------------
+# Compiled passes over a frame's keys
+# ---------------------------------------------------------------------------------------
+@njit(nogil=True, cache=True, inline="always")
+def _value_of_code(code, scratch_bits, scratch_values):
+    """float64 value of one order code (``scratch_values`` is ``scratch_bits`` viewed as
+    float32: a bit cast)."""
+    code = np.uint32(code)
+    scratch_bits[0] = code & np.uint32(0x7FFFFFFF) if code >> np.uint32(31) else ~code
+    return np.float64(scratch_values[0])
+
+
+@njit(nogil=True, cache=True, inline="always")
+def _add_exactly(partials, n_partials, x):
+    """Add ``x`` to the exact sum held as non-overlapping ``partials`` (Shewchuk's
+    algorithm, as ``math.fsum``); returns their new number."""
+    i = 0
+    for j in range(n_partials):
+        y = partials[j]
+        if abs(x) < abs(y):
+            x, y = y, x
+        high = x + y
+        low = y - (high - x)
+        if low != 0.0:
+            partials[i] = low
+            i += 1
+        x = high
+    partials[i] = x
+    return i + 1
+
+
+@njit(nogil=True, cache=True)
+def _channel1_ranks(keys, floor1, floor2, level1, clip1, twice_rank1, keys2, partials):
+    """One pass over a frame's ascending joint keys: channel 1's ranks, channel 2's keys.
+
+    Runs of equal ``max(code1, floor1)`` are runs of equal corrected channel-1 values.
+    Writes per voxel ``twice_rank1`` (twice its average rank, 1-based) and ``keys2 =
+    max(code2, floor2) << 32 | position``. Adds to ``partials`` (exactly) ``count x
+    corrected value`` per run.
+
+    Returns
+    -------
+    tied_pairs, squares, n_partials, collision
+        Pairs tied in channel 1; sum of ``(twice_rank1 - n - 1)^2``; the number of
+        partials; whether two runs have equal corrected values (rounding in ``v - T``).
+    """
+    n = keys.size
+    scratch_bits = np.empty(1, np.uint32)
+    scratch_values = scratch_bits.view(np.float32)
+    tied_pairs = 0
+    squares = 0.0
+    n_partials = 0
+    collision = False
+    previous_value = -np.inf
+    start = 0
+    while start < n:
+        code = max(np.uint32(keys[start] >> np.uint64(32)), np.uint32(floor1))
+        stop = start + 1
+        while stop < n and max(np.uint32(keys[stop] >> np.uint64(32)), np.uint32(floor1)) == code:
+            stop += 1
+        twice = start + stop + 1
+        length = stop - start
+        for p in range(start, stop):
+            twice_rank1[p] = twice
+            code2 = max(np.uint32(keys[p]), np.uint32(floor2))
+            keys2[p] = (np.uint64(code2) << np.uint64(32)) | np.uint64(p)
+        tied_pairs += length * (length - 1) // 2
+        deviation = np.float64(twice - n - 1)
+        squares += length * deviation * deviation
+        value = _value_of_code(keys[start] >> np.uint64(32), scratch_bits, scratch_values)
+        if clip1:
+            value = max(value - level1, 0.0)
+        collision |= value == previous_value
+        previous_value = value
+        n_partials = _add_exactly(partials, n_partials, length * value)
+        start = stop
+    return tied_pairs, squares, n_partials, collision
+
+
+@njit(nogil=True, cache=True)
+def _renumber(keys2, start):
+    """Set the position part of ``keys2`` to ``start + index`` (after a partial sort)."""
+    for k in range(keys2.size):
+        keys2[k] = (keys2[k] & np.uint64(0xFFFFFFFF00000000)) | np.uint64(start + k)
+
+
+@njit(nogil=True, cache=True)
+def _joint_tied_pairs(twice_rank1, keys2):
+    """Pairs tied in both channels: runs of equal channel-1 rank and channel-2 code."""
+    total = 0
+    length = 1
+    for p in range(1, keys2.size):
+        if twice_rank1[p] == twice_rank1[p - 1] and keys2[p] >> np.uint64(32) == keys2[p - 1] >> np.uint64(32):
+            length += 1
+        else:
+            total += length * (length - 1) // 2
+            length = 1
+    return total + length * (length - 1) // 2
+
+
+@njit(nogil=True, cache=True)
+def _channel2_ranks(sorted_keys2, twice_rank1, level2, clip2, rank2, partials):
+    """One pass over the sorted channel-2 keys: Spearman's sums and channel 2's ties.
+
+    Writes ``rank2[position] = index`` (0-based, ties in position order) for the
+    inversion count, and adds ``count x corrected value`` per run to ``partials``.
+
+    Returns
+    -------
+    tied_pairs, squares, cross, n_partials, collision
+        Pairs tied in channel 2; sums of ``d2^2`` and ``d1 d2`` with ``d = twice rank
+        - n - 1``; the number of partials; whether two runs have equal corrected values.
+    """
+    n = sorted_keys2.size
+    scratch_bits = np.empty(1, np.uint32)
+    scratch_values = scratch_bits.view(np.float32)
+    tied_pairs = 0
+    squares = cross = 0.0
+    n_partials = 0
+    collision = False
+    previous_value = -np.inf
+    start = 0
+    while start < n:
+        code = sorted_keys2[start] >> np.uint64(32)
+        stop = start + 1
+        while stop < n and sorted_keys2[stop] >> np.uint64(32) == code:
+            stop += 1
+        deviation2 = np.float64(start + stop + 1 - n - 1)
+        deviations1 = 0
+        for k in range(start, stop):
+            position = np.int64(sorted_keys2[k] & np.uint64(0xFFFFFFFF))
+            rank2[position] = k
+            deviations1 += np.int64(twice_rank1[position]) - n - 1
+        length = stop - start
+        tied_pairs += length * (length - 1) // 2
+        squares += length * deviation2 * deviation2
+        cross += deviations1 * deviation2
+        value = _value_of_code(code, scratch_bits, scratch_values)
+        if clip2:
+            value = max(value - level2, 0.0)
+        collision |= value == previous_value
+        previous_value = value
+        n_partials = _add_exactly(partials, n_partials, length * value)
+        start = stop
+    return tied_pairs, squares, cross, n_partials, collision
+
+
+@njit(nogil=True, cache=True, inline="always")
+def _count_above(tree, size, value):
+    """Count of the values added to a Fenwick tree (stored reversed) above ``value``."""
+    k = size - value - 1
+    total = 0
+    while k > 0:
+        total += tree[k]
+        k &= k - 1
+    return total
+
+
+@njit(nogil=True, cache=True, inline="always")
+def _add_one(tree, size, value):
+    k = size - value
+    while k <= size:
+        tree[k] += 1
+        k += k & -k
+
+
+@njit(nogil=True, cache=True)
+def _bucket_inversions(ranks, bits, first, stop):
+    """Pairs ``first <= i < j < stop`` with ``ranks[i] >> bits > ranks[j] >> bits`` (a
+    Fenwick tree over the buckets ``rank >> bits`` of a permutation of ``0 .. n - 1``)."""
+    n_buckets = ((ranks.size - 1) >> bits) + 1
+    tree = np.zeros(n_buckets + 1, np.int64)
+    total = 0
+    for i in range(first, stop):
+        bucket = np.int64(ranks[i] >> bits)
+        total += _count_above(tree, n_buckets, bucket)
+        _add_one(tree, n_buckets, bucket)
+    return total
+
+
+@njit(nogil=True, cache=True)
+def _inversions(ranks, bits, scratch):
+    """Pairs ``i < j`` with ``ranks[i] > ranks[j]`` of a permutation of ``0 .. n - 1``.
+
+    Two levels, each in cache: pairs in different buckets ``rank >> bits`` by a Fenwick
+    tree over the buckets, then pairs within a bucket by one over its ``2^bits`` ranks
+    (the bucket's members gathered in order into ``scratch``).
+    """
+    n = ranks.size
+    if n < 2:
+        return 0
+    n_buckets = ((n - 1) >> bits) + 1
+    total = _bucket_inversions(ranks, bits, 0, n)
+    starts = np.zeros(n_buckets + 1, np.int64)
+    for i in range(n):
+        starts[(ranks[i] >> bits) + 1] += 1
+    for b in range(n_buckets):
+        starts[b + 1] += starts[b]
+    fill = starts[:n_buckets].copy()
+    low_mask = (1 << bits) - 1
+    for i in range(n):
+        bucket = ranks[i] >> bits
+        scratch[fill[bucket]] = ranks[i] & low_mask
+        fill[bucket] += 1
+    width = 1 << bits
+    tree = np.zeros(width + 1, np.int64)
+    for b in range(n_buckets):
+        tree[:] = 0
+        for k in range(starts[b], starts[b + 1]):
+            total += _count_above(tree, width, np.int64(scratch[k]))
+            _add_one(tree, width, np.int64(scratch[k]))
+    return total
+
+
+@njit(nogil=True, cache=True)
+def _same_sign_count(keys, low1, high1, low2, high2, zero_positive):
+    """Voxels whose corrected values lie on the same side of their means: the sign of
+    channel 1 is -1 below code ``low1``, +1 from ``high1``, else 0 (channel 2 alike)."""
+    total = 0
+    for i in range(keys.size):
+        code1 = np.uint32(keys[i] >> np.uint64(32))
+        code2 = np.uint32(keys[i])
+        sign = (np.int64(code1 >= high1) - np.int64(code1 < low1)) * (np.int64(code2 >= high2) - np.int64(code2 < low2))
+        total += sign > 0 or (zero_positive and sign == 0)
+    return total
+
+
+@njit(nogil=True, cache=True)
+def _object_keys(keys, above1, above2, out):
+    """Copy the keys of the object voxels (``code1 >= above1`` or ``code2 >= above2``) to
+    ``out``; returns their number."""
+    count = 0
+    for i in range(keys.size):
+        if np.uint32(keys[i] >> np.uint64(32)) >= above1 or np.uint32(keys[i]) >= above2:
+            out[count] = keys[i]
+            count += 1
+    return count
+
+
+@njit(nogil=True, cache=True)
+def _count_objects(keys, above1, above2):
+    """Number of object voxels (see :func:`_object_keys`)."""
+    count = 0
+    for i in range(keys.size):
+        count += np.uint32(keys[i] >> np.uint64(32)) >= above1 or np.uint32(keys[i]) >= above2
+    return count
+
+
+# ---------------------------------------------------------------------------------------
+# Rank coefficients of a frame
+# ---------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class _RankSums:
+    """Sums over a frame's voxels (``d = twice the average rank - n - 1``)."""
+
+    n: int
+    tied1: int
+    tied2: int
+    tied_both: int
+    squares1: float
+    squares2: float
+    cross: float
+    discordant: int
+    mean1: float
+    mean2: float
+
+    def spearman(self) -> tuple[float, str]:
+        mean = (self.n + 1) / 2.0
+        moments = Moments(*(np.float64(v) for v in (self.n, mean, mean, self.squares1 / 4, self.squares2 / 4,
+                                                     self.cross / 4)))
+        r, reason = moments.pearson()
+        return float(r), str(reason)
+
+    def kendall_tau_b(self) -> tuple[float, str]:
+        """As :func:`~cccdask.kernels.coefficients.kendall_tau_b`."""
+        if self.n < 2:
+            return np.nan, "fewer than 2 voxels"
+        n0 = self.n * (self.n - 1) // 2
+        if n0 == self.tied1 or n0 == self.tied2:
+            return np.nan, "all values of a channel are tied"
+        s = n0 - self.tied1 - self.tied2 + self.tied_both - 2 * self.discordant
+        tau = s / np.sqrt(float(n0 - self.tied1) * float(n0 - self.tied2))
+        return float(np.clip(tau, -1.0, 1.0)), ""
+
+
+def _rank_sums(keys: np.ndarray, thresholds: Thresholds, kendall: bool, threads: int) -> _RankSums | None:
+    """The rank sums of a frame's ascending joint keys; None where the correction
+    ``v - T`` rounds two values to one (then the joint histogram ranks them)."""
+    n = keys.size
+    th1, th2 = thresholds.channel1, thresholds.channel2
+    floor1, floor2 = _tie_floor(th1), _tie_floor(th2)
+    twice_rank1 = np.empty(n, np.uint32)
+    keys2 = np.empty(n, np.uint64)
+    partials = np.empty(512)
+    tied1, squares1, n_partials, collision1 = _channel1_ranks(keys, floor1, floor2, *_corrected_form(th1),
+                                                              twice_rank1, keys2, partials)
+    mean1 = math.fsum(partials[:n_partials]) / n
+    # channel-1 values the correction ties: in channel 2's order, so that no pair tied
+    # in channel 1 counts as discordant
+    tied_end = int(np.searchsorted(keys, np.uint64(floor1 + 1) << np.uint64(32))) if floor1 else 0
+    if tied_end > 1:
+        keys2[:tied_end].sort()
+        _renumber(keys2[:tied_end], 0)
+    tied_both = _joint_tied_pairs(twice_rank1, keys2)
+    keys2 = _sorted(keys2, threads)
+    rank2 = np.empty(n, np.uint32)
+    tied2, squares2, cross, n_partials, collision2 = _channel2_ranks(keys2, twice_rank1, *_corrected_form(th2),
+                                                                     rank2, partials)
+    mean2 = math.fsum(partials[:n_partials]) / n
+    if collision1 or collision2:
+        return None
+    del keys2
+    discordant = int(_inversions(rank2, max(1, (n.bit_length() + 1) // 2), twice_rank1)) if kendall else 0
+    return _RankSums(n, tied1, tied2, tied_both, squares1, squares2, cross, discordant, mean1, mean2)
+
+
+def _sign_codes(threshold: ChannelThreshold, mean: float) -> tuple[int, int]:
+    """First codes whose corrected value is ``>= mean`` and ``> mean``."""
+    return (_first_code(lambda v: _applies(lambda x: threshold.corrected(x) >= mean, v)),
+            _first_code(lambda v: _applies(lambda x: threshold.corrected(x) > mean, v)))
+
+
+def rank_coefficients(pairs: SortedPairs, thresholds: Thresholds, threads: int = 1
+                      ) -> dict[str, tuple[float, str]]:
+    """Spearman, object Spearman, Kendall's tau-b and ICQ of a frame's voxels.
+
+    The same numbers as :func:`~cccdask.kernels.coefficients.finalize` gives from the
+    frame's joint histogram (to rounding; the same ICQ count), from the sorted keys.
+
+    Parameters
+    ----------
+    pairs : SortedPairs
+        The frame's voxels inside the mask (all finite), at least one.
+    thresholds : Thresholds
+    threads : int
+        Threads for the sorts (1 inside a Dask task).
+
+    Returns
+    -------
+    dict
+        ``name -> (value, reason)`` for ``spearman``, ``object_spearman``,
+        ``kendall_tau`` and ``icq``.
+    """
+    th1, th2 = thresholds.channel1, thresholds.channel2
+    sums = _rank_sums(pairs.keys, thresholds, True, threads)
+    if sums is None:  # values the correction rounds together: ranked from the histogram
+        table = pairs.joint_table
+        corrected = table.corrected(thresholds)
+        in_objects = table.object_entries(thresholds)
+        return {"spearman": rank_pearson(table, thresholds),
+                "object_spearman": rank_pearson(table, thresholds, table.counts * in_objects)
+                if in_objects.any() else (np.nan, "no object voxels"),
+                "kendall_tau": kendall_tau_b(corrected),
+                "icq": (icq_count(corrected, thresholds.icq_zero_positive) / pairs.n - 0.5, "")}
+    out = {"spearman": sums.spearman(), "kendall_tau": sums.kendall_tau_b()}
+
+    low1, high1 = _sign_codes(th1, sums.mean1)
+    low2, high2 = _sign_codes(th2, sums.mean2)
+    positive = _same_sign_count(pairs.keys, low1, high1, low2, high2, thresholds.icq_zero_positive)
+    out["icq"] = (positive / pairs.n - 0.5, "")
+
+    above1 = _first_code(lambda v: _applies(th1.above, v))
+    above2 = _first_code(lambda v: _applies(th2.above, v))
+    n_objects = _count_objects(pairs.keys, above1, above2)
+    if n_objects == pairs.n:
+        out["object_spearman"] = out["spearman"]
+    elif n_objects == 0:
+        out["object_spearman"] = (np.nan, "no object voxels")
+    else:
+        objects = np.empty(n_objects, np.uint64)
+        _object_keys(pairs.keys, above1, above2, objects)
+        object_sums = _rank_sums(objects, thresholds, False, threads)
+        out["object_spearman"] = object_sums.spearman()
+    return out
+
+
+def ranks_source(table: JointTable | SortedPairs) -> JointTable | SortedPairs:
+    """What a frame's rank coefficients are computed from, by the frame's distinct
+    fraction alone (so the same at any chunking): :class:`SortedPairs` where at least
+    :data:`DISTINCT_FRACTION` of the voxels are distinct pairs (and float32 holds the
+    values, and there are fewer than 2^31), else the joint histogram."""
+    if isinstance(table, SortedPairs):
+        if table.distinct_fraction >= DISTINCT_FRACTION and table.n <= MAX_SORTED_VOXELS:
+            return table
+        return table.joint_table
+    if table.integer or table.n > MAX_SORTED_VOXELS or len(table.counts) < DISTINCT_FRACTION * table.n:
+        return table
+    return SortedPairs.from_table(table) or table
