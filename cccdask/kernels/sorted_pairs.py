@@ -285,45 +285,74 @@ def _value_of_code(code, scratch_bits, scratch_values):
 
 
 @njit(nogil=True, cache=True, inline="always")
-def _add_exactly(partials, n_partials, x):
-    """Add ``x`` to the exact sum held as non-overlapping ``partials`` (Shewchuk's
-    algorithm, as ``math.fsum``); returns their new number."""
-    i = 0
-    for j in range(n_partials):
-        y = partials[j]
-        if abs(x) < abs(y):
-            x, y = y, x
-        high = x + y
-        low = y - (high - x)
-        if low != 0.0:
-            partials[i] = low
-            i += 1
-        x = high
-    partials[i] = x
-    return i + 1
+def _add_exactly(bins, x, scratch_values, scratch_bits):
+    """Add the finite float64 ``x`` exactly to ``bins``, ``(2, 2048)`` int64: its
+    significand's high and low 26 bits to the column of its exponent field (exact for
+    fewer than 2^31 values). ``scratch_bits`` is ``scratch_values`` viewed as uint64."""
+    scratch_values[0] = x
+    bits = scratch_bits[0]
+    exponent = np.int64((bits >> np.uint64(52)) & np.uint64(0x7FF))
+    significand = np.int64(bits & np.uint64(0xFFFFFFFFFFFFF)) + (np.int64(1) << 52 if exponent else 0)
+    if bits >> np.uint64(63):
+        significand = -significand
+    bins[0, exponent] += significand >> 26  # arithmetic shift: floor, so high * 2^26 + low is exact
+    bins[1, exponent] += significand & ((1 << 26) - 1)
+
+
+@njit(nogil=True, cache=True, inline="always")
+def _add_float32_exactly(bins, code, count):
+    """Add ``count`` times the float32 value of an order code exactly to ``bins`` (see
+    :func:`_add_exactly`; the same bins, without a conversion: ``count`` below 2^29 keeps
+    ``count x value`` exact in float64, as the joint histogram's products are)."""
+    bits = code & np.uint32(0x7FFFFFFF) if code >> np.uint32(31) else ~code
+    exponent = np.int64((bits >> np.uint32(23)) & np.uint32(0xFF))
+    significand = np.int64(bits & np.uint32(0x7FFFFF)) + (np.int64(1) << 23 if exponent else 0)
+    if bits >> np.uint32(31):
+        significand = -significand
+    # float32 exponent field e: value = significand * 2^(max(e, 1) - 150), and a unit of
+    # column c stands for 2^(c - 1075): column max(e, 1) + 925. Below 2^55 in all.
+    column = max(exponent, 1) + 925
+    scaled = significand * count
+    bins[0, column] += scaled >> 26
+    bins[1, column] += scaled & ((1 << 26) - 1)
+
+
+def _exact_mean(bins: np.ndarray, n: int) -> float:
+    """``fl(S) / n`` with ``fl(S)`` the correctly rounded sum held in ``bins`` (as
+    ``math.fsum`` of the values would give)."""
+    total = 0
+    for exponent in np.flatnonzero(bins.any(axis=0)):
+        significand = (int(bins[0, exponent]) << 26) + int(bins[1, exponent])
+        total += significand << (max(int(exponent), 1) - 1)  # in units of 2^-1074
+    return (total / (1 << 1074)) / n
 
 
 @njit(nogil=True, cache=True)
-def _channel1_ranks(keys, floor1, floor2, level1, clip1, twice_rank1, keys2, partials):
+def _channel1_ranks(keys, floor1, floor2, level1, clip1, above1, above2, twice_rank1, object_rank1, keys2,
+                    bins):
     """One pass over a frame's ascending joint keys: channel 1's ranks, channel 2's keys.
 
-    Runs of equal ``max(code1, floor1)`` are runs of equal corrected channel-1 values.
-    Writes per voxel ``twice_rank1`` (twice its average rank, 1-based) and ``keys2 =
-    max(code2, floor2) << 32 | position``. Adds to ``partials`` (exactly) ``count x
-    corrected value`` per run.
+    Runs of equal ``max(code1, floor1)`` are runs of equal corrected channel-1 values
+    (``max(v - level1, 0)`` where ``clip1``, else ``v``). Writes per voxel
+    ``twice_rank1`` (twice its average rank, 1-based), ``object_rank1`` (the same among
+    the object voxels, ``code1 >= above1`` or ``code2 >= above2``; 0 for the others) and
+    ``keys2 = max(code2, floor2) << 32 | position << 1 | object``; adds ``count x
+    corrected value`` per run to ``bins`` (exactly).
 
     Returns
     -------
-    tied_pairs, squares, n_partials, collision
-        Pairs tied in channel 1; sum of ``(twice_rank1 - n - 1)^2``; the number of
-        partials; whether two runs have equal corrected values (rounding in ``v - T``).
+    tied_pairs, squares, n_objects, object_squares, collision
+        Pairs tied in channel 1; sum of ``(twice_rank1 - n - 1)^2``; the object voxels
+        and their sum alike; whether two runs have equal corrected values (rounding in
+        ``v - T``).
     """
     n = keys.size
-    scratch_bits = np.empty(1, np.uint32)
-    scratch_values = scratch_bits.view(np.float32)
-    tied_pairs = 0
-    squares = 0.0
-    n_partials = 0
+    code_bits = np.empty(1, np.uint32)
+    code_value = code_bits.view(np.float32)
+    sum_value = np.empty(1, np.float64)
+    sum_bits = sum_value.view(np.uint64)
+    tied_pairs = n_objects = 0
+    squares = object_squares = 0.0
     collision = False
     previous_value = -np.inf
     start = 0
@@ -333,29 +362,41 @@ def _channel1_ranks(keys, floor1, floor2, level1, clip1, twice_rank1, keys2, par
         while stop < n and max(np.uint32(keys[stop] >> np.uint64(32)), np.uint32(floor1)) == code:
             stop += 1
         twice = start + stop + 1
-        length = stop - start
+        objects = 0
         for p in range(start, stop):
+            raw2 = np.uint32(keys[p])
+            is_object = np.uint32(keys[p] >> np.uint64(32)) >= above1 or raw2 >= above2
+            objects += is_object
             twice_rank1[p] = twice
-            code2 = max(np.uint32(keys[p]), np.uint32(floor2))
-            keys2[p] = (np.uint64(code2) << np.uint64(32)) | np.uint64(p)
+            keys2[p] = (np.uint64(max(raw2, np.uint32(floor2))) << np.uint64(32)) | (np.uint64(p) << np.uint64(1)) \
+                | np.uint64(is_object)
+        object_twice = 2 * n_objects + objects + 1
+        for p in range(start, stop):
+            object_rank1[p] = object_twice if keys2[p] & np.uint64(1) else 0
+        n_objects += objects
+        length = stop - start
         tied_pairs += length * (length - 1) // 2
         deviation = np.float64(twice - n - 1)
         squares += length * deviation * deviation
-        value = _value_of_code(keys[start] >> np.uint64(32), scratch_bits, scratch_values)
+        object_squares += objects * np.float64(object_twice) * np.float64(object_twice)
         if clip1:
-            value = max(value - level1, 0.0)
-        collision |= value == previous_value
-        previous_value = value
-        n_partials = _add_exactly(partials, n_partials, length * value)
+            value = max(_value_of_code(keys[start] >> np.uint64(32), code_bits, code_value) - level1, 0.0)
+            collision |= value == previous_value
+            previous_value = value
+            _add_exactly(bins, length * value, sum_value, sum_bits)
+        else:
+            _add_float32_exactly(bins, np.uint32(keys[start] >> np.uint64(32)), length)
         start = stop
-    return tied_pairs, squares, n_partials, collision
+    return tied_pairs, squares, n_objects, object_squares, collision
 
 
 @njit(nogil=True, cache=True)
-def _renumber(keys2, start):
-    """Set the position part of ``keys2`` to ``start + index`` (after a partial sort)."""
+def _renumber(keys2, object_twice, object_rank1, start):
+    """Set the position part of ``keys2`` to ``start + index`` after a sort of voxels
+    tied in channel 1 (their channel-1 ranks are equal: ``object_twice`` for objects)."""
     for k in range(keys2.size):
-        keys2[k] = (keys2[k] & np.uint64(0xFFFFFFFF00000000)) | np.uint64(start + k)
+        object_rank1[start + k] = object_twice if keys2[k] & np.uint64(1) else 0
+        keys2[k] = (keys2[k] & np.uint64(0xFFFFFFFF00000001)) | (np.uint64(start + k) << np.uint64(1))
 
 
 @njit(nogil=True, cache=True)
@@ -373,50 +414,68 @@ def _joint_tied_pairs(twice_rank1, keys2):
 
 
 @njit(nogil=True, cache=True)
-def _channel2_ranks(sorted_keys2, twice_rank1, level2, clip2, rank2, partials):
-    """One pass over the sorted channel-2 keys: Spearman's sums and channel 2's ties.
+def _channel2_ranks(sorted_keys2, level2, clip2, ranks2, bins):
+    """One pass over the sorted channel-2 keys: channel 2's ranks and ties.
 
-    Writes ``rank2[position] = index`` (0-based, ties in position order) for the
-    inversion count, and adds ``count x corrected value`` per run to ``partials``.
+    Writes ``ranks2[position] = object rank << 32 | twice rank`` (see
+    :func:`_channel1_ranks`; one random store per voxel) and adds ``count x corrected
+    value`` per run to ``bins``.
 
     Returns
     -------
-    tied_pairs, squares, cross, n_partials, collision
-        Pairs tied in channel 2; sums of ``d2^2`` and ``d1 d2`` with ``d = twice rank
-        - n - 1``; the number of partials; whether two runs have equal corrected values.
+    tied_pairs, squares, object_squares, collision
+        As :func:`_channel1_ranks`.
     """
     n = sorted_keys2.size
-    scratch_bits = np.empty(1, np.uint32)
-    scratch_values = scratch_bits.view(np.float32)
-    tied_pairs = 0
-    squares = cross = 0.0
-    n_partials = 0
+    code_bits = np.empty(1, np.uint32)
+    code_value = code_bits.view(np.float32)
+    sum_value = np.empty(1, np.float64)
+    sum_bits = sum_value.view(np.uint64)
+    tied_pairs = n_objects = 0
+    squares = object_squares = 0.0
     collision = False
     previous_value = -np.inf
     start = 0
     while start < n:
         code = sorted_keys2[start] >> np.uint64(32)
         stop = start + 1
+        objects = 0
         while stop < n and sorted_keys2[stop] >> np.uint64(32) == code:
             stop += 1
-        deviation2 = np.float64(start + stop + 1 - n - 1)
-        deviations1 = 0
         for k in range(start, stop):
-            position = np.int64(sorted_keys2[k] & np.uint64(0xFFFFFFFF))
-            rank2[position] = k
-            deviations1 += np.int64(twice_rank1[position]) - n - 1
+            objects += np.int64(sorted_keys2[k] & np.uint64(1))
+        twice = start + stop + 1
+        object_twice = 2 * n_objects + objects + 1
+        for k in range(start, stop):
+            position = np.int64((sorted_keys2[k] & np.uint64(0xFFFFFFFF)) >> np.uint64(1))
+            object_part = object_twice if sorted_keys2[k] & np.uint64(1) else 0
+            ranks2[position] = (np.uint64(object_part) << np.uint64(32)) | np.uint64(twice)
+        n_objects += objects
         length = stop - start
         tied_pairs += length * (length - 1) // 2
-        squares += length * deviation2 * deviation2
-        cross += deviations1 * deviation2
-        value = _value_of_code(code, scratch_bits, scratch_values)
+        deviation = np.float64(twice - n - 1)
+        squares += length * deviation * deviation
+        object_squares += objects * np.float64(object_twice) * np.float64(object_twice)
         if clip2:
-            value = max(value - level2, 0.0)
-        collision |= value == previous_value
-        previous_value = value
-        n_partials = _add_exactly(partials, n_partials, length * value)
+            value = max(_value_of_code(code, code_bits, code_value) - level2, 0.0)
+            collision |= value == previous_value
+            previous_value = value
+            _add_exactly(bins, length * value, sum_value, sum_bits)
+        else:
+            _add_float32_exactly(bins, np.uint32(code), length)
         start = stop
-    return tied_pairs, squares, cross, n_partials, collision
+    return tied_pairs, squares, object_squares, collision
+
+
+@njit(nogil=True, cache=True, fastmath={"reassoc", "contract"})
+def _cross_deviations(twice_rank1, twice_rank2, centre):
+    """Sum of ``(twice_rank1 - centre)(twice_rank2 - centre)`` over the voxels where
+    ``twice_rank1`` is not 0."""
+    total = 0.0
+    for p in range(twice_rank1.size):
+        if twice_rank1[p]:
+            total += (np.float64(twice_rank1[p]) - centre) * (np.float64(twice_rank2[p]) - centre)
+    return total
 
 
 @njit(nogil=True, cache=True, inline="always")
@@ -439,35 +498,23 @@ def _add_one(tree, size, value):
 
 
 @njit(nogil=True, cache=True)
-def _bucket_inversions(ranks, bits, first, stop):
-    """Pairs ``first <= i < j < stop`` with ``ranks[i] >> bits > ranks[j] >> bits`` (a
-    Fenwick tree over the buckets ``rank >> bits`` of a permutation of ``0 .. n - 1``)."""
-    n_buckets = ((ranks.size - 1) >> bits) + 1
-    tree = np.zeros(n_buckets + 1, np.int64)
-    total = 0
-    for i in range(first, stop):
-        bucket = np.int64(ranks[i] >> bits)
-        total += _count_above(tree, n_buckets, bucket)
-        _add_one(tree, n_buckets, bucket)
-    return total
-
-
-@njit(nogil=True, cache=True)
-def _inversions(ranks, bits, scratch):
-    """Pairs ``i < j`` with ``ranks[i] > ranks[j]`` of a permutation of ``0 .. n - 1``.
+def _inversions(ranks, limit, bits, scratch):
+    """Pairs ``i < j`` with ``ranks[i] > ranks[j]``, for ranks below ``limit``.
 
     Two levels, each in cache: pairs in different buckets ``rank >> bits`` by a Fenwick
     tree over the buckets, then pairs within a bucket by one over its ``2^bits`` ranks
-    (the bucket's members gathered in order into ``scratch``).
+    (the bucket's members gathered in order into ``scratch``, as many as ``ranks``).
     """
     n = ranks.size
-    if n < 2:
-        return 0
-    n_buckets = ((n - 1) >> bits) + 1
-    total = _bucket_inversions(ranks, bits, 0, n)
+    n_buckets = ((limit - 1) >> bits) + 1
+    tree = np.zeros(n_buckets + 1, np.int64)
     starts = np.zeros(n_buckets + 1, np.int64)
+    total = 0
     for i in range(n):
-        starts[(ranks[i] >> bits) + 1] += 1
+        bucket = np.int64(ranks[i] >> bits)
+        total += _count_above(tree, n_buckets, bucket)
+        _add_one(tree, n_buckets, bucket)
+        starts[bucket + 1] += 1
     for b in range(n_buckets):
         starts[b + 1] += starts[b]
     fill = starts[:n_buckets].copy()
@@ -479,6 +526,8 @@ def _inversions(ranks, bits, scratch):
     width = 1 << bits
     tree = np.zeros(width + 1, np.int64)
     for b in range(n_buckets):
+        if starts[b + 1] - starts[b] < 2:
+            continue
         tree[:] = 0
         for k in range(starts[b], starts[b + 1]):
             total += _count_above(tree, width, np.int64(scratch[k]))
@@ -499,33 +548,20 @@ def _same_sign_count(keys, low1, high1, low2, high2, zero_positive):
     return total
 
 
-@njit(nogil=True, cache=True)
-def _object_keys(keys, above1, above2, out):
-    """Copy the keys of the object voxels (``code1 >= above1`` or ``code2 >= above2``) to
-    ``out``; returns their number."""
-    count = 0
-    for i in range(keys.size):
-        if np.uint32(keys[i] >> np.uint64(32)) >= above1 or np.uint32(keys[i]) >= above2:
-            out[count] = keys[i]
-            count += 1
-    return count
-
-
-@njit(nogil=True, cache=True)
-def _count_objects(keys, above1, above2):
-    """Number of object voxels (see :func:`_object_keys`)."""
-    count = 0
-    for i in range(keys.size):
-        count += np.uint32(keys[i] >> np.uint64(32)) >= above1 or np.uint32(keys[i]) >= above2
-    return count
-
-
 # ---------------------------------------------------------------------------------------
 # Rank coefficients of a frame
 # ---------------------------------------------------------------------------------------
+def _spearman(n: int, squares1: float, squares2: float, cross: float) -> tuple[float, str]:
+    """Pearson r of ranks from the sums of their deviations ``d = twice rank - n - 1``."""
+    mean = (n + 1) / 2.0
+    r, reason = Moments(*(np.float64(v) for v in (n, mean, mean, squares1 / 4, squares2 / 4, cross / 4))).pearson()
+    return float(r), str(reason)
+
+
 @dataclass(frozen=True)
 class _RankSums:
-    """Sums over a frame's voxels (``d = twice the average rank - n - 1``)."""
+    """Sums over a frame's voxels (``d = twice the average rank - n - 1``); the same
+    over the object voxels (``object_*``)."""
 
     n: int
     tied1: int
@@ -537,13 +573,10 @@ class _RankSums:
     discordant: int
     mean1: float
     mean2: float
-
-    def spearman(self) -> tuple[float, str]:
-        mean = (self.n + 1) / 2.0
-        moments = Moments(*(np.float64(v) for v in (self.n, mean, mean, self.squares1 / 4, self.squares2 / 4,
-                                                     self.cross / 4)))
-        r, reason = moments.pearson()
-        return float(r), str(reason)
+    n_objects: int
+    object_squares1: float
+    object_squares2: float
+    object_cross: float
 
     def kendall_tau_b(self) -> tuple[float, str]:
         """As :func:`~cccdask.kernels.coefficients.kendall_tau_b`."""
@@ -557,35 +590,42 @@ class _RankSums:
         return float(np.clip(tau, -1.0, 1.0)), ""
 
 
-def _rank_sums(keys: np.ndarray, thresholds: Thresholds, kendall: bool, threads: int) -> _RankSums | None:
+def _rank_sums(keys: np.ndarray, thresholds: Thresholds, threads: int) -> _RankSums | None:
     """The rank sums of a frame's ascending joint keys; None where the correction
     ``v - T`` rounds two values to one (then the joint histogram ranks them)."""
     n = keys.size
     th1, th2 = thresholds.channel1, thresholds.channel2
     floor1, floor2 = _tie_floor(th1), _tie_floor(th2)
-    twice_rank1 = np.empty(n, np.uint32)
+    above1 = _first_code(lambda v: _applies(th1.above, v))
+    above2 = _first_code(lambda v: _applies(th2.above, v))
+    twice_rank1, object_rank1 = np.empty(n, np.uint32), np.empty(n, np.uint32)
     keys2 = np.empty(n, np.uint64)
-    partials = np.empty(512)
-    tied1, squares1, n_partials, collision1 = _channel1_ranks(keys, floor1, floor2, *_corrected_form(th1),
-                                                              twice_rank1, keys2, partials)
-    mean1 = math.fsum(partials[:n_partials]) / n
+    bins1, bins2 = np.zeros((2, 2048), np.int64), np.zeros((2, 2048), np.int64)
+    tied1, squares1, n_objects, object_squares1, collision1 = _channel1_ranks(
+        keys, floor1, floor2, *_corrected_form(th1), above1, above2, twice_rank1, object_rank1, keys2, bins1)
     # channel-1 values the correction ties: in channel 2's order, so that no pair tied
     # in channel 1 counts as discordant
     tied_end = int(np.searchsorted(keys, np.uint64(floor1 + 1) << np.uint64(32))) if floor1 else 0
     if tied_end > 1:
         keys2[:tied_end].sort()
-        _renumber(keys2[:tied_end], 0)
+        _renumber(keys2[:tied_end], object_rank1[:tied_end].max(), object_rank1, 0)
     tied_both = _joint_tied_pairs(twice_rank1, keys2)
     keys2 = _sorted(keys2, threads)
-    rank2 = np.empty(n, np.uint32)
-    tied2, squares2, cross, n_partials, collision2 = _channel2_ranks(keys2, twice_rank1, *_corrected_form(th2),
-                                                                     rank2, partials)
-    mean2 = math.fsum(partials[:n_partials]) / n
+    ranks2 = np.empty(n, np.uint64)
+    tied2, squares2, object_squares2, collision2 = _channel2_ranks(keys2, *_corrected_form(th2), ranks2, bins2)
+    twice_rank2, object_rank2 = ranks2.view(np.uint32)[0::2], ranks2.view(np.uint32)[1::2]  # little-endian
     if collision1 or collision2:
         return None
     del keys2
-    discordant = int(_inversions(rank2, max(1, (n.bit_length() + 1) // 2), twice_rank1)) if kendall else 0
-    return _RankSums(n, tied1, tied2, tied_both, squares1, squares2, cross, discordant, mean1, mean2)
+    # centred: the ranks of m voxels sum to m (m + 1) / 2
+    object_squares1 -= n_objects * float(n_objects + 1) ** 2
+    object_squares2 -= n_objects * float(n_objects + 1) ** 2
+    object_cross = _cross_deviations(object_rank1, object_rank2, np.float64(n_objects + 1))
+    cross = _cross_deviations(twice_rank1, twice_rank2, np.float64(n + 1))
+    # object_rank1 is scratch from here
+    discordant = int(_inversions(twice_rank2, 2 * n + 2, max(1, (n.bit_length() + 1) // 2), object_rank1))
+    return _RankSums(n, tied1, tied2, tied_both, squares1, squares2, cross, discordant, _exact_mean(bins1, n),
+                     _exact_mean(bins2, n), n_objects, object_squares1, object_squares2, object_cross)
 
 
 def _sign_codes(threshold: ChannelThreshold, mean: float) -> tuple[int, int]:
@@ -616,7 +656,7 @@ def rank_coefficients(pairs: SortedPairs, thresholds: Thresholds, threads: int =
         ``kendall_tau`` and ``icq``.
     """
     th1, th2 = thresholds.channel1, thresholds.channel2
-    sums = _rank_sums(pairs.keys, thresholds, True, threads)
+    sums = _rank_sums(pairs.keys, thresholds, threads)
     if sums is None:  # values the correction rounds together: ranked from the histogram
         table = pairs.joint_table
         corrected = table.corrected(thresholds)
@@ -626,25 +666,17 @@ def rank_coefficients(pairs: SortedPairs, thresholds: Thresholds, threads: int =
                 if in_objects.any() else (np.nan, "no object voxels"),
                 "kendall_tau": kendall_tau_b(corrected),
                 "icq": (icq_count(corrected, thresholds.icq_zero_positive) / pairs.n - 0.5, "")}
-    out = {"spearman": sums.spearman(), "kendall_tau": sums.kendall_tau_b()}
-
+    out = {"spearman": _spearman(sums.n, sums.squares1, sums.squares2, sums.cross),
+           "kendall_tau": sums.kendall_tau_b()}
+    if sums.n_objects:
+        out["object_spearman"] = _spearman(sums.n_objects, sums.object_squares1, sums.object_squares2,
+                                           sums.object_cross)
+    else:
+        out["object_spearman"] = (np.nan, "no object voxels")
     low1, high1 = _sign_codes(th1, sums.mean1)
     low2, high2 = _sign_codes(th2, sums.mean2)
     positive = _same_sign_count(pairs.keys, low1, high1, low2, high2, thresholds.icq_zero_positive)
     out["icq"] = (positive / pairs.n - 0.5, "")
-
-    above1 = _first_code(lambda v: _applies(th1.above, v))
-    above2 = _first_code(lambda v: _applies(th2.above, v))
-    n_objects = _count_objects(pairs.keys, above1, above2)
-    if n_objects == pairs.n:
-        out["object_spearman"] = out["spearman"]
-    elif n_objects == 0:
-        out["object_spearman"] = (np.nan, "no object voxels")
-    else:
-        objects = np.empty(n_objects, np.uint64)
-        _object_keys(pairs.keys, above1, above2, objects)
-        object_sums = _rank_sums(objects, thresholds, False, threads)
-        out["object_spearman"] = object_sums.spearman()
     return out
 
 

@@ -1,0 +1,216 @@
+"""The sorted-keys path of the rank coefficients against scipy.stats and brute force.
+
+Float frames with all values distinct and with a few exact ties, 2D and 3D, with and
+without thresholds; the keys of a frame merged from any chunking equal the whole
+frame's; the compiled pieces (inversion count, exact sums) against direct computations.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import scipy.stats as ss
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from cccdask.kernels.coefficients import (
+    ChannelThreshold,
+    JointTable,
+    Thresholds,
+    finalize,
+    joint_table,
+    part_statistics,
+    statistics_from_table,
+)
+from cccdask.kernels.sorted_pairs import (
+    SortedPairs,
+    _exact_mean,
+    _add_exactly,
+    _add_float32_exactly,
+    _inversions,
+    merge_tables,
+    pair_keys,
+    prefers_sorted,
+    rank_coefficients,
+    ranks_source,
+    statistics_from_pairs,
+)
+from numba import njit
+
+RANK_NAMES = ("spearman", "object_spearman", "kendall_tau", "icq")
+
+
+def frame(shape, seed, ties=0, dtype=np.float32):
+    """Gamma signal plus Gaussian noise, channel 2 correlated with channel 1; ``ties``
+    voxels of each channel copied from others (exact ties)."""
+    rng = np.random.default_rng(seed)
+    signal = rng.gamma(2.0, 300.0, shape)
+    r = (signal + rng.normal(0, 20, shape)).astype(dtype)
+    g = (0.6 * signal + rng.gamma(2.0, 150.0, shape) + rng.normal(0, 20, shape)).astype(dtype)
+    for image in (r, g):
+        flat = image.reshape(-1)
+        flat[rng.integers(0, flat.size, ties)] = flat[rng.integers(0, flat.size, ties)]
+    return r, g
+
+
+def brute_force_ranks(R, G, thresholds):
+    """From the spec's formulas with scipy.stats (no code shared with the package)."""
+    th1, th2 = thresholds.channel1, thresholds.channel2
+
+    def corrected(v, th):
+        v = v.astype(np.float64).ravel()
+        return v if th.level is None or not th.subtract else np.maximum(v - th.level, 0.0)
+
+    def above(v, th):
+        v = v.astype(np.float64).ravel()
+        cut = 0.0 if th.level is None else th.level
+        return (v >= cut) & (v > 0) if th.inclusive else v > cut
+
+    r, g = corrected(R, th1), corrected(G, th2)
+    objects = above(R, th1) | above(G, th2)
+    product = (r - math.fsum(r) / r.size) * (g - math.fsum(g) / g.size)
+    positive = product >= 0 if thresholds.icq_zero_positive else product > 0
+    return {"spearman": ss.spearmanr(r, g)[0], "object_spearman": ss.spearmanr(r[objects], g[objects])[0],
+            "kendall_tau": ss.kendalltau(r, g)[0], "icq": positive.mean() - 0.5}
+
+
+THRESHOLDS = [
+    Thresholds(),
+    Thresholds(ChannelThreshold(400.0), ChannelThreshold(300.0)),  # Huygens: background ties
+    Thresholds(ChannelThreshold(400.0, subtract=False, inclusive=True),
+               ChannelThreshold(300.0, subtract=False, inclusive=True), icq_zero_positive=True),  # Coloc 2
+]
+
+
+@pytest.mark.parametrize("shape", [(61, 67), (9, 23, 31)])
+@pytest.mark.parametrize("ties", [0, 40])
+@pytest.mark.parametrize("thresholds", THRESHOLDS)
+def test_rank_coefficients_match_scipy(shape, ties, thresholds):
+    R, G = frame(shape, seed=len(shape) + ties, ties=ties)
+    if ties == 0:
+        assert np.unique(R).size == R.size and np.unique(G).size == G.size
+    got = rank_coefficients(SortedPairs(pair_keys(R.ravel(), G.ravel())), thresholds)
+    expected = brute_force_ranks(R, G, thresholds)
+    for name in RANK_NAMES:
+        assert got[name][1] == ""
+        assert got[name][0] == pytest.approx(expected[name], rel=1e-12, abs=1e-14), name
+
+
+@pytest.mark.parametrize("thresholds", THRESHOLDS)
+def test_rank_coefficients_equal_the_joint_histogram_path(thresholds):
+    R, G = frame((40, 50), seed=3, ties=300)
+    stats = part_statistics(R, G, None, thresholds)
+    expected = finalize(stats, thresholds)
+    got = rank_coefficients(SortedPairs(pair_keys(R.ravel(), G.ravel())), thresholds)
+    for name in RANK_NAMES:
+        assert got[name][1] == expected[name][1] == ""
+        assert got[name][0] == pytest.approx(expected[name][0], rel=1e-12), name
+
+
+def test_undefined_values_and_reasons():
+    R, G = frame((20, 30), seed=4)
+    constant = np.full_like(R, 7.5)
+    got = rank_coefficients(SortedPairs(pair_keys(R.ravel(), constant.ravel())), Thresholds())
+    assert np.isnan(got["spearman"][0]) and got["spearman"][1] == "zero variance in a channel"
+    assert np.isnan(got["kendall_tau"][0]) and got["kendall_tau"][1] == "all values of a channel are tied"
+    nothing_above = Thresholds(ChannelThreshold(1e9), ChannelThreshold(1e9))
+    got = rank_coefficients(SortedPairs(pair_keys(R.ravel(), G.ravel())), nothing_above)
+    assert np.isnan(got["object_spearman"][0]) and got["object_spearman"][1] == "no object voxels"
+    one = rank_coefficients(SortedPairs(pair_keys(R.ravel()[:1], G.ravel()[:1])), Thresholds())
+    assert one["kendall_tau"][1] == "fewer than 2 voxels"
+
+
+def test_correction_that_rounds_values_together_falls_back_exactly():
+    # v - T with T = -1e8 rounds neighbouring small values to one corrected value
+    rng = np.random.default_rng(5)
+    R = rng.uniform(0, 1, 500).astype(np.float32)
+    G = (R + rng.uniform(0, 0.5, 500)).astype(np.float32)
+    thresholds = Thresholds(ChannelThreshold(-1e8), ChannelThreshold(-1e8))
+    got = rank_coefficients(SortedPairs(pair_keys(R, G)), thresholds)
+    expected = brute_force_ranks(R, G, thresholds)
+    for name in RANK_NAMES:
+        assert got[name][0] == pytest.approx(expected[name], rel=1e-12, abs=1e-14), name
+
+
+@settings(max_examples=30, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+@given(cuts=st.lists(st.integers(1, 599), max_size=6, unique=True), as_table=st.lists(st.booleans(), min_size=7,
+                                                                                        max_size=7))
+def test_keys_merged_from_any_chunking_equal_the_whole_frame(cuts, as_table):
+    R, G = frame((600,), seed=6, ties=60)
+    whole = SortedPairs(pair_keys(R, G))
+    bounds = [0, *sorted(cuts), R.size]
+    parts = [JointTable if table else SortedPairs for table in as_table]
+    merged = None
+    for (start, stop), kind in zip(zip(bounds[:-1], bounds[1:]), parts):
+        part = joint_table(R[start:stop], G[start:stop]) if kind is JointTable else \
+            SortedPairs(pair_keys(R[start:stop], G[start:stop]))
+        merged = part if merged is None else merge_tables(merged, part)
+    merged = ranks_source(merged)
+    assert isinstance(merged, SortedPairs)
+    np.testing.assert_array_equal(merged.keys, whole.keys)
+
+
+def test_statistics_from_pairs_equal_those_from_the_table():
+    R, G = frame((70, 90), seed=7, ties=200)
+    for thresholds in THRESHOLDS + [Thresholds(ChannelThreshold(400.0, 100.0), ChannelThreshold(300.0, 50.0))]:
+        pairs = SortedPairs(pair_keys(R.ravel(), G.ravel()))
+        got = statistics_from_pairs(pairs, thresholds)
+        expected = statistics_from_table(joint_table(R.ravel(), G.ravel()), thresholds)
+        np.testing.assert_allclose(got.sums, expected.sums, rtol=1e-12)
+        for moments in ("mask_moments", "object_moments"):
+            for name in ("n", "mean_x", "mean_y", "m2_x", "m2_y", "c_xy"):
+                assert float(getattr(getattr(got, moments), name)) == pytest.approx(
+                    float(getattr(getattr(expected, moments), name)), rel=1e-11), (moments, name)
+
+
+def test_joint_table_of_pairs_equals_the_direct_one():
+    R, G = frame((30, 40), seed=8, ties=300)
+    direct = joint_table(R.ravel(), G.ravel())
+    via_keys = SortedPairs(pair_keys(R.ravel(), G.ravel())).joint_table
+    for name in ("values1", "values2", "counts"):
+        np.testing.assert_array_equal(getattr(via_keys, name), getattr(direct, name))
+
+
+@pytest.mark.parametrize("size, limit, bits", [(1, 2, 1), (300, 50, 2), (2000, 4000, 5), (999, 999, 4)])
+def test_inversion_count_matches_brute_force(size, limit, bits):
+    ranks = np.random.default_rng(size).integers(0, limit, size).astype(np.uint32)
+    expected = sum(int(np.count_nonzero(ranks[:j] > ranks[j])) for j in range(size))
+    assert _inversions(ranks, limit, bits, np.empty(size, np.uint32)) == expected
+
+
+@njit
+def _sum_into_bins(values, counts, float32_codes):
+    bins = np.zeros((2, 2048), np.int64)
+    scratch = np.empty(1, np.float64)
+    for i in range(values.size):
+        _add_exactly(bins, counts[i] * values[i], scratch, scratch.view(np.uint64))
+    for i in range(float32_codes.size):
+        _add_float32_exactly(bins, float32_codes[i], counts[i])
+    return bins
+
+
+def test_exact_sums_equal_fsum():
+    rng = np.random.default_rng(9)
+    values = np.concatenate([rng.normal(0, 1e6, 1000), rng.normal(0, 1e-30, 10), [1e300, -1e300, 5e-324]])
+    counts = rng.integers(1, 1000, values.size)
+    single = rng.normal(0, 1e4, values.size).astype(np.float32)
+    single[:3] = [1e-45, -3e38, 0.0]
+    codes_in_order = pair_keys(single, single).astype(np.uint32)  # order codes, ascending
+    values32 = np.sort(single.astype(np.float64))
+    bins = _sum_into_bins(values, counts, codes_in_order)
+    expected = math.fsum(list(counts * values) + list(counts * values32))
+    assert _exact_mean(bins, 7) == expected / 7
+
+
+def test_path_rule():
+    R, G = frame((100, 100), seed=10)
+    assert prefers_sorted(R.ravel(), G.ravel())
+    assert prefers_sorted(R.ravel().astype(np.float64), G.ravel().astype(np.float64))  # float32 holds them
+    assert not prefers_sorted(R.ravel() + np.float64(1e-9), G.ravel().astype(np.float64))
+    assert not prefers_sorted(np.round(R.ravel() / 100), np.round(G.ravel() / 100))  # mostly repeats
+    assert not prefers_sorted(R.ravel().astype(np.int32), G.ravel().astype(np.int32))
+    repeats = joint_table(np.round(R.ravel() / 100), np.round(G.ravel() / 100))
+    assert ranks_source(repeats) is repeats
+    assert isinstance(ranks_source(joint_table(R.ravel(), G.ravel())), SortedPairs)
