@@ -101,6 +101,15 @@ def _merge_sorted(first, second, out):
             j += 1
 
 
+@njit(nogil=True, cache=True)
+def _count_runs(keys):
+    """Number of runs of equal values in an array."""
+    runs = min(keys.size, 1)
+    for i in range(1, keys.size):
+        runs += keys[i] != keys[i - 1]
+    return runs
+
+
 def _sorted(keys: np.ndarray, threads: int) -> np.ndarray:
     """``keys`` sorted in place; with ``threads`` > 1 as halves sorted at once (NumPy's sort
     releases the GIL) and merged."""
@@ -147,20 +156,15 @@ class SortedPairs:
         return int(self.keys.size)
 
     @cached_property
-    def run_starts(self) -> np.ndarray:
-        """Indices where each run of equal keys starts (computed once)."""
-        return np.flatnonzero(np.concatenate(([True], self.keys[1:] != self.keys[:-1]))) if self.n else \
-            np.empty(0, np.int64)
-
-    @property
     def distinct_fraction(self) -> float:
         """Distinct ``(R, G)`` pairs per voxel."""
-        return len(self.run_starts) / max(self.n, 1)
+        return _count_runs(self.keys) / max(self.n, 1)
 
     @cached_property
     def joint_table(self) -> JointTable:
         """The joint histogram of the same voxels (float64 values; computed once)."""
-        starts = self.run_starts
+        starts = np.flatnonzero(np.concatenate(([True], self.keys[1:] != self.keys[:-1]))) if self.n else \
+            np.empty(0, np.int64)
         distinct = self.keys[starts]
         counts = np.diff(np.append(starts, self.n)).astype(np.int64)
         codes1 = (distinct >> np.uint64(32)).astype(np.uint32)
