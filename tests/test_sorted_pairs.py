@@ -26,16 +26,18 @@ from cccdask.kernels.coefficients import (
 )
 from cccdask.kernels.sorted_pairs import (
     SortedPairs,
-    _exact_mean,
-    _add_exactly,
-    _add_float32_exactly,
-    _inversions,
     merge_tables,
     pair_keys,
     prefers_sorted,
-    rank_coefficients,
     ranks_source,
     statistics_from_pairs,
+)
+from cccdask.kernels.sorted_ranks import (
+    _add_exactly,
+    _add_float32_exactly,
+    _exact_mean,
+    _inversions,
+    rank_coefficients,
 )
 from numba import njit
 
