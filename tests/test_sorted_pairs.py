@@ -33,9 +33,10 @@ from cccdask.kernels.sorted_pairs import (
     statistics_from_pairs,
 )
 from cccdask.kernels.sorted_ranks import (
-    _add_exactly,
-    _add_float32_exactly,
     _exact_mean,
+    _float32_term,
+    _float64_term,
+    _flush,
     _inversions,
     rank_coefficients,
 )
@@ -175,11 +176,27 @@ def test_joint_table_of_pairs_equals_the_direct_one():
         np.testing.assert_array_equal(getattr(via_keys, name), getattr(direct, name))
 
 
-@pytest.mark.parametrize("size, limit, bits", [(1, 2, 1), (300, 50, 2), (2000, 4000, 5), (999, 999, 4)])
-def test_inversion_count_matches_brute_force(size, limit, bits):
+def brute_force_inversions(ranks, limit):
+    """Pairs i < j with ranks[i] > ranks[j]: per block of 1000, against a histogram of the
+    earlier values, and pair by pair within the block."""
+    seen = np.zeros(limit + 1, np.int64)
+    total = 0
+    for block in np.array_split(ranks.astype(np.int64), max(1, ranks.size // 1000)):
+        at_least = np.cumsum(seen[::-1])[::-1]  # at_least[v]: earlier values >= v
+        total += int(at_least[block + 1].sum())
+        total += int(np.count_nonzero(np.triu(block[:, None] > block[None, :], 1)))
+        np.add.at(seen, block, 1)
+    return total
+
+
+@pytest.mark.parametrize("size, limit", [(1, 2), (300, 50), (2000, 4000), (999, 999), (300_000, 9000)])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_inversion_count_matches_brute_force(size, limit, threads):
     ranks = np.random.default_rng(size).integers(0, limit, size).astype(np.uint32)
-    expected = sum(int(np.count_nonzero(ranks[:j] > ranks[j])) for j in range(size))
-    assert _inversions(ranks, limit, bits, np.empty(size, np.uint32)) == expected
+    if size == 2000:
+        assert brute_force_inversions(ranks, limit) == sum(int(np.count_nonzero(ranks[:j] > ranks[j]))
+                                                           for j in range(size))
+    assert _inversions(ranks, limit, np.empty(size, np.uint32), threads) == brute_force_inversions(ranks, limit)
 
 
 @njit
@@ -187,9 +204,11 @@ def _sum_into_bins(values, counts, float32_codes):
     bins = np.zeros((2, 2048), np.int64)
     scratch = np.empty(1, np.float64)
     for i in range(values.size):
-        _add_exactly(bins, counts[i] * values[i], scratch, scratch.view(np.uint64))
+        column, significand = _float64_term(counts[i] * values[i], scratch, scratch.view(np.uint64))
+        _flush(bins, column, significand >> 26, significand & ((1 << 26) - 1))
     for i in range(float32_codes.size):
-        _add_float32_exactly(bins, float32_codes[i], counts[i])
+        column, significand = _float32_term(float32_codes[i], counts[i])
+        _flush(bins, column, significand >> 26, significand & ((1 << 26) - 1))
     return bins
 
 

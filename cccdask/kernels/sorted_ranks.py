@@ -24,6 +24,7 @@ channel-2 keys, channel 2's ranks, two uint32 arrays of channel 1's ranks).
 from __future__ import annotations
 
 import math
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -91,36 +92,35 @@ def _value_of_code(code, scratch_bits, scratch_values):
 
 
 @njit(nogil=True, cache=True, inline="always")
-def _add_exactly(bins, x, scratch_values, scratch_bits):
-    """Add the finite float64 ``x`` exactly to ``bins``, ``(2, 2048)`` int64: its
-    significand's high and low 26 bits to the column of its exponent field (exact for
-    fewer than 2^31 values). ``scratch_bits`` is ``scratch_values`` viewed as uint64."""
+def _float64_term(x, scratch_values, scratch_bits):
+    """``(column, significand)`` with ``x = significand * 2^(column - 1075)`` exactly, for
+    a finite float64 ``x`` (``column`` its exponent field). ``scratch_bits`` is
+    ``scratch_values`` viewed as uint64 (a bit cast)."""
     scratch_values[0] = x
     bits = scratch_bits[0]
-    exponent = np.int64((bits >> np.uint64(52)) & np.uint64(0x7FF))
-    significand = np.int64(bits & np.uint64(0xFFFFFFFFFFFFF)) + (np.int64(1) << 52 if exponent else 0)
-    if bits >> np.uint64(63):
-        significand = -significand
-    bins[0, exponent] += significand >> 26  # arithmetic shift: floor, so high * 2^26 + low is exact
-    bins[1, exponent] += significand & ((1 << 26) - 1)
+    column = np.int64((bits >> np.uint64(52)) & np.uint64(0x7FF))
+    significand = np.int64(bits & np.uint64(0xFFFFFFFFFFFFF)) + (np.int64(1) << 52 if column else 0)
+    return max(column, 1), -significand if bits >> np.uint64(63) else significand
 
 
 @njit(nogil=True, cache=True, inline="always")
-def _add_float32_exactly(bins, code, count):
-    """Add ``count`` times the float32 value of an order code exactly to ``bins`` (see
-    :func:`_add_exactly`; the same bins, without a conversion: ``count`` below 2^29 keeps
-    ``count x value`` exact in float64, as the joint histogram's products are)."""
+def _float32_term(code, count):
+    """As :func:`_float64_term` for ``count`` times the float32 value of an order code
+    (no conversion; ``|significand| < 2^55`` below 2^31 voxels, and ``count x value`` is
+    exact in float64, as the joint histogram's products are, below 2^29)."""
     bits = code & np.uint32(0x7FFFFFFF) if code >> np.uint32(31) else ~code
     exponent = np.int64((bits >> np.uint32(23)) & np.uint32(0xFF))
-    significand = np.int64(bits & np.uint32(0x7FFFFF)) + (np.int64(1) << 23 if exponent else 0)
-    if bits >> np.uint32(31):
-        significand = -significand
-    # float32 exponent field e: value = significand * 2^(max(e, 1) - 150), and a unit of
-    # column c stands for 2^(c - 1075): column max(e, 1) + 925. Below 2^55 in all.
-    column = max(exponent, 1) + 925
-    scaled = significand * count
-    bins[0, column] += scaled >> 26
-    bins[1, column] += scaled & ((1 << 26) - 1)
+    significand = (np.int64(bits & np.uint32(0x7FFFFF)) + (np.int64(1) << 23 if exponent else 0)) * count
+    # value = significand * 2^(max(e, 1) - 150): column max(e, 1) + 925
+    return max(exponent, 1) + 925, -significand if bits >> np.uint32(31) else significand
+
+
+@njit(nogil=True, cache=True, inline="always")
+def _flush(bins, column, high, low):
+    """Add a column's running sums to ``bins`` (``(2, 2048)`` int64: per column the sums
+    of the significands' high parts and low 26 bits, exact below 2^31 terms)."""
+    bins[0, column] += high
+    bins[1, column] += low
 
 
 def _exact_mean(bins: np.ndarray, n: int) -> float:
@@ -161,6 +161,7 @@ def _channel1_ranks(keys, floor1, floor2, level1, clip1, above1, above2, twice_r
     squares = object_squares = 0.0
     collision = False
     previous_value = -np.inf
+    sum_column = high = low = 0
     start = 0
     while start < n:
         code = max(np.uint32(keys[start] >> np.uint64(32)), np.uint32(floor1))
@@ -189,10 +190,16 @@ def _channel1_ranks(keys, floor1, floor2, level1, clip1, above1, above2, twice_r
             value = max(_value_of_code(keys[start] >> np.uint64(32), code_bits, code_value) - level1, 0.0)
             collision |= value == previous_value
             previous_value = value
-            _add_exactly(bins, length * value, sum_value, sum_bits)
+            column, significand = _float64_term(length * value, sum_value, sum_bits)
         else:
-            _add_float32_exactly(bins, np.uint32(keys[start] >> np.uint64(32)), length)
+            column, significand = _float32_term(np.uint32(keys[start] >> np.uint64(32)), length)
+        if column != sum_column:
+            _flush(bins, sum_column, high, low)
+            sum_column, high, low = column, 0, 0
+        high += significand >> 26  # floor: high * 2^26 + low is exact
+        low += significand & ((1 << 26) - 1)
         start = stop
+    _flush(bins, sum_column, high, low)
     return tied_pairs, squares, n_objects, object_squares, collision
 
 
@@ -241,6 +248,7 @@ def _channel2_ranks(sorted_keys2, level2, clip2, ranks2, bins):
     squares = object_squares = 0.0
     collision = False
     previous_value = -np.inf
+    sum_column = high = low = 0
     start = 0
     while start < n:
         code = sorted_keys2[start] >> np.uint64(32)
@@ -266,10 +274,16 @@ def _channel2_ranks(sorted_keys2, level2, clip2, ranks2, bins):
             value = max(_value_of_code(code, code_bits, code_value) - level2, 0.0)
             collision |= value == previous_value
             previous_value = value
-            _add_exactly(bins, length * value, sum_value, sum_bits)
+            column, significand = _float64_term(length * value, sum_value, sum_bits)
         else:
-            _add_float32_exactly(bins, np.uint32(code), length)
+            column, significand = _float32_term(np.uint32(code), length)
+        if column != sum_column:
+            _flush(bins, sum_column, high, low)
+            sum_column, high, low = column, 0, 0
+        high += significand >> 26  # floor: high * 2^26 + low is exact
+        low += significand & ((1 << 26) - 1)
         start = stop
+    _flush(bins, sum_column, high, low)
     return tied_pairs, squares, object_squares, collision
 
 
@@ -304,34 +318,41 @@ def _add_one(tree, size, value):
 
 
 @njit(nogil=True, cache=True)
-def _inversions(ranks, limit, bits, scratch):
-    """Pairs ``i < j`` with ``ranks[i] > ranks[j]``, for ranks below ``limit``.
-
-    Two levels, each in cache: pairs in different buckets ``rank >> bits`` by a Fenwick
-    tree over the buckets, then pairs within a bucket by one over its ``2^bits`` ranks
-    (the bucket's members gathered in order into ``scratch``, as many as ``ranks``).
-    """
-    n = ranks.size
-    n_buckets = ((limit - 1) >> bits) + 1
+def _bucket_pass(ranks, first, stop, bits, counts):
+    """Pairs ``first <= i < j < stop`` with ``ranks[i] >> bits > ranks[j] >> bits`` (a
+    Fenwick tree over the buckets ``rank >> bits``); ``counts[b]`` set to the members of
+    bucket ``b`` there."""
+    n_buckets = counts.size
     tree = np.zeros(n_buckets + 1, np.int64)
-    starts = np.zeros(n_buckets + 1, np.int64)
+    counts[:] = 0
     total = 0
-    for i in range(n):
+    for i in range(first, stop):
         bucket = np.int64(ranks[i] >> bits)
         total += _count_above(tree, n_buckets, bucket)
         _add_one(tree, n_buckets, bucket)
-        starts[bucket + 1] += 1
-    for b in range(n_buckets):
-        starts[b + 1] += starts[b]
-    fill = starts[:n_buckets].copy()
+        counts[bucket] += 1
+    return total
+
+
+@njit(nogil=True, cache=True)
+def _gather_buckets(ranks, first, stop, bits, fill, scratch):
+    """Write the low ``bits`` of ``ranks[first:stop]`` to ``scratch``, bucket by bucket in
+    order, from ``fill[bucket]`` on (advanced)."""
     low_mask = (1 << bits) - 1
-    for i in range(n):
+    for i in range(first, stop):
         bucket = ranks[i] >> bits
         scratch[fill[bucket]] = ranks[i] & low_mask
         fill[bucket] += 1
+
+
+@njit(nogil=True, cache=True)
+def _within_buckets(scratch, starts, first_bucket, stop_bucket, bits):
+    """Inversions within each bucket ``first_bucket .. stop_bucket - 1`` of ``scratch``
+    (a Fenwick tree over a bucket's ``2^bits`` low parts, in cache)."""
     width = 1 << bits
     tree = np.zeros(width + 1, np.int64)
-    for b in range(n_buckets):
+    total = 0
+    for b in range(first_bucket, stop_bucket):
         if starts[b + 1] - starts[b] < 2:
             continue
         tree[:] = 0
@@ -339,6 +360,41 @@ def _inversions(ranks, limit, bits, scratch):
             total += _count_above(tree, width, np.int64(scratch[k]))
             _add_one(tree, width, np.int64(scratch[k]))
     return total
+
+
+def _inversions(ranks: np.ndarray, limit: int, scratch: np.ndarray, threads: int = 1) -> int:
+    """Pairs ``i < j`` with ``ranks[i] > ranks[j]``, for ranks below ``limit``.
+
+    Two levels, each in cache: pairs in different buckets (``sqrt(limit)`` ranks each)
+    by a Fenwick tree over the buckets, then pairs within a bucket by one over its ranks
+    (the bucket's members gathered in order into ``scratch``, as long as ``ranks``).
+    With ``threads`` > 1, the halves of the array, then the halves of the buckets, at
+    once (pairs across the halves from the halves' bucket counts).
+    """
+    n = ranks.size
+    if n < 2:
+        return 0
+    bits = max(1, (int(limit).bit_length() + 1) // 2)
+    n_buckets = ((limit - 1) >> bits) + 1
+    parts = 2 if threads > 1 and n >= 1 << 18 else 1
+    bounds = [n * k // parts for k in range(parts + 1)]
+    counts = np.zeros((parts, n_buckets), np.int64)
+    with ThreadPoolExecutor(parts) as pool:
+        total = sum(pool.map(lambda k: _bucket_pass(ranks, bounds[k], bounds[k + 1], bits, counts[k]),
+                             range(parts)))
+        for k in range(1, parts):  # pairs across parts: an earlier member in a higher bucket
+            earlier = counts[:k].sum(axis=0)
+            above = np.concatenate((np.cumsum(earlier[::-1])[::-1][1:], [0]))
+            total += int(np.dot(counts[k], above))
+        starts = np.concatenate(([0], np.cumsum(counts.sum(axis=0))))
+        fills = starts[:-1] + np.concatenate((np.zeros((1, n_buckets), np.int64), np.cumsum(counts, axis=0)[:-1]))
+        list(pool.map(lambda k: _gather_buckets(ranks, bounds[k], bounds[k + 1], bits, fills[k], scratch),
+                      range(parts)))
+        # halves of the buckets by members
+        middle = int(np.searchsorted(starts, n // 2)) if parts > 1 else n_buckets
+        ranges = [(0, middle), (middle, n_buckets)] if parts > 1 else [(0, n_buckets)]
+        total += sum(pool.map(lambda r: _within_buckets(scratch, starts, r[0], r[1], bits), ranges))
+    return int(total)
 
 
 @njit(nogil=True, cache=True)
@@ -429,7 +485,7 @@ def _rank_sums(keys: np.ndarray, thresholds: Thresholds, threads: int) -> _RankS
     object_cross = _cross_deviations(object_rank1, object_rank2, np.float64(n_objects + 1))
     cross = _cross_deviations(twice_rank1, twice_rank2, np.float64(n + 1))
     # object_rank1 is scratch from here
-    discordant = int(_inversions(twice_rank2, 2 * n + 2, max(1, (n.bit_length() + 1) // 2), object_rank1))
+    discordant = _inversions(twice_rank2, 2 * n + 2, object_rank1, threads)
     return _RankSums(n, tied1, tied2, tied_both, squares1, squares2, cross, discordant, _exact_mean(bins1, n),
                      _exact_mean(bins2, n), n_objects, object_squares1, object_squares2, object_cross)
 
