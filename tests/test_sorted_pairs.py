@@ -15,6 +15,7 @@ import scipy.stats as ss
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from cccdask.kernels.coefficients.part_statistics import statistics_from_pairs
 from cccdask.kernels.coefficients import (
     ChannelThreshold,
     JointTable,
@@ -24,15 +25,14 @@ from cccdask.kernels.coefficients import (
     part_statistics,
     statistics_from_table,
 )
-from cccdask.kernels.sorted_pairs import (
+from cccdask.kernels.coefficients.sorted_pairs import (
     SortedPairs,
     merge_tables,
     pair_keys,
     prefers_sorted,
     ranks_source,
-    statistics_from_pairs,
 )
-from cccdask.kernels.sorted_ranks import (
+from cccdask.kernels.coefficients.sorted_ranks import (
     _exact_mean,
     _float32_term,
     _float64_term,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import operator
+import os
 from typing import Any, Sequence
 
 import numpy as np
@@ -163,9 +164,12 @@ def coefficients(
     token = tokenize(image1_chunked, image2_chunked, mask_chunked, thresholds, conventions, automatic,
                      shifts, axis, maps, cytofluorogram, search, clamp_range)
     tasks = FrameTasks("coefficients", image1_chunked, image2_chunked, mask_chunked, token)
+    # one in-memory frame: its tasks may use every core (a series, or Dask inputs that
+    # may run on workers: one thread per task)
+    threads = len(os.sched_getaffinity(0)) if not frames.lazy and frames.n_frames == 1 else 1
     results, map_tasks = [], {}
     for t in range(frames.n_frames):
-        stats = tasks.statistics(t, thresholds)
+        stats = tasks.statistics(t, thresholds, threads)
         costes = None
         frame_thresholds: Any = thresholds
         if automatic:
@@ -177,7 +181,7 @@ def coefficients(
         if shifts is not None:
             shifted = tasks.shifted_moments(t, frame_thresholds, shifts, axis)
         results.append(tasks.add("finalize", (t,), finalize_frame, stats, shifted, frame_thresholds, costes,
-                                 n_shifts, cytofluorogram, extras))
+                                 n_shifts, cytofluorogram, extras, threads))
         if maps:
             constants = tasks.add("map-constants", (t,), map_constants, stats, frame_thresholds, costes)
             map_tasks.update(tasks.maps(t, frame_thresholds, constants, f"coefficient-maps-{token}"))

@@ -33,9 +33,10 @@ from cccdask.kernels.coefficients import (
     Thresholds,
     coefficient_maps,
     finalize,
+    joint_table_of,
     part_statistics,
+    restated,
     shifted_moments,
-    statistics_from_table,
 )
 from cccdask.kernels.costes_tools import coloc2_extras, costes_threshold, jacop_extras
 from cccdask.coefficients.arguments import Preset, with_levels
@@ -120,9 +121,10 @@ class FrameTasks(TaskLayer):
             level += 1
         return keys[0]
 
-    def statistics(self, t: int, thresholds: Thresholds) -> tuple:
-        """Frame ``t``'s statistics (:func:`part_statistics` per chunk, merged)."""
-        parts = [self.add("part", (t, *block), part_statistics, *self.chunks(t, block), thresholds)
+    def statistics(self, t: int, thresholds: Thresholds, threads: int = 1) -> tuple:
+        """Frame ``t``'s statistics (:func:`part_statistics` per chunk, merged; ``threads``
+        threads per chunk)."""
+        parts = [self.add("part", (t, *block), part_statistics, *self.chunks(t, block), thresholds, threads)
                  for block in self.blocks]
         return self.merged("part", t, parts)
 
@@ -173,12 +175,13 @@ def _stacked(results: Sequence[Any], item: int | None) -> np.ndarray:
 def automatic_thresholds(stats: PartStatistics, thresholds: Thresholds, preset: Preset, search: str,
                          value_range: tuple[float, float]):
     """Costes' thresholds of a frame, its thresholds and its statistics restated with them."""
-    costes = costes_threshold(stats.table, preset.costes, search, value_range)
+    costes = costes_threshold(joint_table_of(stats.table), preset.costes, search, value_range)
     if costes.reason or stats.n_nonfinite:
         return costes, thresholds, stats
     found = with_levels(thresholds, costes.threshold1, costes.threshold2)
-    # the joint histogram is exact: the statistics under the found thresholds follow from it
-    return costes, found, statistics_from_table(stats.table, found, stats.n_nonfinite)
+    # the joint histogram (or the keys) is exact: the statistics under the found
+    # thresholds follow from it
+    return costes, found, restated(stats, found)
 
 
 def tool_extras(stats: PartStatistics, thresholds: Thresholds, names: tuple[str, ...]) -> dict:
@@ -190,16 +193,16 @@ def tool_extras(stats: PartStatistics, thresholds: Thresholds, names: tuple[str,
         why = f"{stats.n_nonfinite} NaN/Inf voxels inside the mask" if stats.n_nonfinite else "empty mask"
         return {name: (np.nan, why) for name in names}
     compute = jacop_extras if names[0].startswith("jacop") else coloc2_extras
-    values = compute(stats.table, level1, level2)
+    values = compute(joint_table_of(stats.table), level1, level2)
     return {name: values[name] for name in names}
 
 
 def finalize_frame(stats: PartStatistics, shifted: Moments | None, thresholds: Thresholds,
                    costes: CostesThreshold | None, n_shifts: int, cytofluorogram_bins: int | None = None,
-                   extras: tuple[str, ...] = ()) -> tuple[np.ndarray, np.ndarray]:
+                   extras: tuple[str, ...] = (), threads: int = 1) -> tuple[np.ndarray, np.ndarray]:
     """Values and NaN reasons of one frame, packed as :func:`dataset_layout` describes (with
-    Costes, the last reason is the note ``costes_note``)."""
-    results = finalize(stats, thresholds)
+    Costes, the last reason is the note ``costes_note``; ``threads`` threads for its ranks)."""
+    results = finalize(stats, thresholds, threads)
     results.update(tool_extras(stats, thresholds, extras))
     if costes is not None and costes.reason:
         results = {name: (np.nan, f"Costes threshold undefined: {costes.reason}") for name in results}
@@ -226,7 +229,7 @@ def finalize_frame(stats: PartStatistics, shifted: Moments | None, thresholds: T
         reasons.append(costes.reason)
         reasons.append(costes.note)
     if cytofluorogram_bins is not None:
-        counts, edges1, edges2 = cytofluorogram_of_table(stats.table, cytofluorogram_bins)
+        counts, edges1, edges2 = cytofluorogram_of_table(joint_table_of(stats.table), cytofluorogram_bins)
         values.extend(counts.ravel().tolist())
         values.extend(edges1.tolist())
         values.extend(edges2.tolist())

@@ -17,8 +17,11 @@ Every chunk of a frame is summarised by a :class:`PartStatistics`:
   two parts merge exactly by adding counts. The merged table of a frame determines the
   rank coefficients (Spearman, object Spearman, Kendall's tau-b, with exact average
   ranks for ties) and ICQ, without a global sort of the voxels. Integer images give at
-  most one entry per distinct pair (small for 8- to 16-bit data); float images give up
-  to one entry per voxel (24 bytes each).
+  most one entry per distinct pair (small for 8- to 16-bit data). Float chunks whose
+  pairs are mostly distinct (deconvolved images) keep their voxels instead as sorted
+  64-bit keys (:class:`~.sorted_pairs.SortedPairs`, 8 bytes per voxel), merged exactly
+  as sorted arrays; a frame whose voxels are mostly distinct pairs takes its ranks from
+  them (:mod:`~.sorted_ranks`: a sort and O(n) passes, no per-entry lookups).
 * ``mask_moments`` / ``object_moments``: count, means and co-moments (:class:`Moments`)
   of ``(R', G')`` over the mask and over the object voxels; parts merge with the
   pairwise update of Chan, Golub & LeVeque (1979), which stays accurate for any number
@@ -62,6 +65,10 @@ Where each part lives
     :class:`PartStatistics` of a chunk, :func:`part_statistics`, :func:`statistics_from_table`.
 :mod:`~cccdask.kernels.coefficients.ranks`
     Exact ranks, Spearman, Kendall's tau-b, ICQ from a joint histogram.
+:mod:`~cccdask.kernels.coefficients.sorted_pairs`
+    :class:`SortedPairs`: a float part's voxels as sorted 64-bit keys; the path rules.
+:mod:`~cccdask.kernels.coefficients.sorted_ranks`
+    :func:`rank_coefficients`: Spearman, Kendall's tau-b, ICQ from a frame's keys.
 :mod:`~cccdask.kernels.coefficients.finalisation`
     :func:`finalize`: the coefficients of a frame from its merged statistics.
 :mod:`~cccdask.kernels.coefficients.van_steensel`
@@ -77,8 +84,16 @@ from cccdask.kernels.coefficients.joint_table import JointTable, joint_table
 from cccdask.kernels.coefficients.maps import MapConstants, coefficient_maps
 from cccdask.kernels.coefficients.moments import Moments
 from cccdask.kernels.coefficients.names import COEFFICIENT_NAMES, MAP_NAMES, SUM_NAMES
-from cccdask.kernels.coefficients.part_statistics import PartStatistics, part_statistics, statistics_from_table
+from cccdask.kernels.coefficients.part_statistics import (
+    PartStatistics,
+    part_statistics,
+    restated,
+    statistics_from_pairs,
+    statistics_from_table,
+)
 from cccdask.kernels.coefficients.ranks import corrected_ranks, icq_count, kendall_tau_b, rank_pearson
+from cccdask.kernels.coefficients.sorted_pairs import SortedPairs, joint_table_of
+from cccdask.kernels.coefficients.sorted_ranks import rank_coefficients
 from cccdask.kernels.coefficients.thresholds import ChannelThreshold, Thresholds
 from cccdask.kernels.coefficients.van_steensel import shifted_moments
 
@@ -91,15 +106,20 @@ __all__ = [
     "Moments",
     "PartStatistics",
     "SUM_NAMES",
+    "SortedPairs",
     "Thresholds",
     "coefficient_maps",
     "corrected_ranks",
     "finalize",
     "icq_count",
     "joint_table",
+    "joint_table_of",
     "kendall_tau_b",
     "part_statistics",
+    "rank_coefficients",
     "rank_pearson",
+    "restated",
     "shifted_moments",
+    "statistics_from_pairs",
     "statistics_from_table",
 ]

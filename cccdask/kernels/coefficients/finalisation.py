@@ -6,7 +6,9 @@ import numpy as np
 
 from cccdask.kernels.coefficients.names import COEFFICIENT_NAMES, SUM_NAMES
 from cccdask.kernels.coefficients.part_statistics import PartStatistics
-from cccdask.kernels.coefficients.ranks import icq_count, kendall_tau_b, rank_pearson
+from cccdask.kernels.coefficients.ranks import table_rank_coefficients
+from cccdask.kernels.coefficients.sorted_pairs import SortedPairs, ranks_source
+from cccdask.kernels.coefficients.sorted_ranks import rank_coefficients
 from cccdask.kernels.coefficients.thresholds import Thresholds
 
 
@@ -16,8 +18,13 @@ def _ratio(numerator: float, denominator: float, reason: str) -> tuple[float, st
     return np.nan, reason
 
 
-def finalize(stats: PartStatistics, thresholds: Thresholds) -> dict[str, tuple[float, str]]:
+def finalize(stats: PartStatistics, thresholds: Thresholds, threads: int = 1) -> dict[str, tuple[float, str]]:
     """Every coefficient of a frame from its merged statistics.
+
+    The rank coefficients and ICQ come from the frame's joint histogram, or, where most
+    of its voxels are distinct pairs, from its sorted keys (:func:`~.sorted_pairs.
+    ranks_source`: by the frame alone, the same at any chunking), with ``threads``
+    threads (1 inside a Dask task).
 
     Returns
     -------
@@ -37,14 +44,7 @@ def finalize(stats: PartStatistics, thresholds: Thresholds) -> dict[str, tuple[f
     r, reason = stats.object_moments.pearson()
     out["object_pearson"] = (float(r), "no object voxels" if stats.object_moments.n == 0 else str(reason))
 
-    out["spearman"] = rank_pearson(stats.table, thresholds)
-    in_object = stats.table.object_entries(thresholds)
-    if in_object.any():
-        out["object_spearman"] = rank_pearson(stats.table, thresholds, stats.table.counts * in_object)
-    else:
-        out["object_spearman"] = (np.nan, "no object voxels")
-    corrected = stats.table.corrected(thresholds)
-    out["kendall_tau"] = kendall_tau_b(corrected)
+    out.update(_rank_coefficients(ranks_source(stats.table), thresholds, threads))
 
     no_signal = "no signal: sum of R'^2 or G'^2 is zero"
     out["overlap"] = _ratio(s["rg"], np.sqrt(s["rr"] * s["gg"]), no_signal)
@@ -60,7 +60,11 @@ def finalize(stats: PartStatistics, thresholds: Thresholds) -> dict[str, tuple[f
     out["intersection"] = _ratio(s["wr_wg"], union, "no voxel above threshold in either channel")
     out["i1"] = _ratio(s["wr_wg"], s["wr"], "no voxel above threshold in channel 1")
     out["i2"] = _ratio(s["wr_wg"], s["wg"], "no voxel above threshold in channel 2")
-
-    positive = icq_count(corrected, thresholds.icq_zero_positive)
-    out["icq"] = (positive / stats.table.n - 0.5, "")
     return out
+
+
+def _rank_coefficients(source, thresholds: Thresholds, threads: int) -> dict[str, tuple[float, str]]:
+    """Spearman, object Spearman, Kendall's tau-b and ICQ from a frame's keys or table."""
+    if isinstance(source, SortedPairs):
+        return rank_coefficients(source, thresholds, threads)
+    return table_rank_coefficients(source, thresholds)

@@ -10,6 +10,7 @@ from cccdask.kernels.coefficients.moments import Moments
 from cccdask.kernels.coefficients.names import SUM_NAMES
 from cccdask.kernels.coefficients.part_statistics import PartStatistics
 from cccdask.kernels.coefficients.ranks import corrected_ranks
+from cccdask.kernels.coefficients.sorted_pairs import joint_table_of
 from cccdask.kernels.coefficients.thresholds import Thresholds
 
 
@@ -44,10 +45,11 @@ class MapConstants:
 
         s = dict(zip(SUM_NAMES, stats.sums))
         m = stats.mask_moments
-        if stats.table.n:
-            (values1, ranks1, codes1), (values2, ranks2, codes2) = corrected_ranks(stats.table, thresholds)
-            rank_moments = Moments.from_weighted(ranks1, ranks2, stats.table.counts, codes1, codes2)
-            mean_rank = (stats.table.n + 1) / 2.0
+        table = joint_table_of(stats.table)  # sorted keys: their histogram (per-value ranks)
+        if table.n:
+            (values1, ranks1, codes1), (values2, ranks2, codes2) = corrected_ranks(table, thresholds)
+            rank_moments = Moments.from_weighted(ranks1, ranks2, table.counts, codes1, codes2)
+            mean_rank = (table.n + 1) / 2.0
             spearman_denominator = positive(np.sqrt(rank_moments.m2_x * rank_moments.m2_y))
         else:
             values1 = ranks1 = values2 = ranks2 = np.empty(0)

@@ -1,7 +1,10 @@
 """The statistics of one part of a frame (:class:`PartStatistics`) and their merge.
 
-A chunk's moments and sums come from its own joint histogram in one compiled pass
-(:func:`statistics_from_table`), with the threshold rule looked up per value.
+A chunk's voxels are kept as a joint histogram, or, for float values that are mostly
+distinct, as sorted 64-bit keys (:mod:`~.sorted_pairs`, chosen per chunk by
+:func:`~.sorted_pairs.prefers_sorted`). Its moments and sums come from its joint
+histogram in one compiled pass (:func:`statistics_from_table`), with the threshold rule
+looked up per value, or from its keys a strip at a time (:func:`statistics_from_pairs`).
 """
 
 from __future__ import annotations
@@ -13,7 +16,16 @@ from numba import njit
 
 from cccdask.kernels.coefficients.joint_table import JointTable, joint_table
 from cccdask.kernels.coefficients.moments import REASSOCIATE, Moments
+from cccdask.kernels.coefficients.sorted_pairs import (
+    SortedPairs,
+    _values_of_codes,
+    merge_tables,
+    pair_keys,
+    prefers_sorted,
+)
 from cccdask.kernels.coefficients.thresholds import ChannelThreshold, Thresholds
+
+STRIP = 1 << 16  # keys decoded at once for the moments
 
 
 @dataclass(frozen=True)
@@ -22,8 +34,9 @@ class PartStatistics:
 
     Attributes
     ----------
-    table : JointTable
-        Joint histogram of the raw values of the finite voxels inside the mask.
+    table : JointTable or SortedPairs
+        The raw values of the finite voxels inside the mask: their joint histogram, or
+        their sorted keys.
     mask_moments, object_moments : Moments
         Of ``(R', G')`` over the mask, and over the object voxels (R > T_R or G > T_G).
     sums : numpy.ndarray
@@ -32,7 +45,7 @@ class PartStatistics:
         Voxels inside the mask with a NaN or infinite value in either channel.
     """
 
-    table: JointTable
+    table: JointTable | SortedPairs
     mask_moments: Moments
     object_moments: Moments
     sums: np.ndarray
@@ -40,7 +53,7 @@ class PartStatistics:
 
     def merge(self, other: "PartStatistics") -> "PartStatistics":
         return PartStatistics(
-            self.table.merge(other.table),
+            merge_tables(self.table, other.table),
             self.mask_moments.merge(other.mask_moments),
             self.object_moments.merge(other.object_moments),
             self.sums + other.sums,
@@ -49,7 +62,7 @@ class PartStatistics:
 
 
 def part_statistics(
-    image1: np.ndarray, image2: np.ndarray, mask: np.ndarray | None, thresholds: Thresholds
+    image1: np.ndarray, image2: np.ndarray, mask: np.ndarray | None, thresholds: Thresholds, threads: int = 1
 ) -> PartStatistics:
     """Statistics of one chunk of a frame.
 
@@ -61,6 +74,8 @@ def part_statistics(
         The chunk of the mask (non-zero = inside), or None (every voxel inside).
     thresholds : Thresholds
         Threshold rules of both channels.
+    threads : int
+        Threads for the sort of a float chunk's keys (1 inside a Dask task).
     """
     values1 = np.asarray(image1)
     values2 = np.asarray(image2)
@@ -78,6 +93,8 @@ def part_statistics(
         if n_nonfinite:
             values1 = values1[finite]
             values2 = values2[finite]
+        if prefers_sorted(values1, values2):  # (the keys make -0.0 and 0.0 one value)
+            return statistics_from_pairs(SortedPairs(pair_keys(values1, values2, threads)), thresholds, n_nonfinite)
         # -0.0 and 0.0 are one value
         values1 = values1 + values1.dtype.type(0) if values1.dtype.kind == "f" else values1
         values2 = values2 + values2.dtype.type(0) if values2.dtype.kind == "f" else values2
@@ -141,3 +158,32 @@ def statistics_from_table(table: JointTable, thresholds: Thresholds, n_nonfinite
         sums=_threshold_sums(codes1, codes2, counts, corrected1, corrected2, weight1, weight2),
         n_nonfinite=n_nonfinite,
     )
+
+
+def statistics_from_pairs(pairs: SortedPairs, thresholds: Thresholds, n_nonfinite: int = 0) -> PartStatistics:
+    """The :class:`PartStatistics` of the voxels of ``pairs`` (the same numbers as from
+    their joint histogram, to rounding), decoded a strip of keys at a time."""
+    th1, th2 = thresholds.channel1, thresholds.channel2
+    mask_moments = object_moments = Moments.empty()
+    sums = np.zeros(14)
+    codes = np.arange(min(STRIP, pairs.n), dtype=np.int64)
+    for start in range(0, pairs.n, STRIP):
+        keys = pairs.keys[start:start + STRIP]
+        values1 = _values_of_codes(keys >> np.uint64(32))
+        values2 = _values_of_codes(keys.astype(np.uint32))
+        corrected1, corrected2 = th1.corrected(values1), th2.corrected(values2)
+        ones = np.ones(keys.size)
+        in_objects = (th1.above(values1) | th2.above(values2)).astype(np.float64)
+        mask_moments = mask_moments.merge(Moments.from_weighted(corrected1, corrected2, ones))
+        object_moments = object_moments.merge(Moments.from_weighted(corrected1, corrected2, in_objects))
+        sums += _threshold_sums(codes[:keys.size], codes[:keys.size], ones, corrected1, corrected2,
+                                th1.weight(values1), th2.weight(values2))
+    return PartStatistics(pairs, mask_moments, object_moments, sums, n_nonfinite)
+
+
+def restated(stats: PartStatistics, thresholds: Thresholds) -> PartStatistics:
+    """The statistics of the same voxels under other thresholds (exact: from the table
+    or the keys)."""
+    if isinstance(stats.table, SortedPairs):
+        return statistics_from_pairs(stats.table, thresholds, stats.n_nonfinite)
+    return statistics_from_table(stats.table, thresholds, stats.n_nonfinite)

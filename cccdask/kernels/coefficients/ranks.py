@@ -145,3 +145,18 @@ def _count_same_sign(codes1, signs1, codes2, signs2, counts, zero_counts):
         if product > 0 or (zero_counts and product == 0):
             total += counts[i]
     return total
+
+
+def table_rank_coefficients(table: JointTable, thresholds: Thresholds) -> dict[str, tuple[float, str]]:
+    """Spearman, object Spearman, Kendall's tau-b and ICQ of the voxels of a joint
+    histogram: ``name -> (value, reason)``."""
+    out = {"spearman": rank_pearson(table, thresholds)}
+    in_object = table.object_entries(thresholds)
+    if in_object.any():
+        out["object_spearman"] = rank_pearson(table, thresholds, table.counts * in_object)
+    else:
+        out["object_spearman"] = (np.nan, "no object voxels")
+    corrected = table.corrected(thresholds)
+    out["kendall_tau"] = kendall_tau_b(corrected)
+    out["icq"] = (icq_count(corrected, thresholds.icq_zero_positive) / table.n - 0.5, "")
+    return out

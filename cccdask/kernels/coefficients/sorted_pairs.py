@@ -1,6 +1,6 @@
 """Float frames with mostly distinct values as sorted 64-bit keys, for their ranks.
 
-A joint histogram (:class:`~cccdask.kernels.coefficients.JointTable`) has one entry per
+A joint histogram (:class:`~.joint_table.JointTable`) has one entry per
 distinct ``(R, G)`` pair: small for integer images, one entry per voxel for deconvolved
 float images, where every per-entry step (24 bytes, random lookups, a Fenwick tree over
 millions of codes) costs far more than a sort. For such parts the voxels are kept as one
@@ -10,7 +10,8 @@ float32 holds exactly; other float64 values keep the joint histogram). Sorting t
 sorts the voxels by ``(R, G)``; two parts merge exactly (a merge of sorted arrays), so a
 frame's keys are the same at any chunking, and so is the path its ranks take
 (:func:`ranks_source`, by the frame's distinct fraction alone). The rank coefficients
-follow in :mod:`cccdask.kernels.sorted_ranks`.
+follow in :mod:`~.sorted_ranks`; a part's
+moments and sums in :func:`~.part_statistics.statistics_from_pairs`.
 
 Memory: 8 bytes per voxel for a part's keys (the joint histogram: 24 per entry).
 """
@@ -24,14 +25,7 @@ from functools import cached_property
 import numpy as np
 from numba import njit
 
-from cccdask.kernels.coefficients import (
-    JointTable,
-    Moments,
-    PartStatistics,
-    Thresholds,
-    _float32_of_bits,
-    _threshold_sums,
-)
+from cccdask.kernels.coefficients.joint_table import JointTable, _float32_of_bits
 
 #: Order codes of -inf and +inf: every finite float32 value's code lies between them.
 LOWEST_CODE, HIGHEST_CODE = 0x007FFFFF, 0xFF800000
@@ -42,7 +36,6 @@ DISTINCT_FRACTION = 0.5
 MIN_SORTED_VOXELS = 1 << 12
 SAMPLE_VOXELS = 1 << 12  # voxels sampled per part to estimate its distinct fraction
 MAX_SORTED_VOXELS = (1 << 31) - 1  # twice a rank fits 32 bits
-STRIP = 1 << 16  # keys decoded at once for the moments
 
 
 # ---------------------------------------------------------------------------------------
@@ -196,30 +189,6 @@ def prefers_sorted(values1: np.ndarray, values2: np.ndarray) -> bool:
     return float32_holds(values1) and float32_holds(values2)
 
 
-# ---------------------------------------------------------------------------------------
-# Moments and sums of a part
-# ---------------------------------------------------------------------------------------
-def statistics_from_pairs(pairs: SortedPairs, thresholds: Thresholds, n_nonfinite: int = 0) -> PartStatistics:
-    """The :class:`PartStatistics` of the voxels of ``pairs`` (the same numbers as from
-    their joint histogram, to rounding), decoded a strip of keys at a time."""
-    th1, th2 = thresholds.channel1, thresholds.channel2
-    mask_moments = object_moments = Moments.empty()
-    sums = np.zeros(14)
-    codes = np.arange(min(STRIP, pairs.n), dtype=np.int64)
-    for start in range(0, pairs.n, STRIP):
-        keys = pairs.keys[start:start + STRIP]
-        values1 = _values_of_codes(keys >> np.uint64(32))
-        values2 = _values_of_codes(keys.astype(np.uint32))
-        corrected1, corrected2 = th1.corrected(values1), th2.corrected(values2)
-        ones = np.ones(keys.size)
-        in_objects = (th1.above(values1) | th2.above(values2)).astype(np.float64)
-        mask_moments = mask_moments.merge(Moments.from_weighted(corrected1, corrected2, ones))
-        object_moments = object_moments.merge(Moments.from_weighted(corrected1, corrected2, in_objects))
-        sums += _threshold_sums(codes[:keys.size], codes[:keys.size], ones, corrected1, corrected2,
-                                th1.weight(values1), th2.weight(values2))
-    return PartStatistics(pairs, mask_moments, object_moments, sums, n_nonfinite)
-
-
 def ranks_source(table: JointTable | SortedPairs) -> JointTable | SortedPairs:
     """What a frame's rank coefficients are computed from, by the frame's distinct
     fraction alone (so the same at any chunking): :class:`SortedPairs` where at least
@@ -232,3 +201,8 @@ def ranks_source(table: JointTable | SortedPairs) -> JointTable | SortedPairs:
     if table.integer or table.n > MAX_SORTED_VOXELS or len(table.counts) < DISTINCT_FRACTION * table.n:
         return table
     return SortedPairs.from_table(table) or table
+
+
+def joint_table_of(table: JointTable | SortedPairs) -> JointTable:
+    """The joint histogram of a part's voxels, however they are kept."""
+    return table.joint_table if isinstance(table, SortedPairs) else table

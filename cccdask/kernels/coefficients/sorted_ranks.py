@@ -1,6 +1,6 @@
 """Spearman, object Spearman, Kendall's tau-b and ICQ of a frame from its sorted keys.
 
-From a frame's :class:`~cccdask.kernels.sorted_pairs.SortedPairs` (``n`` voxels):
+From a frame's :class:`~.sorted_pairs.SortedPairs` (``n`` voxels):
 
 * channel 1's exact average ranks come from the runs of equal (background-corrected)
   values in key order; channel 2's from one sort of ``code2 << 32 | position``
@@ -30,15 +30,10 @@ from dataclasses import dataclass
 import numpy as np
 from numba import njit
 
-from cccdask.kernels.coefficients import (
-    ChannelThreshold,
-    Moments,
-    Thresholds,
-    icq_count,
-    kendall_tau_b,
-    rank_pearson,
-)
-from cccdask.kernels.sorted_pairs import HIGHEST_CODE, LOWEST_CODE, SortedPairs, _sorted, _values_of_codes
+from cccdask.kernels.coefficients.moments import Moments
+from cccdask.kernels.coefficients.ranks import table_rank_coefficients
+from cccdask.kernels.coefficients.thresholds import ChannelThreshold, Thresholds
+from cccdask.kernels.coefficients.sorted_pairs import HIGHEST_CODE, LOWEST_CODE, SortedPairs, _sorted, _values_of_codes
 
 
 # ---------------------------------------------------------------------------------------
@@ -441,7 +436,7 @@ class _RankSums:
     object_cross: float
 
     def kendall_tau_b(self) -> tuple[float, str]:
-        """As :func:`~cccdask.kernels.coefficients.kendall_tau_b`."""
+        """As :func:`~.ranks.kendall_tau_b`."""
         if self.n < 2:
             return np.nan, "fewer than 2 voxels"
         n0 = self.n * (self.n - 1) // 2
@@ -500,7 +495,7 @@ def rank_coefficients(pairs: SortedPairs, thresholds: Thresholds, threads: int =
                       ) -> dict[str, tuple[float, str]]:
     """Spearman, object Spearman, Kendall's tau-b and ICQ of a frame's voxels.
 
-    The same numbers as :func:`~cccdask.kernels.coefficients.finalize` gives from the
+    The same numbers as :func:`~.finalisation.finalize` gives from the
     frame's joint histogram (to rounding; the same ICQ count), from the sorted keys.
 
     Parameters
@@ -520,14 +515,7 @@ def rank_coefficients(pairs: SortedPairs, thresholds: Thresholds, threads: int =
     th1, th2 = thresholds.channel1, thresholds.channel2
     sums = _rank_sums(pairs.keys, thresholds, threads)
     if sums is None:  # values the correction rounds together: ranked from the histogram
-        table = pairs.joint_table
-        corrected = table.corrected(thresholds)
-        in_objects = table.object_entries(thresholds)
-        return {"spearman": rank_pearson(table, thresholds),
-                "object_spearman": rank_pearson(table, thresholds, table.counts * in_objects)
-                if in_objects.any() else (np.nan, "no object voxels"),
-                "kendall_tau": kendall_tau_b(corrected),
-                "icq": (icq_count(corrected, thresholds.icq_zero_positive) / pairs.n - 0.5, "")}
+        return table_rank_coefficients(pairs.joint_table, thresholds)
     out = {"spearman": _spearman(sums.n, sums.squares1, sums.squares2, sums.cross),
            "kendall_tau": sums.kendall_tau_b()}
     if sums.n_objects:
