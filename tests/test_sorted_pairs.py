@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import math
 
+import dask.array as da
 import numpy as np
 import pytest
 import scipy.stats as ss
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from cccdask import coefficients
 from cccdask.kernels.coefficients.part_statistics import statistics_from_pairs
 from cccdask.kernels.coefficients import (
     ChannelThreshold,
@@ -235,3 +237,53 @@ def test_path_rule():
     repeats = joint_table(np.round(R.ravel() / 100), np.round(G.ravel() / 100))
     assert ranks_source(repeats) is repeats
     assert isinstance(ranks_source(joint_table(R.ravel(), G.ravel())), SortedPairs)
+
+
+# ---------------------------------------------------------------------------------------
+# End to end: cccdask.coefficients on float frames, chunked and not
+# ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize("shape, chunks", [
+    ((96, 96), None), ((96, 96), (48, 96)), ((96, 96), (30, 41)), ((96, 96), (80, 96)),
+    ((8, 40, 40), None), ((8, 40, 40), (3, 17, 40)), ((8, 40, 40), (5, 40, 40)),
+])
+@pytest.mark.parametrize("ties", [0, 50])
+def test_coefficients_of_float_frames_match_scipy(shape, chunks, ties):
+    R, G = frame(shape, seed=11 + ties, ties=ties)
+    mask = np.ones(shape, bool)
+    mask.reshape(-1)[::7] = False  # cuts every chunk
+    image1, image2, inside = (R, G, mask) if chunks is None else (
+        da.from_array(R, chunks=chunks), da.from_array(G, chunks=chunks), da.from_array(mask, chunks=chunks))
+    for preset, threshold in (("huygens", None), ("huygens", (400.0, 300.0)), ("coloc2", (400.0, 300.0))):
+        ds = coefficients(image1, image2, mask=inside, threshold=threshold, preset=preset,
+                          van_steensel_shifts=None).compute()
+        thresholds = Thresholds() if threshold is None else Thresholds(
+            ChannelThreshold(threshold[0], subtract=preset == "huygens", inclusive=preset == "coloc2"),
+            ChannelThreshold(threshold[1], subtract=preset == "huygens", inclusive=preset == "coloc2"),
+            icq_zero_positive=preset == "coloc2")
+        expected = brute_force_ranks(R[mask], G[mask], thresholds)
+        for name in RANK_NAMES:
+            assert float(ds[name]) == pytest.approx(expected[name], rel=1e-12, abs=1e-14), (preset, name)
+        r = thresholds.channel1.corrected(R[mask].astype(np.float64))
+        g = thresholds.channel2.corrected(G[mask].astype(np.float64))
+        assert float(ds.pearson) == pytest.approx(ss.pearsonr(r, g)[0], rel=1e-10)
+
+
+def test_float_frames_take_the_sorted_path_and_float64_beyond_float32_does_not():
+    R, G = frame((96, 96), seed=12)
+    assert isinstance(part_statistics(R, G, None, Thresholds()).table, SortedPairs)
+    assert isinstance(part_statistics(R.astype(np.float64), G, None, Thresholds()).table, SortedPairs)
+    beyond = R.astype(np.float64) + 1e-6
+    assert isinstance(part_statistics(beyond, G, None, Thresholds()).table, JointTable)
+    # the same numbers either way
+    got = coefficients(beyond, G, van_steensel_shifts=None)
+    expected = brute_force_ranks(beyond, G, Thresholds())
+    for name in RANK_NAMES:
+        assert float(got[name]) == pytest.approx(expected[name], rel=1e-12, abs=1e-14), name
+
+
+def test_nonfinite_voxels_in_a_sorted_part_make_the_frame_nan():
+    R, G = frame((96, 96), seed=13)
+    R[5, 5] = np.nan
+    ds = coefficients(R, G, van_steensel_shifts=None)
+    assert np.isnan(float(ds.spearman))
+    assert "1 NaN/Inf voxels inside the mask" in str(ds.nan_reason.sel(coefficient="spearman").values)
