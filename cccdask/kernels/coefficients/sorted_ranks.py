@@ -17,8 +17,8 @@ Where the correction ``max(v - T, 0)`` rounds two distinct values to one (a nega
 far from tiny values) the joint histogram ranks the frame instead.
 
 Cost: one sort of the frame's channel-2 keys, O(n) compiled passes (one random store
-per voxel) and the inversion count. Memory: 24 bytes per voxel besides the keys (the
-channel-2 keys, channel 2's ranks, two uint32 arrays of channel 1's ranks).
+and one random load per voxel) and the inversion count. Memory: 20 bytes per voxel
+besides the keys (the channel-2 keys, three uint32 arrays of ranks).
 """
 
 from __future__ import annotations
@@ -222,17 +222,18 @@ def _joint_tied_pairs(twice_rank1, keys2):
 
 
 @njit(nogil=True, cache=True)
-def _channel2_ranks(sorted_keys2, level2, clip2, ranks2, bins):
+def _channel2_ranks(sorted_keys2, level2, clip2, object_rank1, all_objects, twice_rank2, bins):
     """One pass over the sorted channel-2 keys: channel 2's ranks and ties.
 
-    Writes ``ranks2[position] = object rank << 32 | twice rank`` (see
-    :func:`_channel1_ranks`; one random store per voxel) and adds ``count x corrected
-    value`` per run to ``bins``.
+    Writes ``twice_rank2[position]`` (one random store per voxel), reads each object
+    voxel's ``object_rank1`` (one random load; ``all_objects`` of them) and adds ``count
+    x corrected value`` per run to ``bins``.
 
     Returns
     -------
-    tied_pairs, squares, object_squares, collision
-        As :func:`_channel1_ranks`.
+    tied_pairs, squares, object_squares, object_cross, collision
+        As :func:`_channel1_ranks`; ``object_cross`` the sum of ``(object_rank1 - m - 1)
+        (object rank2 - m - 1)`` over the ``m`` object voxels.
     """
     n = sorted_keys2.size
     code_bits = np.empty(1, np.uint32)
@@ -240,7 +241,8 @@ def _channel2_ranks(sorted_keys2, level2, clip2, ranks2, bins):
     sum_value = np.empty(1, np.float64)
     sum_bits = sum_value.view(np.uint64)
     tied_pairs = n_objects = 0
-    squares = object_squares = 0.0
+    squares = object_squares = object_cross = 0.0
+    object_centre = all_objects + 1
     collision = False
     previous_value = -np.inf
     sum_column = high = low = 0
@@ -255,10 +257,13 @@ def _channel2_ranks(sorted_keys2, level2, clip2, ranks2, bins):
             objects += np.int64(sorted_keys2[k] & np.uint64(1))
         twice = start + stop + 1
         object_twice = 2 * n_objects + objects + 1
+        object_deviations1 = 0
         for k in range(start, stop):
             position = np.int64((sorted_keys2[k] & np.uint64(0xFFFFFFFF)) >> np.uint64(1))
-            object_part = object_twice if sorted_keys2[k] & np.uint64(1) else 0
-            ranks2[position] = (np.uint64(object_part) << np.uint64(32)) | np.uint64(twice)
+            twice_rank2[position] = twice
+            if sorted_keys2[k] & np.uint64(1):
+                object_deviations1 += np.int64(object_rank1[position]) - object_centre
+        object_cross += np.float64(object_deviations1) * np.float64(object_twice - object_centre)
         n_objects += objects
         length = stop - start
         tied_pairs += length * (length - 1) // 2
@@ -279,17 +284,15 @@ def _channel2_ranks(sorted_keys2, level2, clip2, ranks2, bins):
         low += significand & ((1 << 26) - 1)
         start = stop
     _flush(bins, sum_column, high, low)
-    return tied_pairs, squares, object_squares, collision
+    return tied_pairs, squares, object_squares, object_cross, collision
 
 
 @njit(nogil=True, cache=True, fastmath={"reassoc", "contract"})
 def _cross_deviations(twice_rank1, twice_rank2, centre):
-    """Sum of ``(twice_rank1 - centre)(twice_rank2 - centre)`` over the voxels where
-    ``twice_rank1`` is not 0."""
+    """Sum of ``(twice_rank1 - centre)(twice_rank2 - centre)`` over the voxels."""
     total = 0.0
     for p in range(twice_rank1.size):
-        if twice_rank1[p]:
-            total += (np.float64(twice_rank1[p]) - centre) * (np.float64(twice_rank2[p]) - centre)
+        total += (np.float64(twice_rank1[p]) - centre) * (np.float64(twice_rank2[p]) - centre)
     return total
 
 
@@ -468,16 +471,15 @@ def _rank_sums(keys: np.ndarray, thresholds: Thresholds, threads: int) -> _RankS
         _renumber(keys2[:tied_end], object_rank1[:tied_end].max(), object_rank1, 0)
     tied_both = _joint_tied_pairs(twice_rank1, keys2)
     keys2 = _sorted(keys2, threads)
-    ranks2 = np.empty(n, np.uint64)
-    tied2, squares2, object_squares2, collision2 = _channel2_ranks(keys2, *_corrected_form(th2), ranks2, bins2)
-    twice_rank2, object_rank2 = ranks2.view(np.uint32)[0::2], ranks2.view(np.uint32)[1::2]  # little-endian
+    twice_rank2 = np.empty(n, np.uint32)
+    tied2, squares2, object_squares2, object_cross, collision2 = _channel2_ranks(
+        keys2, *_corrected_form(th2), object_rank1, n_objects, twice_rank2, bins2)
     if collision1 or collision2:
         return None
     del keys2
     # centred: the ranks of m voxels sum to m (m + 1) / 2
     object_squares1 -= n_objects * float(n_objects + 1) ** 2
     object_squares2 -= n_objects * float(n_objects + 1) ** 2
-    object_cross = _cross_deviations(object_rank1, object_rank2, np.float64(n_objects + 1))
     cross = _cross_deviations(twice_rank1, twice_rank2, np.float64(n + 1))
     # object_rank1 is scratch from here
     discordant = _inversions(twice_rank2, 2 * n + 2, object_rank1, threads)
