@@ -33,7 +33,7 @@ from numba import njit
 from cccdask.kernels.coefficients.moments import Moments
 from cccdask.kernels.coefficients.ranks import table_rank_coefficients
 from cccdask.kernels.coefficients.thresholds import ChannelThreshold, Thresholds
-from cccdask.kernels.coefficients.sorted_pairs import HIGHEST_CODE, LOWEST_CODE, SortedPairs, _sorted, _values_of_codes
+from cccdask.kernels.coefficients.sorted_pairs import HIGHEST_CODE, LOWEST_CODE, SortedPairs, _values_of_codes
 
 
 # ---------------------------------------------------------------------------------------
@@ -470,7 +470,7 @@ def _rank_sums(keys: np.ndarray, thresholds: Thresholds, threads: int) -> _RankS
         keys2[:tied_end].sort()
         _renumber(keys2[:tied_end], object_rank1[:tied_end].max(), object_rank1, 0)
     tied_both = _joint_tied_pairs(twice_rank1, keys2)
-    keys2 = _sorted(keys2, threads)
+    keys2.sort()  # in place: a threaded sort would hold a second copy
     twice_rank2 = np.empty(n, np.uint32)
     tied2, squares2, object_squares2, object_cross, collision2 = _channel2_ranks(
         keys2, *_corrected_form(th2), object_rank1, n_objects, twice_rank2, bins2)
@@ -506,7 +506,7 @@ def rank_coefficients(pairs: SortedPairs, thresholds: Thresholds, threads: int =
         The frame's voxels inside the mask (all finite), at least one.
     thresholds : Thresholds
     threads : int
-        Threads for the sorts (1 inside a Dask task).
+        Threads for the inversion count (1 inside a Dask task).
 
     Returns
     -------
