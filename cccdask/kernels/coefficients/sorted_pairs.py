@@ -30,7 +30,10 @@ from cccdask.kernels.coefficients.joint_table import JointTable, _float32_of_bit
 #: Order codes of -inf and +inf: every finite float32 value's code lies between them.
 LOWEST_CODE, HIGHEST_CODE = 0x007FFFFF, 0xFF800000
 #: A frame takes the sorted path when at least this fraction of its voxels are distinct
-#: ``(R, G)`` pairs (measured: benchmarks/bench_coefficients.py, per-frame table).
+#: ``(R, G)`` pairs. Measured on 2048 x 2048 float32 frames rounded to give 4-100 %
+#: distinct pairs (CPU s of a part's statistics and the ranks, joint histogram vs sorted
+#: keys; loaded 2-core machine): 4 %: 0.13 vs 0.40; 28 %: 0.35 vs 0.44; 58 %: 0.59 vs
+#: 0.44; 85 %: 0.75 vs 0.44; 100 %: 2.7 vs 0.97. The two cross near 40 %.
 DISTINCT_FRACTION = 0.5
 #: Parts smaller than this keep the joint histogram (either is fast; fewer conversions).
 MIN_SORTED_VOXELS = 1 << 12
