@@ -8,6 +8,7 @@ handled the way a microscope produces it.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Sequence
 
 import numpy as np
 
@@ -22,8 +23,9 @@ class PairedSpots:
         float32 frames, shape ``shape``.
     mask : numpy.ndarray
         bool frame: the region spots were placed in.
-    distance : float
-        True distance between paired spots (physical units).
+    distances : tuple of float
+        True distance between paired spots (physical units), one per population of
+        pairs (pair i has ``distances[i % len(distances)]``).
     psf_sigma : float
         Gaussian PSF standard deviation (physical units, every axis).
     spacing : tuple of float
@@ -33,9 +35,16 @@ class PairedSpots:
     image1: np.ndarray
     image2: np.ndarray
     mask: np.ndarray
-    distance: float
+    distances: tuple[float, ...]
     psf_sigma: float
     spacing: tuple[float, ...]
+
+    @property
+    def distance(self) -> float:
+        """The distance of a one-population scene."""
+        if len(self.distances) != 1:
+            raise ValueError(f"this scene has {len(self.distances)} populations; use .distances.")
+        return self.distances[0]
 
     @property
     def correlation_sigma(self) -> float:
@@ -43,15 +52,22 @@ class PairedSpots:
         return float(np.sqrt(2.0) * self.psf_sigma)
 
     @property
-    def expected_peak(self) -> float:
+    def expected_peaks(self) -> tuple[float, ...]:
         """Where a radial profile of the correlation peaks: d - s^2/(2d) in 2D, d - s^2/d in 3D.
 
         Averaging a Gaussian peak of width s over a ring (2D) or shell (3D) of radius d
-        moves its maximum inwards by this much (to second order in s/d).
+        moves its maximum inwards by this much (to second order in s/d). One per
+        population, in the order of ``distances``.
         """
         s2 = self.correlation_sigma**2
         factor = 0.5 if len(self.spacing) == 2 else 1.0
-        return float(self.distance - factor * s2 / self.distance)
+        return tuple(float(d - factor * s2 / d) for d in self.distances)
+
+    @property
+    def expected_peak(self) -> float:
+        """:attr:`expected_peaks` of a one-population scene."""
+        self.distance  # noqa: B018 - raises for a scene of several populations
+        return self.expected_peaks[0]
 
 
 def _random_directions(rng: np.random.Generator, n: int, ndim: int) -> np.ndarray:
@@ -87,7 +103,7 @@ def _render(points: np.ndarray, shape: tuple[int, ...], spacing: np.ndarray, psf
 def paired_spots(
     shape: tuple[int, ...] = (256, 256),
     spacing: tuple[float, ...] | None = None,
-    distance: float = 1.0,
+    distance: float | Sequence[float] = 1.0,
     psf_sigma: float = 0.1,
     n_pairs: int = 200,
     n_decoys: int = 50,
@@ -106,8 +122,9 @@ def paired_spots(
         Frame shape, 2D ``(y, x)`` or 3D ``(z, y, x)``.
     spacing : tuple of float, optional
         Voxel size per axis (physical units); default 0.05 in 2D, (0.15, 0.05, 0.05) in 3D.
-    distance : float
-        Distance between the spots of a pair (physical units).
+    distance : float or sequence of float
+        Distance between the spots of a pair (physical units). A sequence makes one
+        population of pairs per distance: pair i has ``distance[i % len(distance)]``.
     psf_sigma : float
         Gaussian PSF standard deviation (physical units).
     n_pairs, n_decoys : int
@@ -131,6 +148,8 @@ def paired_spots(
     if spacing is None:
         spacing = (0.05, 0.05) if ndim == 2 else (0.15, 0.05, 0.05)
     sp = np.asarray(spacing, dtype=float)
+    distances = tuple(float(d) for d in np.atleast_1d(np.asarray(distance, dtype=float)))
+    pair_distance = np.resize(np.asarray(distances), n_pairs)
     rng = np.random.default_rng(seed)
     extent = np.asarray(shape) * sp
     margin = 4 * psf_sigma if margin is None else margin
@@ -141,22 +160,22 @@ def paired_spots(
     def uniform(n):
         return lo + rng.random((n, ndim)) * (hi - lo)
 
-    def place_pair(partner: bool):
+    def place_pair(partner: float | None):
         a = uniform(1)[0]
-        if not partner:
+        if partner is None:
             return a, None
-        b = uniform(1)[0] if independent else a + distance * _random_directions(rng, 1, ndim)[0]
+        b = uniform(1)[0] if independent else a + partner * _random_directions(rng, 1, ndim)[0]
         return a, b
 
     if min_separation is None:
         p1 = uniform(n_pairs)
-        p2 = uniform(n_pairs) if independent else p1 + distance * _random_directions(rng, n_pairs, ndim)
+        p2 = uniform(n_pairs) if independent else p1 + pair_distance[:, None] * _random_directions(rng, n_pairs, ndim)
         p1 = np.vstack([p1, uniform(n_decoys)])
         p2 = np.vstack([p2, uniform(n_decoys)])
     else:
         placed: list[np.ndarray] = []
         p1, p2 = [], []
-        wanted = [(True, None)] * n_pairs + [(False, 1)] * n_decoys + [(False, 2)] * n_decoys
+        wanted = [(d, None) for d in pair_distance] + [(None, 1)] * n_decoys + [(None, 2)] * n_decoys
         for partner, channel in wanted:
             for _ in range(10000):
                 a, b = place_pair(partner)
@@ -168,7 +187,7 @@ def paired_spots(
             else:
                 raise ValueError(f"cannot place {n_pairs} pairs {min_separation} apart in shape {shape}.")
             placed.extend(new)
-            if partner:
+            if partner is not None:
                 p1.append(a)
                 p2.append(b)
             else:
@@ -188,7 +207,7 @@ def paired_spots(
         image1=image1.astype(np.float32),
         image2=image2.astype(np.float32),
         mask=mask,
-        distance=float(distance),
+        distances=distances,
         psf_sigma=float(psf_sigma),
         spacing=tuple(float(s) for s in sp),
     )
