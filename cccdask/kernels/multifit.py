@@ -345,10 +345,10 @@ def component_status(params: np.ndarray, keys: np.ndarray, values: np.ndarray, m
             status[i] = TOO_NARROW
         elif not (keys[0] - min_sigma <= mu[i] <= keys[-1]):
             status[i] = MEAN_OUTSIDE
-        elif not h[i] > MIN_HEIGHT_OVER_RESIDUAL * residual_scatter(keys, residual, mu[i], s[i]):
-            status[i] = NO_HEIGHT
         elif too_close.any():
             status[i] = NOT_SEPARABLE
+        elif not h[i] > MIN_HEIGHT_OVER_RESIDUAL * residual_scatter(keys, residual, mu[i], s[i]):
+            status[i] = NO_HEIGHT
         if status[i]:
             return status
     return status
