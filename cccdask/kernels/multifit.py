@@ -313,40 +313,20 @@ def sequential_starts(keys: np.ndarray, values: np.ndarray, n: int, pixel_size: 
     return np.asarray(starts, dtype=np.float64).reshape(-1, 3)
 
 
-def residual_scatter(keys: np.ndarray, residual: np.ndarray, mean: float, sigma: float,
-                     counts: np.ndarray | None = None) -> float:
+def residual_scatter(keys: np.ndarray, residual: np.ndarray, mean: float, sigma: float) -> float:
     """The scatter a bump of width ``sigma`` at ``mean`` has to stand out from.
 
-    Profile points at neighbouring distances share their noise (they average
-    overlapping structures), so the point-to-point scatter is not the noise of a
-    fitted height. Two estimates, the larger is returned:
-
-    * the RMS, within ``10 sigma`` of ``mean``, of the residual smoothed over ``+-sigma``
-      (moving average over keys);
-    * with ``counts`` (correlogram voxels per key): the standard error of the profile
-      averaged over the keys within ``+-sigma`` of ``mean`` if its voxels were
-      independent, ``sqrt(v sum_k 1/c_k) / K`` with the per-voxel variance
-      ``v = median(r_k^2 c_k)``, times ``sqrt`` of the number of voxels closer than
-      ``2 sigma`` (the component's full width: voxels that close share their noise).
-      This is what keeps a bump of a few keys near ``d = 0``, where each key averages
-      a handful of voxels, from passing as a population.
+    The RMS, within ``10 sigma`` of ``mean``, of the residual smoothed over ``+-sigma``
+    (moving average over keys). Profile points at neighbouring distances share their
+    noise (they average overlapping structures), so the point-to-point scatter is not
+    the noise of a fitted height; the residual averaged at the component's own scale is.
     """
     _, smooth = moving_average(keys, residual, sigma)
     near = np.abs(keys - mean) < 10 * sigma
-    scatter = float(np.sqrt(np.mean(smooth[near] ** 2))) if near.any() else np.inf
-    if counts is None:
-        return scatter
-    shell = np.abs(keys - mean) < sigma
-    if not shell.any():
-        return np.inf
-    voxel_variance = float(np.median(residual**2 * counts))
-    correlated = max(float(np.sum(counts[keys < 2 * sigma])), 1.0)
-    standard_error = np.sqrt(voxel_variance * correlated * np.sum(1.0 / counts[shell])) / np.count_nonzero(shell)
-    return max(scatter, float(standard_error))
+    return float(np.sqrt(np.mean(smooth[near] ** 2))) if near.any() else np.inf
 
 
-def component_status(params: np.ndarray, keys: np.ndarray, values: np.ndarray, min_sigma: float,
-                     counts: np.ndarray | None = None) -> np.ndarray:
+def component_status(params: np.ndarray, keys: np.ndarray, values: np.ndarray, min_sigma: float) -> np.ndarray:
     """Status code per component of a joint fit (0 = supported); at most one failure reported.
 
     The first failing rule, in order of the components' heights (weakest first),
@@ -367,14 +347,14 @@ def component_status(params: np.ndarray, keys: np.ndarray, values: np.ndarray, m
             status[i] = MEAN_OUTSIDE
         elif too_close.any():
             status[i] = NOT_SEPARABLE
-        elif not h[i] > MIN_HEIGHT_OVER_RESIDUAL * residual_scatter(keys, residual, mu[i], s[i], counts):
+        elif not h[i] > MIN_HEIGHT_OVER_RESIDUAL * residual_scatter(keys, residual, mu[i], s[i]):
             status[i] = NO_HEIGHT
         if status[i]:
             return status
     return status
 
 
-def _fit_m(keys, values, starts, m, min_sigma, total_y2, counts) -> GaussianSumFit:
+def _fit_m(keys, values, starts, m, min_sigma, total_y2) -> GaussianSumFit:
     """Joint fit of the first ``m`` starting values, dropping unsupported components."""
     status = np.full(m, NO_START, dtype=np.int8)
     alive = np.arange(min(m, len(starts)))
@@ -382,7 +362,7 @@ def _fit_m(keys, values, starts, m, min_sigma, total_y2, counts) -> GaussianSumF
     fitted = np.full((m, 3), np.nan)
     while len(alive):
         params, converged = joint_fit(keys, values, params, min_sigma)
-        codes = component_status(params, keys, values, min_sigma, counts)
+        codes = component_status(params, keys, values, min_sigma)
         if not converged and not codes.any():
             codes[:] = NOT_CONVERGED
         if not codes.any():
@@ -399,7 +379,7 @@ def _fit_m(keys, values, starts, m, min_sigma, total_y2, counts) -> GaussianSumF
 
 
 def fit_gaussian_sums(keys: np.ndarray, values: np.ndarray, max_n: int, pixel_size: float,
-                      first: GaussianFit | None = None, counts: np.ndarray | None = None) -> list[GaussianSumFit]:
+                      first: GaussianFit | None = None) -> list[GaussianSumFit]:
     """Joint fits of 1, 2, ..., ``max_n`` Gaussians to a subtracted profile.
 
     Parameters
@@ -414,9 +394,6 @@ def fit_gaussian_sums(keys: np.ndarray, values: np.ndarray, max_n: int, pixel_si
         s_x (physical units), for the sequential single fits.
     first : GaussianFit, optional
         The ``n = 1`` fit of this profile when already computed.
-    counts : numpy.ndarray, optional
-        Correlogram voxels averaged into each key (``ProfileGeometry.counts``): sets
-        the noise floor of the height check (:func:`residual_scatter`).
 
     Returns
     -------
@@ -430,8 +407,6 @@ def fit_gaussian_sums(keys: np.ndarray, values: np.ndarray, max_n: int, pixel_si
     values = np.asarray(values, dtype=np.float64)
     finite = np.isfinite(values) & np.isfinite(keys)
     keys, values = keys[finite], values[finite]
-    if counts is not None:
-        counts = np.asarray(counts, dtype=np.float64)[finite]
     total_y2 = float(values @ values)
     if len(keys) < 4 or not np.any(values > 0):
         starts = np.empty((0, 3))
@@ -440,7 +415,7 @@ def fit_gaussian_sums(keys: np.ndarray, values: np.ndarray, max_n: int, pixel_si
         min_sigma = float(keys[1] - keys[0])  # 2.3.0's smallest meaningful width
         with np.errstate(over="ignore", invalid="ignore", divide="ignore", under="ignore"):
             starts = sequential_starts(keys, values, max_n, pixel_size, first)
-    return [_fit_m(keys, values, starts, m, min_sigma, total_y2, counts) for m in range(1, max_n + 1)]
+    return [_fit_m(keys, values, starts, m, min_sigma, total_y2) for m in range(1, max_n + 1)]
 
 
 def select_by_bic(fits: list[GaussianSumFit]) -> int:
