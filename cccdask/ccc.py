@@ -11,6 +11,12 @@ import xarray as xr
 
 from cccdask.frames import Frames, frame_time_coords, prepare_inputs
 from cccdask.kernels.ccc import analyse_correlograms, ccc_frame, output_dims, output_names
+from cccdask.kernels.components import (
+    COMPONENT_DESCRIPTIONS,
+    MAX_GAUSSIANS,
+    STATUS_ATTRS,
+    component_count,
+)
 from cccdask.kernels.correlate import MODES
 from cccdask.kernels.profile import ProfileGeometry, profile_geometry
 from cccdask.tile_memory import whole_frame_fits, worker_memory_budget
@@ -35,26 +41,35 @@ _DESCRIPTIONS = {
 _LENGTH_UNITS = {"mean", "sigma"}
 
 
-def variable_attrs(name: str, units: str, ndim: int | None = None) -> dict[str, str]:
+def variable_attrs(name: str, units: str, ndim: int | None = None, components: bool = False) -> dict[str, str]:
     """Attributes of a CCC output variable: its description and units.
 
     Lengths (mean, sigma) are in ``units``; the profiles and correlograms, sums of
     intensity products over the mask volume, in ``intensity^2 / units^ndim`` (given
     ``ndim``, the frame's dimensionality); confidence and R squared are dimensionless.
+    ``components``: the variable comes from a fit of several Gaussians.
     """
-    attrs = {"description": _DESCRIPTIONS[name]} if name in _DESCRIPTIONS else {}
+    descriptions = {**_DESCRIPTIONS, **COMPONENT_DESCRIPTIONS} if components else _DESCRIPTIONS
+    attrs = {"description": descriptions[name]} if name in descriptions else {}
     if name in _LENGTH_UNITS:
         attrs["units"] = units
     elif name.startswith(("profile_", "ccf_")) and ndim is not None:
         attrs["units"] = f"intensity^2 / {units}^{ndim}"
     elif name in ("confidence", "r_squared"):
         attrs["units"] = "1"
+    if components and name == "component_status":
+        attrs.update(STATUS_ATTRS)
     return attrs
 
 
-def _output_layout(name: str, frames: Frames, geometry: ProfileGeometry, dtype) -> tuple[tuple[str, ...], tuple[int, ...], np.dtype]:
-    """Dims (without t), shape and dtype of one per-frame output."""
-    dims = output_dims(name, frames.spatial_dims)
+def _output_layout(name: str, frames: Frames, geometry: ProfileGeometry, dtype,
+                   n_components: int = 0) -> tuple[tuple[str, ...], tuple[int, ...], np.dtype]:
+    """Dims (without t), shape and dtype of one per-frame output (``n_components`` > 0: several Gaussians)."""
+    dims = output_dims(name, frames.spatial_dims, components=n_components > 0)
+    sizes = {"component": n_components, "n_components": n_components, "distance": len(geometry.distances)}
+    if n_components and all(d in sizes for d in dims):
+        kinds = {"fit_ok": bool, "component_status": np.int8, "n_selected": np.int64}
+        return dims, tuple(sizes[d] for d in dims), np.dtype(kinds.get(name, np.float64))
     if name.startswith("profile_"):
         return dims, (len(geometry.distances),), np.dtype(np.float64)
     if name == "fit_ok":
@@ -115,7 +130,7 @@ def _squeeze_frame(block: np.ndarray) -> np.ndarray:
 
 
 def _tiled_frame(frames: Frames, t: int, geometry: ProfileGeometry, *, mode, contributions, intermediates,
-                 dtype, tile_shape) -> dict:
+                 dtype, tile_shape, n_gaussians) -> dict:
     """One frame by tiles (issue: frames larger than memory); results as Dask arrays/Delayed."""
     image1, image2, mask = _frame_arrays(frames, t)
     correlograms = tiled_correlograms(image1, image2, mask, frames.spacing, geometry.max_distance,
@@ -127,9 +142,9 @@ def _tiled_frame(frames: Frames, t: int, geometry: ProfileGeometry, *, mode, con
 
     analysis = dask.delayed(analyse_correlograms, pure=True, nout=None)(
         as_delayed("original"), as_delayed("subtracted"), geometry,
-        mode=mode, gauss=contributions or intermediates, intermediates=False,
+        mode=mode, gauss=contributions or intermediates, intermediates=False, n_gaussians=n_gaussians,
     )
-    result = {name: analysis[name] for name in output_names(mode)}
+    result = {name: analysis[name] for name in output_names(mode, components=n_gaussians != (1, False))}
     if intermediates:
         result.update({f"ccf_{name}": array for name, array in correlograms.items()
                        if name in ("original", "subtracted")})
@@ -165,6 +180,8 @@ def ccc(
     dtype: str = "float32",
     memory_budget: float | None = None,
     tile_shape: Sequence[int] | None = None,
+    n_gaussians: int | str = 1,
+    max_gaussians: int = MAX_GAUSSIANS,
 ) -> xr.Dataset:
     """Colocalization by Cross Correlation of two channels, frame by frame.
 
@@ -205,6 +222,20 @@ def ccc(
         (:func:`cccdask.tile_memory.worker_memory_budget`).
     tile_shape : sequence of int, optional
         Tile edge per axis (voxels) for the tiled path; default from the budget.
+    n_gaussians : int or "auto"
+        Gaussians fitted to the subtracted profile. 1 (default): the single fit
+        described above, unchanged. n >= 2: a joint fit of a sum of n Gaussians
+        (:mod:`cccdask.kernels.multifit`); "auto": 1..``max_gaussians`` fitted, the
+        one with the smallest BIC among those whose components are all supported
+        is reported. Then ``mean``, ``sigma``, ``height``, ``confidence``, ``fit_ok``
+        and ``component_status`` run over a ``component`` dim (sorted by mean, failed
+        components last with NaN), ``profile_fit`` is the sum model and
+        ``profile_fit_component`` each Gaussian, ``rss``/``bic``/``aic`` run over
+        ``n_components`` (every n tried), ``n_selected`` says which was reported;
+        ``r_squared`` is that of the sum over component 1's range, and the best
+        frame uses component 1's confidence.
+    max_gaussians : int
+        Largest number of Gaussians tried by ``n_gaussians="auto"``.
 
     Returns
     -------
@@ -235,10 +266,16 @@ def ccc(
         raise ValueError(f"max_distance must be a positive distance in units of spacing, not {max_distance!r}.")
     if contributions and mode == "correlation":
         raise ValueError("contribution images need the Gaussian fit; use mode 'full' or 'no_confidence'.")
+    n_components, auto = component_count(n_gaussians, max_gaussians)
+    several = (n_components, auto) != (1, False)
+    if several and mode == "correlation":
+        raise ValueError(f"n_gaussians needs the Gaussian fit; use mode 'full' or 'no_confidence', not {mode!r}.")
     frames = prepare_inputs(image1, image2, mask, spacing)
     geometry = profile_geometry(frames.frame_shape, frames.spacing, max_distance, fiji_compat)
-    names = output_names(mode, contributions, intermediates)
-    options = dict(mode=mode, contributions=contributions, intermediates=intermediates, dtype=dtype)
+    names = output_names(mode, contributions, intermediates, components=several)
+    options = dict(mode=mode, contributions=contributions, intermediates=intermediates, dtype=dtype,
+                   n_gaussians=(n_components, auto))
+    layout = {name: _output_layout(name, frames, geometry, dtype, n_components if several else 0) for name in names}
 
     per_frame = {name: [] for name in names}
     if frames.lazy:
@@ -252,7 +289,7 @@ def ccc(
             else:
                 result = dask.delayed(ccc_frame, pure=True, nout=None)(*arrays, geometry, **options)
             for name in names:
-                _, shape, dt = _output_layout(name, frames, geometry, dtype)
+                _, shape, dt = layout[name]
                 value = result[name]
                 per_frame[name].append(
                     value if isinstance(value, da.Array) else da.from_delayed(value, shape=shape, dtype=dt)
@@ -268,11 +305,15 @@ def ccc(
 
     data_vars = {}
     for name in names:
-        dims, _, dt = _output_layout(name, frames, geometry, dtype)
+        dims, _, dt = layout[name]
         data_vars[name] = (("t",) + dims, stack(per_frame[name]).astype(dt, copy=False),
-                           variable_attrs(name, frames.units, len(frames.spatial_dims)))
+                           variable_attrs(name, frames.units, len(frames.spatial_dims), several))
 
     coords = {"distance": ("distance", geometry.distances, {"units": frames.units, "long_name": "distance"})}
+    if several:
+        numbers = np.arange(1, n_components + 1)
+        coords["component"] = ("component", numbers, {"long_name": "Gaussian component, by increasing mean"})
+        coords["n_components"] = ("n_components", numbers, {"long_name": "number of Gaussians fitted"})
     coords.update(frame_time_coords(frames))
     for dim in frames.spatial_dims:
         if any(n.startswith("contribution") for n in names) and dim in frames.image1.coords:
@@ -289,9 +330,14 @@ def ccc(
         max_distance=float("nan") if max_distance is None else float(max_distance),
         fiji_compat=int(fiji_compat),
         dtype=str(np.dtype(dtype)),
+        n_gaussians=str(n_gaussians) if auto else int(n_gaussians),
     )
+    if auto:
+        ds.attrs["max_gaussians"] = int(max_gaussians)
     if mode != "correlation":
         score = ds["confidence"] if mode == "full" else ds["sigma"]
+        if several:
+            score = score.isel(component=0, drop=True)  # component 1 (smallest mean) decides
         if frames.time_series:
             if frames.lazy:
                 # stays inside the array graph: a Delayed wrapper would optimise (and so

@@ -4,16 +4,23 @@ from __future__ import annotations
 
 import numpy as np
 
+from cccdask.kernels.components import COMPONENT_DIMS, component_outputs, weighted_correlogram
 from cccdask.kernels.contributions import contribution_images, gaussian_modified, gaussian_support
 from cccdask.kernels.correlate import MODES, mask_images, masked_correlograms
 from cccdask.kernels.fit import GaussianFit, confidence, fit_gaussian, r_squared
 from cccdask.kernels.profile import ProfileGeometry, radial_profile
 
 SCALARS = ("mean", "sigma", "height", "confidence", "r_squared", "fit_ok")
+COMPONENT_EXTRAS = ("profile_fit_component", "component_status", "rss", "bic", "aic", "n_selected")
 
 
-def output_dims(name: str, spatial_dims: tuple[str, ...]) -> tuple[str, ...]:
-    """Dims (without t) of the :func:`ccc_frame` output ``name`` for a frame with ``spatial_dims``."""
+def output_dims(name: str, spatial_dims: tuple[str, ...], components: bool = False) -> tuple[str, ...]:
+    """Dims (without t) of the :func:`ccc_frame` output ``name`` for a frame with ``spatial_dims``.
+
+    ``components``: the outputs of a fit of several Gaussians (:data:`COMPONENT_DIMS`).
+    """
+    if components and name in COMPONENT_DIMS:
+        return COMPONENT_DIMS[name]
     if name.startswith("profile_"):
         return ("distance",)
     if name.startswith("contribution"):
@@ -23,14 +30,20 @@ def output_dims(name: str, spatial_dims: tuple[str, ...]) -> tuple[str, ...]:
     return ()
 
 
-def output_names(mode: str, contributions: bool = False, intermediates: bool = False) -> list[str]:
-    """The names :func:`ccc_frame` returns for a mode and options, in a fixed order."""
+def output_names(mode: str, contributions: bool = False, intermediates: bool = False,
+                 components: bool = False) -> list[str]:
+    """The names :func:`ccc_frame` returns for a mode and options, in a fixed order.
+
+    ``components``: a fit of several Gaussians (adds :data:`COMPONENT_EXTRAS`).
+    """
     names = []
     if mode in ("full", "correlation"):
         names.append("profile_original")
     if mode in ("full", "no_confidence"):
         names += ["profile_subtracted", "profile_fit"]
         names += [n for n in SCALARS if n != "confidence" or mode == "full"]
+        if components:
+            names += list(COMPONENT_EXTRAS)
     if contributions:
         names += ["contribution1", "contribution2"]
     if intermediates:
@@ -51,6 +64,7 @@ def ccc_frame(
     contributions: bool = False,
     intermediates: bool = False,
     dtype="float32",
+    n_gaussians: tuple[int, bool] = (1, False),
 ) -> dict[str, np.ndarray]:
     """Colocalization by cross correlation of one frame.
 
@@ -70,6 +84,10 @@ def ccc_frame(
         Also return the correlograms O, S and G.
     dtype : str
         Working precision of the correlation, "float32" or "float64".
+    n_gaussians : (int, bool)
+        Gaussians fitted, and whether to choose 1..n by BIC
+        (:func:`cccdask.kernels.components.component_count`); (1, False) is the
+        single-Gaussian fit.
 
     Returns
     -------
@@ -91,10 +109,11 @@ def ccc_frame(
         masked, geometry.shift_lo, geometry.shift_hi, mode, keep_images=contributions
     )
     out = analyse_correlograms(original, subtracted, geometry, mode=mode,
-                               gauss=contributions or intermediates, intermediates=intermediates)
+                               gauss=contributions or intermediates, intermediates=intermediates,
+                               n_gaussians=n_gaussians)
     if contributions:
         gauss = out["ccf_gauss"] if intermediates else out.pop("ccf_gauss")
-        if bool(out["fit_ok"]):
+        if np.any(out["fit_ok"]):
             kernel, kernel_lo = gaussian_support(gauss, geometry.shift_lo)
             out["contribution1"], out["contribution2"] = contribution_images(
                 masked.image1, masked.image2, kernel, kernel_lo
@@ -113,6 +132,7 @@ def analyse_correlograms(
     mode: str = "full",
     gauss: bool = False,
     intermediates: bool = False,
+    n_gaussians: tuple[int, bool] = (1, False),
 ) -> dict[str, np.ndarray]:
     """Profiles, Gaussian fit and statistics of one frame's correlograms.
 
@@ -130,6 +150,10 @@ def analyse_correlograms(
         the fit failed).
     intermediates : bool
         Also return ``ccf_original`` and ``ccf_subtracted``.
+    n_gaussians : (int, bool)
+        As :func:`ccc_frame`. Beyond one Gaussian the fit outputs come from
+        :func:`cccdask.kernels.components.component_outputs` (per component, the sum
+        model, the model-choice table) and G uses 2.3.0's weight.
 
     Returns
     -------
@@ -150,12 +174,19 @@ def analyse_correlograms(
             out["confidence"] = confidence(keys, profile, out["profile_original"], fit)
         out["r_squared"] = r_squared(keys, profile, fit)
         out["fit_ok"] = fit.ok
+        if n_gaussians != (1, False):
+            out.update(component_outputs(keys, profile, out.get("profile_original") if mode == "full" else None,
+                                         fit, *n_gaussians, pixel_size=geometry.spacing[-1]))
+    sum_fit = out.pop("_fit", None)
     if intermediates and original is not None:
         out["ccf_original"] = original
     if intermediates and subtracted is not None:
         out["ccf_subtracted"] = subtracted
     if (gauss or intermediates) and subtracted is not None:
-        out["ccf_gauss"] = (
-            gaussian_modified(subtracted, geometry.distance_grid(), fit) if fit.ok else np.zeros_like(subtracted)
-        )
+        if sum_fit is not None:
+            out["ccf_gauss"] = weighted_correlogram(subtracted, geometry.distance_grid(), sum_fit)
+        else:
+            out["ccf_gauss"] = (
+                gaussian_modified(subtracted, geometry.distance_grid(), fit) if fit.ok else np.zeros_like(subtracted)
+            )
     return {k: np.asarray(v) for k, v in out.items()}
