@@ -78,15 +78,36 @@ def _number(value) -> str:
     return str(value)
 
 
-def per_frame_table(ds: xr.Dataset) -> tuple[list[str], list[list]]:
-    """Header and rows of ``fits.csv``: every per-frame scalar, the status and the reason."""
+_COMPONENT_ORDER = ("mean", "sigma", "height", "confidence", "fit_ok", "component_status")
+
+
+def _columns(ds: xr.Dataset) -> dict[str, np.ndarray]:
+    """Per-frame columns (each over ``t``): the scalars, and with a ``component`` dim one
+    column per component and value in 2.3.0's order (mean1, sigma1, height1, confidence1,
+    ..., then r_squared), and one per number of Gaussians tried (bic_n1, ...)."""
+    per_component = [n for n in _COMPONENT_ORDER if n in ds and ds[n].dims == ("t", "component")]
+    columns = {}
+    for i in range(ds.sizes.get("component", 0) if per_component else 0):
+        for name in per_component:
+            columns[f"{name}{i + 1}"] = np.asarray(ds[name].values[:, i])
     scalars = [
         name for name, v in ds.data_vars.items()
         if v.dims == ("t",) and name not in ("frame_status", "frame_error", "frame_quality") and v.dtype.kind in "biuf"
     ]
-    order = ["mean", "sigma", "height", "confidence", "r_squared", "fit_ok"]
-    scalars = [n for n in order if n in scalars] + [n for n in scalars if n not in order]
-    values = {name: np.asarray(ds[name].values) for name in scalars}
+    order = ["mean", "sigma", "height", "confidence", "r_squared", "fit_ok", "n_selected"]
+    for name in [n for n in order if n in scalars] + [n for n in scalars if n not in order]:
+        columns[name] = np.asarray(ds[name].values)
+    for name in ("rss", "bic", "aic"):
+        if name in ds and ds[name].dims == ("t", "n_components"):
+            for j, n in enumerate(ds["n_components"].values):
+                columns[f"{name}_n{int(n)}"] = np.asarray(ds[name].values[:, j])
+    return columns
+
+
+def per_frame_table(ds: xr.Dataset) -> tuple[list[str], list[list]]:
+    """Header and rows of ``fits.csv``: every per-frame value, the status and the reason."""
+    values = _columns(ds)
+    scalars = list(values)
     status = np.asarray(ds["frame_status"].values)
     errors = np.asarray(ds["frame_error"].values)
     frame = np.asarray(ds["frame"].values)
@@ -146,8 +167,10 @@ def correlation_plot(ds: xr.Dataset, frame: int, path: Path) -> None:
     distance = np.asarray(ds["distance"].values)
     units = ds["distance"].attrs.get("units", "")
     x_max = distance[-1]
-    if "mean" in one and np.isfinite(float(one["mean"])) and np.isfinite(float(one["sigma"])):
-        x_max = min(distance[-1], abs(float(one["mean"])) + 5 * float(one["sigma"]))
+    if "mean" in one:
+        reach = np.abs(np.atleast_1d(one["mean"].values)) + 5 * np.atleast_1d(one["sigma"].values)
+        if np.isfinite(reach).any():
+            x_max = min(distance[-1], float(np.nanmax(reach)))
     keep = (distance >= 0) & (distance <= x_max)
     figure, axes = plt.subplots(figsize=(6, 4), dpi=110)
     if "profile_original" in one:
@@ -157,8 +180,13 @@ def correlation_plot(ds: xr.Dataset, frame: int, path: Path) -> None:
         axes.plot(distance[keep], np.asarray(one["profile_subtracted"])[keep], "o", mfc="none", color="green",
                   markersize=4, label="subtracted")
     if "profile_fit" in one:
+        several = "profile_fit_component" in one
         axes.plot(distance[keep], np.asarray(one["profile_fit"])[keep], "o", color="magenta", markersize=3,
-                  label="Gaussian fit")
+                  label="sum of Gaussians" if several else "Gaussian fit")
+    if "profile_fit_component" in one:
+        for i, curve in enumerate(np.asarray(one["profile_fit_component"])):
+            if np.isfinite(curve).any():
+                axes.plot(distance[keep], curve[keep], "--", linewidth=1.2, label=f"Gaussian {i + 1}")
     axes.set_xlim(0, x_max if x_max > 0 else 1)
     axes.set_xlabel(f"distance ({units})")
     axes.set_ylabel(_profile_label(ds))
@@ -190,7 +218,7 @@ def _fit_title(ds: xr.Dataset, frame: int) -> str:
     for name, label, suffix in (("mean", "mean", f" {units}"), ("sigma", "sigma", f" {units}"),
                                 ("confidence", "confidence", ""), ("r_squared", "R²", "")):
         if name in one:
-            value = float(one[name])
+            value = float(np.atleast_1d(one[name].values)[0])  # several Gaussians: component 1
             parts.append(f"{label} {value:.3g}{suffix}" if np.isfinite(value) else f"{label} -")
     lines = [first, ", ".join(parts)] if parts else [first]
     flags = dataset_quality(ds)
@@ -226,6 +254,8 @@ def heatmap_cells(ds: xr.Dataset) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     d_max = distance[-1]
     if "mean" in ds and "sigma" in ds:
         reach = np.abs(np.asarray(ds["mean"].values)) + 5 * np.asarray(ds["sigma"].values)
+        reach = reach.reshape(n_frames, -1)
+        reach = np.where(np.isfinite(reach), reach, -np.inf).max(axis=1)
         reach = reach[np.isfinite(reach)]
         if reach.size:
             d_max = min(d_max, float(np.percentile(reach, 95)))
@@ -245,26 +275,35 @@ def heatmap(ds: xr.Dataset, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     names = [n for n in ("profile_fit", "profile_subtracted", "profile_original") if n in ds]
+    profiles_of = {name: ds[name] for name in names}
+    labels = {"profile_fit": "Gaussian fit", "profile_subtracted": "subtracted", "profile_original": "original"}
+    if "profile_fit_component" in ds:  # 2.3.0's channels: original, subtracted, Gaussian 1..n (and the sum)
+        labels["profile_fit"] = "sum of Gaussians"
+        for i in range(ds.sizes["component"]):
+            name = f"Gaussian {i + 1}"
+            profiles_of[name] = ds["profile_fit_component"].isel(component=i)
+            names.append(name)
+            labels[name] = name
     columns, t_edges, d_edges = heatmap_cells(ds)
     distance = np.asarray(ds["distance"].values)
     grid = (d_edges[1:] + d_edges[:-1]) / 2
     units = ds["distance"].attrs.get("units", "")
     t_units = ds["t"].attrs.get("units", "")
     figure, axes = plt.subplots(1, len(names) + 1, figsize=(4.4 * (len(names) + 1), 4), dpi=110, squeeze=False)
-    labels = {"profile_fit": "Gaussian fit", "profile_subtracted": "subtracted", "profile_original": "original"}
     # the plugin's channel colours: fit magenta, subtracted green, original blue
     colours = {"profile_fit": (1.0, 0.0, 1.0), "profile_subtracted": (0.0, 1.0, 0.0), "profile_original": (0.0, 0.0, 1.0)}
     composite = np.zeros((len(grid), len(columns), 3))
     for axis, name in zip(list(axes[0]) + [axes[0][-1]], names + [None]):
         if name is not None:
-            profiles = np.asarray(ds[name].isel(t=columns).values, dtype=float)
+            profiles = np.asarray(profiles_of[name].isel(t=columns).values, dtype=float)
             image = np.stack([np.interp(grid, distance, p, left=np.nan, right=np.nan) for p in profiles], axis=1)
             shown = axis.pcolormesh(t_edges, d_edges, np.ma.masked_invalid(image), cmap="magma", shading="flat")
             axis.set_title(f"{labels[name]} profile")
             bar = figure.colorbar(shown, ax=axis, fraction=0.046)
-            bar.set_label(f"cross-correlation ({ds[name].attrs.get('units', 'per mask volume')})", fontsize=8)
+            bar.set_label(f"cross-correlation ({profiles_of[name].attrs.get('units', 'per mask volume')})",
+                          fontsize=8)
             finite = image[np.isfinite(image)]
-            if finite.size and finite.max() > finite.min():  # each channel over its own range
+            if name in colours and finite.size and finite.max() > finite.min():  # each over its own range
                 scaled = np.clip((np.nan_to_num(image, nan=finite.min()) - finite.min()) / (finite.max() - finite.min()), 0, 1)
                 composite += scaled[..., None] * np.asarray(colours[name])
         else:
@@ -294,19 +333,41 @@ def summary_text(ds: xr.Dataset) -> str:
         f"mode: {mode}; frames: {n}; spacing: {ds.attrs.get('spacing')} {units}",
         f"frames with a result: {int((status == FRAME_OK).sum())}; without: {int((status != FRAME_OK).sum())}",
     ]
+    several = "component" in ds.dims
     if mode != "correlation" and "mean" in ds:
         frame = _reported_frame(ds)
         one = ds.isel(t=frame)
         which = "best frame" if n > 1 else "frame"
         lines += ["", f"Gaussian fit analysis ({which} {int(one['frame'])}):"]
-        for name, label in (("mean", "mean (mu)"), ("sigma", "standard deviation (sigma)"),
-                            ("confidence", "confidence"), ("r_squared", "R squared"), ("height", "Gaussian height")):
-            if name in one:
-                suffix = f" {units}" if name in ("mean", "sigma") else ""
-                lines.append(f"  {label}: {float(one[name]):.6g}{suffix}")
+        if several:
+            lines[-1] = lines[-1][:-1] + (f", sum of {ds.sizes['component']} Gaussians; the best frame by "
+                                          f"component 1's confidence):")
+            meanings = ds["component_status"].attrs.get("flag_descriptions", [])
+            for i in range(ds.sizes["component"]):
+                c = one.isel(component=i)
+                code = int(c["component_status"])
+                if code:
+                    reason = meanings[code] if code < len(meanings) else str(code)
+                    lines.append(f"  Gaussian {i + 1}: failed ({reason})")
+                    continue
+                values = [f"mean {float(c['mean']):.6g} {units}", f"sigma {float(c['sigma']):.6g} {units}",
+                          f"height {float(c['height']):.6g}"]
+                if "confidence" in c:
+                    values.append(f"confidence {float(c['confidence']):.6g}")
+                lines.append(f"  Gaussian {i + 1}: " + ", ".join(values))
+            if "r_squared" in one:
+                lines.append(f"  R squared (sum, over Gaussian 1's range): {float(one['r_squared']):.6g}")
+        else:
+            for name, label in (("mean", "mean (mu)"), ("sigma", "standard deviation (sigma)"),
+                                ("confidence", "confidence"), ("r_squared", "R squared"), ("height", "Gaussian height")):
+                if name in one:
+                    suffix = f" {units}" if name in ("mean", "sigma") else ""
+                    lines.append(f"  {label}: {float(one[name]):.6g}{suffix}")
     warnings = []
     if "confidence" in ds:
         confidence = np.asarray(ds["confidence"].values, dtype=float)
+        if several:
+            confidence = confidence[:, 0]  # component 1
         for i in np.flatnonzero((status == FRAME_OK) & (confidence < LOW_CONFIDENCE)):
             warnings.append(
                 f"frame {i}: confidence {confidence[i]:.3g} < {LOW_CONFIDENCE}: little or no correlation at this "
@@ -340,16 +401,26 @@ def write_reports(store: Path | str) -> Path:
         _atomic_write_bytes(folder / "fits.csv", _csv_text(header, rows))
         frame = _reported_frame(ds)
         if "mean" in ds:
-            one = ds.isel(t=frame)
-            names = [n for n in ("mean", "sigma", "confidence", "r_squared", "height") if n in one]
-            row = [int(one["frame"]), _number(float(one["t"]))] + [_number(float(one[n])) for n in names]
-            _atomic_write_bytes(folder / "results.csv", _csv_text(["frame", "t"] + names + ["units"], [row + [ds.attrs.get("units", "")]]))
+            one = ds.isel(t=slice(frame, frame + 1))
+            if "component" in ds.dims:  # 2.3.0's fit table: mean1, sigma1, height1, confidence1, ..., R squared
+                columns = {k: v for k, v in _columns(one).items()
+                           if k.rstrip("0123456789") in ("mean", "sigma", "height", "confidence") or k == "r_squared"}
+            else:
+                columns = {n: np.asarray(one[n].values) for n in ("mean", "sigma", "confidence", "r_squared", "height")
+                           if n in one}
+            row = [int(one["frame"][0]), _number(float(one["t"][0]))] + [_number(v[0]) for v in columns.values()]
+            _atomic_write_bytes(folder / "results.csv",
+                                _csv_text(["frame", "t"] + list(columns) + ["units"], [row + [ds.attrs.get("units", "")]]))
         profile_names = [n for n in ("profile_original", "profile_subtracted", "profile_fit") if n in ds]
         if profile_names:
-            one = ds[profile_names].isel(t=frame).load()
+            one = ds[profile_names + [n for n in ("profile_fit_component",) if n in ds]].isel(t=frame).load()
             distance = np.asarray(ds["distance"].values)
-            rows = zip(*([distance] + [np.asarray(one[n].values) for n in profile_names]))
+            curves = [np.asarray(one[n].values) for n in profile_names]
             header = ["distance"] + [n.replace("profile_", "") for n in profile_names]
+            if "profile_fit_component" in one:  # the sum, then Gaussian 1..n
+                curves += list(np.asarray(one["profile_fit_component"].values))
+                header += [f"gaussian{i + 1}" for i in range(one.sizes["component"])]
+            rows = zip(*([distance] + curves))
             _atomic_write_bytes(folder / "profile.csv", _csv_text(header, [[_number(v) for v in r] for r in rows]))
             correlation_plot(ds, frame, folder / "correlation_plot.png")
             if ds.sizes["t"] > 1:
