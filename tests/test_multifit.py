@@ -177,3 +177,17 @@ def test_padding_and_curves():
 def test_bad_number_of_components_is_refused():
     with pytest.raises(ValueError, match="at least 1"):
         fit_gaussian_sums(KEYS, two_peaks(), 0, pixel_size=0.05)
+
+
+def test_auto_chooses_among_complete_fits_only():
+    def fit(status, rss):
+        n = len(status)
+        return GaussianSumFit(np.arange(n, dtype=float), np.ones(n), np.ones(n), np.array(status, dtype=np.int8),
+                              rss, 1000)
+
+    # a two-component fit with a failed component is the one-component model (its RSS
+    # may differ by rounding): never reported as "2"
+    assert select_by_bic([fit([OK], 10.0), fit([OK, NO_HEIGHT], 9.0)]) == 0
+    # complete fits: BIC = 1000 ln(RSS/1000) + 3m ln 1000; 1000 ln(10/9) = 105 > 3 ln 1000 = 21
+    assert select_by_bic([fit([OK], 10.0), fit([OK, OK], 9.0), fit([OK, OK, OK], 8.99)]) == 1
+    assert select_by_bic([fit([NO_HEIGHT], 10.0), fit([NO_HEIGHT, NO_START], 10.0)]) == 0  # none complete
