@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Literal, Optional, Union
+from typing import Annotated, Any, Literal, Optional, Union
 
 import yaml
 from pydantic import (
@@ -126,6 +126,12 @@ class CCCConfig(Section):
     intermediates: bool = Field(False, description="Store the correlograms O, S and G.")
     fiji_compat: bool = Field(False, description="Reproduce the Fiji plugin 2.2.3's numbers: its distance keys, starting guess, Levenberg-Marquardt and retries.")
     dtype: Literal["float32", "float64"] = Field("float32", description="Working precision.")
+    n_gaussians: Union[Literal["auto"], Annotated[int, Field(ge=1, strict=True)]] = Field(
+        1,
+        description="Gaussians fitted to the subtracted profile: 1 (the plugin's single fit), n >= 2 "
+        "(a joint fit of a sum of n, per-component results), or 'auto' (1..max_gaussians, chosen by BIC).",
+    )
+    max_gaussians: int = Field(3, ge=1, strict=True, description="Largest number of Gaussians 'auto' tries.")
 
     @model_validator(mode="after")
     def _contributions_need_fit(self):
@@ -133,6 +139,10 @@ class CCCConfig(Section):
             raise ValueError(
                 "contributions need a Gaussian fit; set mode to 'full' or 'no_confidence', "
                 "or contributions to false"
+            )
+        if self.n_gaussians != 1 and self.mode == "correlation":
+            raise ValueError(
+                "n_gaussians needs the Gaussian fit; set mode to 'full' or 'no_confidence', or n_gaussians to 1"
             )
         return self
 

@@ -354,6 +354,8 @@ def finalise(path: Path, config: PipelineConfig | None = None) -> None:
     if mode != "correlation":
         with xr.open_zarr(str(path)) as ds:
             score = ds["confidence"] if mode == "full" else ds["sigma"]
+            if "component" in score.dims:  # several Gaussians: component 1 decides
+                score = score.isel(component=0)
             best = best_frame(np.asarray(score.values), mode)
     failed = int((record.status != FRAME_OK).sum())
     with xr.open_zarr(str(path)) as ds:

@@ -102,6 +102,8 @@ def _coordinates(inputs: RunInputs, plan: FramePlan, layouts, extra_dims, coeffi
     for dim in extra_dims:
         if dim in coefficient_coords:
             coords[dim] = coefficient_coords[dim]
+        elif dim in ("component", "n_components"):  # several Gaussians: numbered from 1
+            coords[dim] = xr.Variable(dim, np.arange(1, extra_dims[dim] + 1))
     return coords
 
 
@@ -164,7 +166,8 @@ def plan_run(config: PipelineConfig, inputs: RunInputs, identity: str, settings=
     )
     fpt = resolve_frames_per_task(config.execution.frames_per_task, tuple(frames.frame_shape), frames.n_frames)
     layouts, extra_dims = _output_layout(plan, frames.n_frames, inputs.chunks, fpt)
-    layouts = [replace(v, attrs=variable_attrs(v.name, frames.units, len(frames.spatial_dims))
+    several = "component" in extra_dims
+    layouts = [replace(v, attrs=variable_attrs(v.name, frames.units, len(frames.spatial_dims), several)
                        or QUALITY_VARIABLE_ATTRS.get(v.name, {})) for v in layouts]
     coefficient_coords = _coefficient_coords(plan)
     coefficient_attrs = coefficient_coords.pop("_attrs", None)

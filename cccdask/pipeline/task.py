@@ -67,6 +67,7 @@ def analyse_frame(
         Why the frame has no (valid) result; empty when ok.
     """
     from cccdask.kernels.ccc import ccc_frame, output_dims
+    from cccdask.kernels.components import component_count
     from cccdask.quality import intensity_floor
 
     geometry = geometry if geometry is not None else plan.geometry()
@@ -86,11 +87,12 @@ def analyse_frame(
             if plan.preprocess.get("mask") is not None and not plan.shared_generated_mask:
                 outputs["mask_used"] = (spatial, np.asarray(mask, dtype=np.uint8))
         options = {k: plan.ccc[k] for k in ("mode", "contributions", "intermediates", "dtype")}
-        results = ccc_frame(image1, image2, mask, geometry, **options)
+        n_gaussians = component_count(plan.ccc.get("n_gaussians", 1), plan.ccc.get("max_gaussians", 3))
+        results = ccc_frame(image1, image2, mask, geometry, n_gaussians=n_gaussians, **options)
         for channel, image in (("intensity_floor1", image1), ("intensity_floor2", image2)):
             outputs[channel] = ((), np.asarray(intensity_floor(image, mask)))  # for frame_quality
         for name, value in results.items():
-            outputs[name] = (output_dims(name, spatial), np.asarray(value))
+            outputs[name] = (output_dims(name, spatial, components=n_gaussians != (1, False)), np.asarray(value))
         if plan.coefficients is not None:
             from cccdask.coefficients import coefficients
 
@@ -105,7 +107,7 @@ def analyse_frame(
     except InvalidFrameError as error:
         return {}, FRAME_INVALID, str(error)
     fit_ok = outputs.get("fit_ok")
-    if fit_ok is not None and not bool(fit_ok[1]):
+    if fit_ok is not None and not np.any(fit_ok[1]):  # several Gaussians: any component
         return outputs, FRAME_FIT_FAILED, _fit_failed_reason(image1, image2, mask)
     return outputs, FRAME_OK, ""
 

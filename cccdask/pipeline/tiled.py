@@ -45,6 +45,7 @@ def run_tiled(cluster, plan: FramePlan, inputs: RunInputs, config: PipelineConfi
                     None if mask is None else mask.data, mode=config.ccc.mode, spacing=frames.spacing,
                     max_distance=config.ccc.max_distance, fiji_compat=config.ccc.fiji_compat,
                     dtype=config.ccc.dtype, memory_budget=budget,
+                    n_gaussians=config.ccc.n_gaussians, max_gaussians=config.ccc.max_gaussians,
                 )
                 try:
                     values = cluster.client.compute(result).result()
@@ -54,7 +55,7 @@ def run_tiled(cluster, plan: FramePlan, inputs: RunInputs, config: PipelineConfi
                 for name in values.data_vars:
                     if name in arrays:
                         arrays[name][k] = np.asarray(values[name].values).astype(dtypes[name], copy=False)
-                ok = bool(values["fit_ok"]) if "fit_ok" in values else True
+                ok = bool(values["fit_ok"].any()) if "fit_ok" in values else True
                 outcomes.append((index, FRAME_OK if ok else FRAME_FIT_FAILED, "" if ok else FIT_FAILED_REASON))
             results_store.write_frames(plan.store, plan.identity, start, arrays)
         except Exception as error:  # report, keep going with the other frames
