@@ -27,7 +27,7 @@ from cccdask.kernels.multifit import (
     sum_r_squared,
 )
 
-KEYS = np.sqrt(np.arange(0, 12000) * 0.00075)  # 0..3, denser at large d, like a profile  # ascending, denser at large d, like a profile
+KEYS = np.sqrt(np.arange(0, 12000) * 0.00075)  # 0..3 ascending, denser at large d, like a profile
 STEP = KEYS[1] - KEYS[0]
 
 
@@ -158,7 +158,8 @@ def test_statistics_follow_the_2_3_0_definitions():
     inside = [i for i, k in enumerate(keys) if 1.0 - 0.6 <= k < 1.0 + 0.6]
     v = subtracted[inside]
     model = gaussian(keys[inside], 1.0, 1.0, 0.2) + gaussian(keys[inside], 0.5, 2.5, 0.3)
-    assert sum_r_squared(keys, subtracted, fit) == pytest.approx(1 - np.sum((v - model) ** 2) / np.sum((v - v.mean()) ** 2))
+    expected = 1 - np.sum((v - model) ** 2) / np.sum((v - v.mean()) ** 2)
+    assert sum_r_squared(keys, subtracted, fit) == pytest.approx(expected)
     d = np.linspace(0, 4, 50)
     weight = (gaussian(d, 1.0, 1.0, 0.2) + gaussian(d, 0.5, 2.5, 0.3)) / 1.5
     np.testing.assert_allclose(contribution_weight(d, fit), weight, rtol=1e-12)

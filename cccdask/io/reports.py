@@ -409,8 +409,8 @@ def write_reports(store: Path | str) -> Path:
                 columns = {n: np.asarray(one[n].values) for n in ("mean", "sigma", "confidence", "r_squared", "height")
                            if n in one}
             row = [int(one["frame"][0]), _number(float(one["t"][0]))] + [_number(v[0]) for v in columns.values()]
-            _atomic_write_bytes(folder / "results.csv",
-                                _csv_text(["frame", "t"] + list(columns) + ["units"], [row + [ds.attrs.get("units", "")]]))
+            header = ["frame", "t"] + list(columns) + ["units"]
+            _atomic_write_bytes(folder / "results.csv", _csv_text(header, [row + [ds.attrs.get("units", "")]]))
         profile_names = [n for n in ("profile_original", "profile_subtracted", "profile_fit") if n in ds]
         if profile_names:
             one = ds[profile_names + [n for n in ("profile_fit_component",) if n in ds]].isel(t=frame).load()

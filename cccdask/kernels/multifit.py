@@ -6,20 +6,23 @@ The model is ``f(x) = sum_i h_i exp(-(x - mu_i)^2 / (2 sigma_i^2))``. The fit:
    the 2.2.3 procedure with its mirrored tail and smoothing retries), each on the
    profile minus the curves already fitted. The first is the ``n = 1`` fit itself.
 2. A joint, unweighted least-squares fit of all 3m parameters over the profile's
-   points (trust-region reflective, analytic Jacobian) with ``h_i >= 0`` and
-   ``sigma_i > 0`` enforced by bounds. Unlike 2.3.0 the joint fit does not add the
+   points (Levenberg-Marquardt, analytic Jacobian) with ``h_i >= 0`` and
+   ``sigma_i > 0`` enforced by reparametrisation. Unlike 2.3.0 the joint fit does not add the
    mirrored tail: mirrored about the highest peak, every other population leaves a
    ghost peak at ``2 maxLoc - d`` that a sum model would have to fit.
-3. Each component is checked; one that the data do not support is dropped with a
-   reason (:data:`STATUS_MEANINGS`) and the others are refitted jointly without it,
-   until every remaining component passes. A dropped component reports NaN values.
+3. Each component is checked (:func:`component_status`); one that the data do not
+   support is dropped with a reason (:data:`STATUS_MEANINGS`) and the others are
+   refitted jointly without it, until every remaining component passes. A dropped
+   component reports NaN values.
 4. Components are sorted by mean; failed ones come last.
 
 Every number of components m = 1..n is fitted from the same starting values, and
 each reports its residual sum of squares and its BIC and AIC over the N profile
 points (``N ln(RSS / N) + k ln N`` and ``N ln(RSS / N) + 2k``, k = 3 x the
 components kept), so that a user can see whether more components are warranted;
-:func:`select_by_bic` picks the smallest BIC.
+:func:`select_by_bic` picks the smallest BIC among the fits whose components are
+all supported. (Profile points are not independent, so BIC over N of them favours
+more components; the checks of step 3 do the rejecting.)
 
 Statistics (2.3.0's definitions): confidence_i = sum of G_i over the keys in the
 open interval ``mu_i +- 3 sigma_i`` divided by the sum of the original profile over
@@ -33,6 +36,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+
 from cccdask.kernels.fit import MAX_ITERATIONS, GaussianFit, fit_gaussian, moving_average
 
 # Component status codes (``component_status``): 0 is a supported component.
