@@ -50,3 +50,14 @@ def test_tiled_path_on_a_distributed_cluster(series):
     np.testing.assert_allclose(tiled["mean"].values, whole["mean"].values, rtol=1e-4)
     np.testing.assert_allclose(tiled["profile_subtracted"].values, whole["profile_subtracted"].values,
                                rtol=1e-4, atol=1e-6 * float(np.abs(whole["profile_subtracted"]).max()))
+
+
+def test_tiled_path_with_two_gaussians(series):
+    tiled = run(series, budget=1, contributions=True, n_gaussians=2).compute(scheduler="sync")
+    whole = run(series, budget=1e12, contributions=True, n_gaussians=2).compute(scheduler="sync")
+    assert tiled["mean"].dims == ("t", "component")
+    np.testing.assert_array_equal(tiled["component_status"].values, whole["component_status"].values)
+    for name in ("mean", "sigma", "profile_fit_component", "contribution1"):
+        scale = float(np.nanmax(np.abs(whole[name].values))) or 1.0
+        np.testing.assert_allclose(tiled[name].values, whole[name].values, rtol=1e-4, atol=1e-5 * scale,
+                                   err_msg=name)
