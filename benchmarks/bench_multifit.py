@@ -18,6 +18,7 @@ Two tables, each from one run:
 Usage::
 
     python benchmarks/bench_multifit.py --cost --repeats 3
+    python benchmarks/bench_multifit.py --cost --one-population
     python benchmarks/bench_multifit.py --scenes --seeds 10
     python benchmarks/bench_multifit.py --scenes --large --seeds 6
 """
@@ -67,15 +68,16 @@ def _median_time(function, repeats):
     return statistics.median(times)
 
 
-def cost(repeats: int) -> None:
+def cost(repeats: int, distance=(0.4, 1.1)) -> None:
     shape, spacing = (2048, 2048), (0.05, 0.05)
     n_pairs = int(np.prod(np.asarray(shape) * spacing) / 4)
-    s = paired_spots(shape, spacing=spacing, distance=(0.4, 1.1), psf_sigma=0.1, n_pairs=n_pairs,
+    s = paired_spots(shape, spacing=spacing, distance=distance, psf_sigma=0.1, n_pairs=n_pairs,
                      n_decoys=n_pairs // 5, seed=0)
     geometry = profile_geometry(shape, spacing)
     base = ccc_frame(s.image1, s.image2, s.mask, geometry)  # warm-up: geometry, FFT plans
     keys, subtracted, original = geometry.distances, base["profile_subtracted"], base["profile_original"]
-    print(f"2048² frame, {len(keys)} profile points; {repeats} repeats, median CPU seconds\n")
+    print(f"2048² frame, pairs at {distance} um, {len(keys)} profile points; {repeats} repeats, "
+          f"median CPU seconds\n")
     print("| n_gaussians | ccc_frame s | × n=1 | fit alone s | fit × n=1 | components (status) |")
     print("|---|---|---|---|---|---|")
     single_frame = single_fit = None
@@ -138,9 +140,10 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--seeds", type=int, default=10)
     parser.add_argument("--large", action="store_true", help="the 2D scenes on 1024² frames")
+    parser.add_argument("--one-population", action="store_true", help="--cost on pairs at 1 um only")
     args = parser.parse_args()
     if args.cost or not args.scenes:
-        cost(args.repeats)
+        cost(args.repeats, 1.0 if args.one_population else (0.4, 1.1))
     if args.scenes:
         scenes(args.seeds, args.large)
 
