@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any, Literal, Optional, Union
+from typing import Any, Literal, Optional, Union
 
 import yaml
 from pydantic import (
@@ -126,12 +126,19 @@ class CCCConfig(Section):
     intermediates: bool = Field(False, description="Store the correlograms O, S and G.")
     fiji_compat: bool = Field(False, description="Reproduce the Fiji plugin 2.2.3's numbers: its distance keys, starting guess, Levenberg-Marquardt and retries.")
     dtype: Literal["float32", "float64"] = Field("float32", description="Working precision.")
-    n_gaussians: Union[Literal["auto"], Annotated[int, Field(ge=1, strict=True)]] = Field(
+    n_gaussians: Union[int, str] = Field(
         1,
         description="Gaussians fitted to the subtracted profile: 1 (the plugin's single fit), n >= 2 "
         "(a joint fit of a sum of n, per-component results), or 'auto' (1..max_gaussians, chosen by BIC).",
     )
     max_gaussians: int = Field(3, ge=1, strict=True, description="Largest number of Gaussians 'auto' tries.")
+
+    @field_validator("n_gaussians", mode="before")
+    @classmethod
+    def _whole_number_or_auto(cls, value):
+        if value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+            return value
+        raise ValueError("give a whole number >= 1 or 'auto'")
 
     @model_validator(mode="after")
     def _contributions_need_fit(self):

@@ -73,7 +73,7 @@ def test_yaml_run_with_two_gaussians(tmp_path, cluster_address):
 def test_yaml_refuses_bad_n_gaussians(tmp_path):
     base = {"input": {"image1": {"path": "a.tif"}, "image2": {"path": "b.tif"}}, "output": {"store": "r.zarr"}}
     for bad in (0, 1.5, "two", True):
-        with pytest.raises(ValueError, match="n_gaussians"):
+        with pytest.raises(ValueError, match="ccc.n_gaussians: give a whole number >= 1 or .auto."):
             config_from_dict({**base, "ccc": {"n_gaussians": bad}}, base_dir=tmp_path)
     with pytest.raises(ValueError, match="n_gaussians needs the Gaussian fit"):
         config_from_dict({**base, "ccc": {"n_gaussians": "auto", "mode": "correlation"}}, base_dir=tmp_path)
