@@ -117,7 +117,8 @@ def _summary_table(store: Path, max_rows: int = 30, truth=None, expected=None):
         for column in columns:
             table.add_column(column, justify="right")
         rows = list(range(n)) if n <= max_rows else list(range(max_rows // 2)) + list(range(n - max_rows // 2, n))
-        values = {name: np.asarray(ds[name].values) for name in names}
+        values = {name: np.asarray((ds[name].isel(component=0) if "component" in ds[name].dims else ds[name]).values)
+                  for name in names}  # several Gaussians: component 1
         status = np.asarray(ds["frame_status"].values)
         errors_ = np.asarray(ds["frame_error"].values)
         flags = dataset_quality(ds)

@@ -209,7 +209,12 @@ def dataset_quality(ds) -> np.ndarray | None:
         return None
 
     def values(name):
-        return np.asarray(ds[name].values, dtype=float) if name in ds.variables else None
+        if name not in ds.variables:
+            return None
+        variable = ds[name]
+        if "component" in variable.dims:  # several Gaussians: component 1 (smallest mean) is judged
+            variable = variable.isel(component=0)
+        return np.asarray(variable.values, dtype=float)
 
     far = None
     if "profile_subtracted" in ds.variables:
