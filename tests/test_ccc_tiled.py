@@ -53,11 +53,14 @@ def test_tiled_path_on_a_distributed_cluster(series):
 
 
 def test_tiled_path_with_two_gaussians(series):
+    # In this small hard-core scene (profile to 0.6 um) no component survives the checks:
+    # this checks that the tiled path gives the same statuses, NaNs and zero contributions.
     tiled = run(series, budget=1, contributions=True, n_gaussians=2).compute(scheduler="sync")
     whole = run(series, budget=1e12, contributions=True, n_gaussians=2).compute(scheduler="sync")
     assert tiled["mean"].dims == ("t", "component")
     np.testing.assert_array_equal(tiled["component_status"].values, whole["component_status"].values)
     for name in ("mean", "sigma", "profile_fit_component", "contribution1"):
-        scale = float(np.nanmax(np.abs(whole[name].values))) or 1.0
+        finite = np.abs(whole[name].values)[np.isfinite(whole[name].values)]
+        scale = float(finite.max()) if finite.size and finite.max() > 0 else 1.0
         np.testing.assert_allclose(tiled[name].values, whole[name].values, rtol=1e-4, atol=1e-5 * scale,
                                    err_msg=name)
