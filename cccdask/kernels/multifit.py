@@ -325,8 +325,8 @@ def residual_scatter(keys: np.ndarray, residual: np.ndarray, mean: float, sigma:
     noise (they average overlapping structures), so the point-to-point scatter is not
     the noise of a fitted height; the residual averaged at the component's own scale is.
     """
-    _, smooth = moving_average(keys, residual, sigma)
-    near = np.abs(keys - mean) < 10 * sigma
+    smooth_keys, smooth = moving_average(keys, residual, sigma)  # one point per distinct window
+    near = np.abs(smooth_keys - mean) < 10 * sigma
     return float(np.sqrt(np.mean(smooth[near] ** 2))) if near.any() else np.inf
 
 
