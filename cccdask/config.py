@@ -53,6 +53,9 @@ class ConfigError(ValueError):
     """A configuration that cannot run; the message names the file and the key path."""
 
 
+NO_MASK_WORDS = ("none", "null", "~", "")
+
+
 class ImageSource(Section):
     """One image: a file (or a Zarr group/array) and optionally one of its channels.
 
@@ -90,7 +93,7 @@ class InputConfig(Section):
     mask: Optional[ImageSource] = Field(
         None,
         description="Analysis mask (non-zero = inside): one frame for all frames, or one per "
-        "frame. None: every voxel is inside.",
+        "frame. null or none (or the key left out): every voxel is inside.",
     )
     spacing: Optional[Union[float, list[float]]] = Field(
         None,
@@ -98,6 +101,14 @@ class InputConfig(Section):
         "metadata. Default: from the metadata.",
     )
     units: Optional[str] = Field(None, description="Unit of the spacing, e.g. 'um'.")
+
+    @field_validator("mask", mode="before")
+    @classmethod
+    def _none_is_no_mask(cls, value):
+        """``mask: none`` (any case) means no mask, as ``mask: null`` does, not a file named "none"."""
+        if isinstance(value, str) and value.strip().lower() in NO_MASK_WORDS:
+            return None
+        return value
 
     @field_validator("spacing")
     @classmethod
@@ -353,6 +364,12 @@ class ExecutionConfig(Section):
     memory_terminate: Optional[float] = Field(
         None, gt=0, le=1, description="distributed.worker.memory.terminate (fraction)."
     )
+    stale_lock_after: float = Field(
+        600.0, gt=0,
+        description="Seconds after which the lock of another run on the same store counts as stale and is "
+        "taken over (the running driver refreshes its lock every minute or sooner; a lock whose process "
+        "is gone on this host is stale at once).",
+    )
     dask_config: dict[str, Any] = Field(
         default_factory=dict,
         description="Other Dask settings, e.g. {'distributed.scheduler.allowed-failures': 5}.",
@@ -459,20 +476,47 @@ def config_from_dict(data: Any, base_dir: Path | str | None = None, source: str 
         raise ConfigError(format_validation_error(error, source)) from None
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """A safe YAML loader that refuses a key given twice in one mapping (YAML says keys are unique;
+    PyYAML would silently keep the last one)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict[Any, Any] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            try:
+                hash(key)
+            except TypeError:
+                continue  # PyYAML reports an unhashable key itself
+            if key in seen:
+                first = seen[key]
+                raise yaml.constructor.ConstructorError(
+                    None, None,
+                    f"duplicate key {key!r} (first at line {first.line + 1}); give each key once",
+                    key_node.start_mark,
+                )
+            seen[key] = key_node.start_mark
+        return super().construct_mapping(node, deep=deep)
+
+
 def load_config(path: Path | str) -> PipelineConfig:
     """Read and validate a YAML config file; relative paths are taken from its folder.
 
     Raises
     ------
     ConfigError
-        A missing or unreadable file, invalid YAML (with line and column), or invalid
-        content (with the key path).
+        A missing or unreadable file, a folder given instead of a file, invalid YAML
+        (with line and column), a key given twice, or invalid content (with the key path).
     """
     path = Path(path)
+    if path.is_dir():
+        found = sorted(p.name for p in path.iterdir() if p.suffix in (".yaml", ".yml"))
+        hint = f" ({', '.join(found[:5])} {'is' if len(found) == 1 else 'are'} there)" if found else ""
+        raise ConfigError(f"{path} is a folder, not a config file; give the YAML file itself{hint}.")
     if not path.is_file():
         raise ConfigError(f"config file {str(path)!r} does not exist.")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.load(path.read_text(), Loader=_UniqueKeyLoader)
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""

@@ -15,6 +15,7 @@ everywhere:
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from numbers import Real
 from typing import Any, Sequence
@@ -51,6 +52,8 @@ class Frames:
         Unit of ``spacing`` (``"pixel"`` when none was given).
     time_series : bool
         Whether the input had a ``t`` dim (results then keep it).
+    notes : tuple of str
+        How the calibration was settled where an input had none (for a run's log).
     """
 
     image1: xr.DataArray
@@ -59,6 +62,7 @@ class Frames:
     spacing: tuple[float, ...]
     units: str
     time_series: bool
+    notes: tuple[str, ...] = ()
 
     @property
     def spatial_dims(self) -> tuple[str, ...]:
@@ -126,22 +130,6 @@ def _check_numeric(array: xr.DataArray, name: str, allow_bool: bool = False) -> 
             f"{name} has dtype {array.dtype}, which is not a real number type; "
             f"convert it to an integer or float array first."
         )
-
-
-def spacing_from_coords(array: xr.DataArray) -> tuple[tuple[float, ...], str | None]:
-    """Voxel size per spatial dim from a DataArray's coordinates (1 where absent)."""
-    spacing = []
-    units = None
-    for dim in array.dims:
-        if dim == "t":
-            continue
-        step = 1.0
-        if dim in array.coords and array.sizes[dim] > 1:
-            values = np.asarray(array.coords[dim].values[:2], dtype=float)
-            step = float(values[1] - values[0])
-            units = array.coords[dim].attrs.get("units", units)
-        spacing.append(step)
-    return tuple(spacing), units
 
 
 def validate_spacing(spacing: Any, ndim: int) -> tuple[float, ...]:
@@ -241,18 +229,40 @@ def prepare_inputs(
         a1 = a1.expand_dims("t")
         a2 = a2.expand_dims("t")
 
+    from cccdask.calibration import calibration_of, settle_calibration
+
+    calibrations = {"image1": calibration_of(a1), "image2": calibration_of(a2)}
+    if isinstance(mask, xr.DataArray):
+        calibrations["mask"] = calibration_of(_to_dataarray(mask, "mask"))
     m = None if mask is None else _prepare_mask(mask, spatial, a1, time_series)
-
-    coord_spacing, coord_units = spacing_from_coords(a1)
+    if spacing is not None:
+        spacing = validate_spacing(spacing, len(spatial))
+    settled = settle_calibration(calibrations, spatial, spacing, units)
     if spacing is None:
-        spacing = coord_spacing
-        if units is None:
-            units = coord_units or ("pixel" if all(s == 1.0 for s in spacing) else "um")
-    elif units is None:
-        units = coord_units or "um"
+        spacing = settled.spacing if settled.spacing is not None else (1.0,) * len(spatial)
+        if not isinstance(image1, xr.DataArray) and len(spatial) == 3 and settled.spacing is None:
+            warnings.warn(
+                "image1 is a 3D array without spacing: it is treated as one z, y, x frame at spacing 1 (pixels). "
+                "Pass spacing=(dz, dy, dx) for a z-stack, or an xarray.DataArray with dims ('t', 'y', 'x') for a "
+                "time series of 2D frames.", UserWarning, stacklevel=3,
+            )
+        units = units or settled.units or ("pixel" if all(s == 1.0 for s in spacing) else "um")
+    else:
+        units = units or settled.units or "um"
     spacing = validate_spacing(spacing, len(spatial))
+    if time_series and settled.time_source not in (None, "image1"):
+        a1, a2 = (_with_frame_interval(a, settled.time_interval, settled.time_units) for a in (a1, a2))
 
-    return Frames(image1=a1, image2=a2, mask=m, spacing=spacing, units=units, time_series=time_series)
+    return Frames(image1=a1, image2=a2, mask=m, spacing=spacing, units=units, time_series=time_series,
+                  notes=settled.notes)
+
+
+def _with_frame_interval(array: xr.DataArray, interval: float, units: str | None) -> xr.DataArray:
+    """``array`` with ``t`` coordinates (and attrs) of the given frame interval."""
+    times = xr.Variable("t", np.arange(array.sizes["t"]) * interval, attrs={"units": units} if units else {})
+    array = array.assign_coords(t=times)
+    array.attrs = {**array.attrs, "time_interval": interval, "time_units": units}
+    return array
 
 
 def frame_time_coords(frames: Frames) -> dict[str, Any]:

@@ -29,7 +29,7 @@ from cccdask.frames import validate_spacing
 from cccdask.io.formats import DIM_ORDER, READERS, SPATIAL_DIMS, SUPPORTED_FORMATS, FileArray, Source, detect_format
 from cccdask.io.ome import LENGTH_UNITS, convert_length, normalise_unit
 
-__all__ = ["open_image", "stored_array", "select_channel", "FileArray", "DIM_ORDER", "SUPPORTED_FORMATS"]
+__all__ = ["open_image", "stored_array", "select_channel", "describe_image", "FileArray", "DIM_ORDER", "SUPPORTED_FORMATS"]
 
 
 # ------------------------------------------------------------------ labelling
@@ -173,6 +173,54 @@ def select_channel(array: xr.DataArray, channel: int) -> xr.DataArray:
     return selected
 
 
+SHORT_AXIS = 4  # a first axis this short, of axes guessed as z, y, x, may well be channels
+
+
+def _axes_origin(dims: Any, source: Source) -> str:
+    """How the axes were named: ``"dims"`` (given), ``"metadata"`` (the file's) or ``"guessed"``."""
+    return "dims" if dims is not None else ("metadata" if source.axes is not None else "guessed")
+
+
+def _check_guessed_channel(path: Path, storage_dims: tuple[str, ...], shape: tuple[int, ...]) -> None:
+    """A channel asked of a file whose axes were guessed as z, y, x and whose first axis is short.
+
+    A plain two-channel TIFF or .npy of shape (2, 256, 256) is otherwise read as a z-stack of
+    2 planes: ``channel: 0`` would silently take both planes as one 3D frame.
+    """
+    if "c" in storage_dims or storage_dims[0] != "z" or shape[0] > SHORT_AXIS:
+        return
+    suggestion = "c" + "".join(storage_dims[1:])
+    raise ValueError(
+        f"{path} has no axis metadata, so its axes were guessed as {', '.join(storage_dims)} for shape "
+        f"{tuple(shape)}; a channel was asked for and its first axis is short ({shape[0]}), like channels. "
+        f"Name the axes: dims: {suggestion} (dims='{suggestion}' in Python) if that axis holds the channels, "
+        f"or dims: {''.join(storage_dims)} if it is a z-stack (then without a channel)."
+    )
+
+
+def describe_image(image: xr.DataArray) -> str:
+    """The axes and calibration settled for one opened image, in one line (for logs and ``validate``)."""
+    origin = {"dims": "given by dims", "metadata": "from the file's metadata",
+              "guessed": "guessed: the file names no axes"}.get(image.attrs.get("axes_from"), "")
+    axes = image.attrs.get("axes", "".join(image.dims))
+    text = f"axes {axes} ({origin})" if origin else f"axes {axes}"
+    if image.attrs.get("channel") is not None:
+        text += f", channel {image.attrs['channel']}"
+    spacing = image.attrs.get("spacing")
+    if spacing is not None:
+        units = image.attrs.get("units")
+        dims = [d for d in SPATIAL_DIMS if d in image.dims]
+        text += f"; voxel size {', '.join(f'{d} {v:g}' for d, v in zip(dims, spacing))} {units}"
+        if units == "pixel":
+            text += " (no calibration in the file)"
+    if image.attrs.get("time_interval") is not None:
+        unit = image.attrs.get("time_units")
+        text += f"; frame interval {image.attrs['time_interval']:g} {unit}"
+        if unit == "frame":
+            text += " (none in the file)"
+    return text
+
+
 def _open_source(path: Path, component: str | None, dims: Any) -> tuple[Source, tuple[str, ...]]:
     """The stored source of ``path`` (format detected) and its dims in storage order."""
     source = READERS[detect_format(path)](path, component)
@@ -231,8 +279,9 @@ def open_image(
         times the frame interval (``attrs["units"]``) and ``frame`` = index along ``t``.
         Attrs: ``spacing`` (tuple, ``(z,) y, x``), ``units`` (``"pixel"`` when the file
         has no calibration), ``time_interval`` and ``time_units`` (1 ``"frame"`` when
-        unknown; None without ``t``), ``source`` (the path), and ``component`` /
-        ``channel`` when given.
+        unknown; None without ``t``), ``source`` (the path), ``axes`` (the stored axes, in
+        storage order) and ``axes_from`` (``"metadata"``, ``"dims"`` or ``"guessed"``), and
+        ``component`` / ``channel`` when given.
 
     Raises
     ------
@@ -240,12 +289,17 @@ def open_image(
         ``path`` does not exist.
     ValueError
         Unknown format, a component missing from a group, axes that cannot be named,
-        a channel index out of range, invalid dims or spacing.
+        a channel index out of range, a channel asked of a file whose axes were guessed
+        as ``z, y, x`` with a short (<= 4) first axis (name them with ``dims=``), invalid
+        dims or spacing.
     """
     path = Path(path).expanduser()
     if not path.exists():
         raise FileNotFoundError(f"Image not found: {path} (no such file or directory).")
     source, storage_dims = _open_source(path, component, dims)
+    origin = _axes_origin(dims, source)
+    if channel is not None and origin == "guessed":
+        _check_guessed_channel(path, storage_dims, tuple(source.array.shape))
 
     calibrated_spacing, calibrated_units = _spatial_calibration(storage_dims, source, path)
     spatial = [d for d in SPATIAL_DIMS if d in storage_dims]
@@ -273,6 +327,8 @@ def open_image(
         "time_interval": time_interval,
         "time_units": time_units,
         "source": str(path),
+        "axes": "".join(storage_dims),
+        "axes_from": origin,
     }
     if component is not None:
         attrs["component"] = component
