@@ -1,6 +1,15 @@
-"""Shared fixtures: a real distributed cluster on 127.0.0.1 (a scheduler and two worker processes)."""
+"""Shared fixtures: a real distributed cluster on 127.0.0.1 (a scheduler and two worker processes).
+
+Also the hypothesis profile of every test run: derandomized (the examples follow from each
+test's code, the same on every machine and every run) and without an example database (a
+fresh clone and a reused checkout run the same examples), so no test depends on chance.
+"""
 
 import pytest
+from hypothesis import settings
+
+settings.register_profile("cccdask", derandomize=True, database=None, print_blob=True)
+settings.load_profile("cccdask")
 
 
 def _local_cluster():

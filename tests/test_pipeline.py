@@ -173,7 +173,7 @@ def test_coefficients_in_the_same_run(tmp_path, cluster_address):
     expected = coefficients(xr.DataArray(image1, dims=("t", "y", "x")), xr.DataArray(image2, dims=("t", "y", "x")),
                             mask[0], threshold=0.1, van_steensel_shifts=5, spacing=(0.05, 0.05)).compute()
     for name in ("pearson", "m1", "m2", "overlap", "van_steensel"):
-        np.testing.assert_allclose(stored[name].values, expected[name].values, rtol=1e-12, err_msg=name)
+        np.testing.assert_allclose(stored[name].values, expected[name].values, rtol=1e-12, atol=1e-12, err_msg=name)
     assert "confidence" not in stored
     expected_ccc = cccdask.ccc(xr.DataArray(image1, dims=("t", "y", "x")), xr.DataArray(image2, dims=("t", "y", "x")),
                                mask[0], spacing=(0.05, 0.05), mode="no_confidence", max_distance=1.0)
