@@ -32,12 +32,38 @@ errors = Console(stderr=True)
 
 EXIT_CONFIG = 2
 EXIT_FAILED = 1
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report a command stopped by Ctrl-C
 
 
 def _fail(message: str, code: int = EXIT_FAILED) -> None:
     errors.print("Error:", style="bold red", end=" ")
     errors.print(message, markup=False, highlight=False, soft_wrap=True)
     raise typer.Exit(code)
+
+
+def interrupted(store: Path) -> None:
+    """End a run stopped by Ctrl-C (SIGINT): one line saying which frames are saved, exit 130.
+
+    The one place an interrupted run ends, so that its message and exit status are the
+    same wherever the interruption is caught.
+    """
+    import numpy as np
+
+    from cccdask.io.store import read_completion, read_store_attrs
+
+    saved = np.array([], dtype=int)
+    if read_store_attrs(store) is not None:
+        try:
+            saved = np.flatnonzero(read_completion(store).complete)
+        except Exception:  # a store without a readable record: nothing to claim as saved
+            pass
+    if saved.size == 0:
+        line = "interrupted: no frame is saved yet; rerun the same command to start again"
+    else:
+        which = f"frame {saved[0]} is" if saved.size == 1 else f"frames {_ranges(saved)} are"
+        line = f"interrupted: {which} saved; rerun the same command to resume"
+    errors.print(line, markup=False, highlight=False, soft_wrap=True)
+    raise typer.Exit(EXIT_INTERRUPTED)
 
 
 def _load(config: Path) -> "PipelineConfig":
@@ -64,6 +90,8 @@ def _run_with_progress(config: "PipelineConfig", overwrite: bool) -> Path:
         report = ProgressLog(write)
         try:
             return run(config, overwrite=overwrite, progress=report.update, log=report.message, phase=report.phase)
+        except KeyboardInterrupt:
+            interrupted(Path(config.output.store))
         except failures as error:
             _fail(str(error))
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -85,6 +113,9 @@ def _run_with_progress(config: "PipelineConfig", overwrite: bool) -> Path:
 
         try:
             return run(config, overwrite=overwrite, progress=progress, log=log, phase=phase)
+        except KeyboardInterrupt:
+            bar.stop()
+            interrupted(Path(config.output.store))
         except failures as error:
             bar.stop()
             _fail(str(error))
@@ -187,6 +218,10 @@ def validate_command(
         except (ValueError, PermissionError, FileExistsError) as error:
             _fail(str(error))
         frames = opened.frames
+        from cccdask.pipeline.inputs import describe_settled
+
+        for line in describe_settled(frames):
+            console.print(line, markup=False, highlight=False, soft_wrap=True)
         console.print(
             f"{config}: valid. {frames.n_frames} frame(s) of {dict(zip(frames.spatial_dims, frames.frame_shape))}, "
             f"spacing {tuple(frames.spacing)} {frames.units}, mask: "
