@@ -6,6 +6,7 @@ byte for byte unchanged, or an incomplete store that says so and resumes.
 """
 
 import errno
+import json
 import os
 import re
 import resource
@@ -143,6 +144,40 @@ def test_invalid_yaml_and_a_missing_config(data):
     assert missing.exit_code == 2
     assert _error(missing.output) == f"config file '{folder / 'absent.yaml'}' does not exist."
     assert not (folder / "broken.zarr").exists()
+
+
+def test_a_duplicate_key_and_a_folder_for_a_config_are_refused(data):
+    folder = data[0]
+    duplicate = folder / "duplicate.yaml"
+    duplicate.write_text("input:\n  image1: c1.npy\n  image2: c2.npy\n  image1: c2.npy\noutput: {store: dup.zarr}\n")
+    configs = folder / "configs"
+    configs.mkdir()
+    (configs / "run.yaml").write_text(duplicate.read_text())
+    for command in ("run", "validate"):
+        result = runner.invoke(app, [command, str(duplicate)])
+        assert result.exit_code == 2
+        assert _error(result.output) == (f"{duplicate}: invalid YAML at line 4, column 3: duplicate key 'image1' "
+                                         f"(first at line 2); give each key once")
+        result = runner.invoke(app, [command, str(configs)])
+        assert result.exit_code == 2
+        assert _error(result.output) == (f"{configs} is a folder, not a config file; give the YAML file itself "
+                                         f"(run.yaml is there).")
+    assert not (folder / "dup.zarr").exists()
+
+
+@pytest.mark.parametrize("word", ["null", "none", "None", "~"])
+def test_mask_none_or_null_means_no_mask(data, word):
+    folder, image1, image2, _ = data
+    config = _config(folder, f"no_mask_{word}", input__mask=None)
+    text = config.read_text()
+    config.write_text(text.replace("input:\n", f"input:\n  mask: {word}\n", 1))
+    result = runner.invoke(app, ["run", str(config)])
+    assert result.exit_code == 0, result.output
+    stored = xr.open_zarr(folder / f"no_mask_{word}.zarr")
+    assert json.loads(stored.attrs["config"])["input"]["mask"] is None
+    expected = cccdask.ccc(xr.DataArray(image1, dims=("t", "y", "x")), xr.DataArray(image2, dims=("t", "y", "x")),
+                           spacing=SPACING, max_distance=0.5)
+    np.testing.assert_array_equal(stored["profile_subtracted"].values, expected["profile_subtracted"].values)
 
 
 def test_an_existing_output(data):
