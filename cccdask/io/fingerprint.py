@@ -22,7 +22,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-__all__ = ["InputChangedError", "input_fingerprint", "describe_change", "check_unchanged", "METADATA_NAMES"]
+__all__ = ["InputChangedError", "input_fingerprint", "fingerprints", "describe_change", "check_unchanged",
+           "METADATA_NAMES"]
 
 METADATA_NAMES = frozenset({"zarr.json", ".zarray", ".zattrs", ".zgroup", ".zmetadata"})
 _DIGEST_CHARS = 16
@@ -75,6 +76,21 @@ def input_fingerprint(path: str | os.PathLike) -> dict[str, Any]:
         "chunk_bytes": chunk_bytes,
         "listing": listing.hexdigest()[:_DIGEST_CHARS],
     }
+
+
+def fingerprints(paths: dict[str, str | os.PathLike]) -> dict[str, dict[str, Any]]:
+    """Per input label (e.g. ``"input.image1"``): ``{"path": str, "fingerprint": dict}``.
+
+    An input used twice (two channels of one file) is fingerprinted once.
+    """
+    seen: dict[str, dict[str, Any]] = {}
+    result = {}
+    for label, path in paths.items():
+        key = str(path)
+        if key not in seen:
+            seen[key] = input_fingerprint(path)
+        result[label] = {"path": key, "fingerprint": seen[key]}
+    return result
 
 
 def _time(ns: int) -> str:
