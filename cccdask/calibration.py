@@ -206,31 +206,3 @@ def settle_calibration(
                              .rstrip())
     return SettledCalibration(settled_spacing, settled_units, interval, time_units, source, tuple(notes))
 
-
-def describe_settled(frames, labels=("input.image1", "input.image2", "input.mask")) -> list[str]:
-    """What a run settled on, one line per input and one for the frames, plus the notes.
-
-    Parameters
-    ----------
-    frames : cccdask.frames.Frames
-        Prepared from images opened by :func:`cccdask.io.readers.open_image` (their
-        attrs say where the axes and calibration came from).
-    labels : tuple of str
-        Names of image1, image2 and the mask in the lines.
-    """
-    from cccdask.io.readers import describe_image
-
-    lines = []
-    for label, image in zip(labels, (frames.image1, frames.image2, frames.mask)):
-        if image is not None:
-            lines.append(f"{label}: {image.attrs.get('source', '(in memory)')}: {describe_image(image)}")
-    spacing = ", ".join(f"{d} {v:g}" for d, v in zip(frames.spatial_dims, frames.spacing))
-    line = (f"Settled: {frames.n_frames} frame(s) of {dict(zip(frames.spatial_dims, frames.frame_shape))}, "
-            f"voxel size {spacing} {frames.units}")
-    if frames.time_series:
-        interval = frames.image1.attrs.get("time_interval")
-        if interval is not None:
-            line += f", frame interval {interval:g} {frames.image1.attrs.get('time_units') or ''}".rstrip()
-    lines.append(line)
-    lines += [f"Note: {note}" for note in frames.notes]
-    return lines

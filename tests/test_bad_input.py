@@ -264,13 +264,19 @@ def test_a_corrupted_input_chunk_leaves_an_incomplete_store_naming_the_file(data
         f"1 task(s) failed; the store {store} is incomplete. Fix the cause and rerun the same config: only the "
         f"missing frames are computed. frames 1-1: InputReadError: cannot read frame 1 of {folder}/cells.ome.zarr "
         f"(channel 0): RuntimeError: error during blosc decompression: -1. The file may be corrupted, truncated or "
-        f"changed: repair or rewrite it, then rerun the same config")
+        f"changed: repair or rewrite it, then rerun the same config (with --overwrite when the file was rewritten: "
+        f"a changed input is not resumed)")
     assert list(read_completion(store).status) == [FRAME_OK, FRAME_MISSING, FRAME_OK]
     assert xr.open_zarr(store).attrs["cccdask_status"] == "running"
     inspect = _text(runner.invoke(app, ["inspect", str(store)]).output)
     assert "Status: incomplete" in inspect and "Missing frames: 1" in inspect
     chunk.write_bytes(good)
-    assert runner.invoke(app, ["run", str(config)]).exit_code == 0
+    # the repaired input is a changed input: not resumed, recomputed with --overwrite
+    refused = runner.invoke(app, ["run", str(config)])
+    assert refused.exit_code == 1
+    assert _error(refused.output).startswith(
+        f"input.image1 {folder}/cells.ome.zarr changed since the store was started: chunk files were rewritten")
+    assert runner.invoke(app, ["run", str(config), "--overwrite"]).exit_code == 0
     stored = xr.open_zarr(store)
     expected = cccdask.ccc(xr.DataArray(image1, dims=("t", "y", "x")), xr.DataArray(image2, dims=("t", "y", "x")),
                            spacing=SPACING, max_distance=0.5)

@@ -1,7 +1,7 @@
 """Ctrl-C and a second writer, on a real `cccdask run` with a local cluster of worker processes.
 
 The run pauses at a test-only point once half its frames are recorded
-(``CCCDASK_TEST_PAUSE_AT=midway``: it writes its PID to a file and waits), so what
+(``CCCDASK_TEST_PAUSE_AT=midway``, tests/kill_hook: it writes its PID to a file and waits), so what
 follows does not depend on timing: a second run on the same store is refused naming
 the first (its lock), then SIGINT goes to the whole process group, as a terminal's
 Ctrl-C does (driver and worker processes): one line, exit code 130, no traceback, and
@@ -22,8 +22,8 @@ import yaml
 
 from cccdask.io.lock import lock_path
 from cccdask.io.store import read_completion, write_ome_zarr
-from cccdask.pipeline import TEST_PAUSE_ENV, TEST_PAUSE_FILE_ENV
 from cccdask.synthetic import paired_spots_series
+from kill_points import pause_environment
 
 N_FRAMES = 8
 
@@ -61,7 +61,7 @@ def test_ctrl_c_prints_one_line_exits_130_and_the_rerun_resumes(tmp_path):
     store = tmp_path / "results.zarr"
     paused = tmp_path / "paused"
     command = [sys.executable, "-m", "cccdask", "run", str(config)]
-    environment = {**os.environ, TEST_PAUSE_ENV: "midway", TEST_PAUSE_FILE_ENV: str(paused)}
+    environment = pause_environment("midway", paused)
     process = subprocess.Popen(command, env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                start_new_session=True)  # its own process group, as a shell job
     try:

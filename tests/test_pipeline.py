@@ -16,6 +16,7 @@ import yaml
 import cccdask
 from cccdask.config import config_from_dict
 from cccdask.io.store import FRAME_INVALID, FRAME_MISSING, FRAME_OK, read_completion, read_store_attrs, write_ome_zarr
+from cccdask.io.fingerprint import InputChangedError
 from cccdask.pipeline import StoreConflictError, run
 from cccdask.synthetic import paired_spots_series
 
@@ -338,7 +339,9 @@ def test_a_task_that_fails_leaves_an_incomplete_store_that_resumes(tmp_path, clu
     assert list(read_completion(store).status) == [FRAME_OK, FRAME_OK, FRAME_MISSING, FRAME_OK]
     assert xr.open_zarr(store).attrs["cccdask_status"] == "running"
     chunk.write_bytes(good)
-    stored = xr.open_zarr(run(config))
+    with pytest.raises(InputChangedError, match="chunk files were rewritten"):  # repaired = changed
+        run(config)
+    stored = xr.open_zarr(run(config, overwrite=True))
     expected = cccdask.ccc(xr.DataArray(image1, dims=("t", "y", "x")), xr.DataArray(image2, dims=("t", "y", "x")),
                            spacing=(0.05, 0.05), max_distance=1.0)
     _assert_equal_to_ccc(stored, expected)

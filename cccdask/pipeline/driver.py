@@ -25,10 +25,12 @@ import numpy as np
 import xarray as xr
 
 from cccdask.config import PipelineConfig, config_json, load_config
+from cccdask.interrupt import quiet_shutdown_on_interrupt, workers_ignore_sigint
 from cccdask.io import store as results_store
+from cccdask.io.lock import StoreLock
 from cccdask.io.store import FRAME_MISSING, FRAME_OK, VariableLayout
 from cccdask.pipeline.errors import PipelineError
-from cccdask.pipeline.inputs import RunInputs, SourceSpec, open_inputs, read_frame
+from cccdask.pipeline.inputs import RunInputs, SourceSpec, describe_settled, open_inputs, read_frame
 from cccdask.pipeline.layout import plan_run
 from cccdask.pipeline.plan import (
     FramePlan,
@@ -41,6 +43,7 @@ from cccdask.pipeline.record import DISK_FULL_ERRNOS, DISK_FULL_HINT, Completion
 from cccdask.pipeline.store_state import (
     check_output_location,
     existing_store_resumes,
+    input_fingerprints,
     output_state_at,
     run_identity,
 )
@@ -90,7 +93,7 @@ def _shared_generated_mask(settings, inputs: RunInputs, plan: FramePlan) -> np.n
     return generated
 
 
-def _provenance(config: PipelineConfig, inputs: RunInputs, identity: str, settings) -> dict[str, Any]:
+def _provenance(config: PipelineConfig, inputs: RunInputs, identity: str, settings, current: dict) -> dict[str, Any]:
     frames = inputs.frames
     attrs = {
         "identity_hash": identity,
@@ -99,6 +102,7 @@ def _provenance(config: PipelineConfig, inputs: RunInputs, identity: str, settin
             name: (None if spec is None else {"path": spec.path, "channel": spec.channel, "component": spec.component})
             for name, spec in (("image1", inputs.image1), ("image2", inputs.image2), ("mask", inputs.mask))
         },
+        "input_fingerprints": current,
         "versions": results_store.versions(),
         "mode": config.ccc.mode,
         "units": frames.units,
@@ -129,12 +133,13 @@ def run(
     config : PipelineConfig or path
         A validated config, or the path of a YAML file.
     overwrite : bool, optional
-        Replace a store written with a different config (default: ``output.overwrite``).
+        Replace an existing store, recomputing every frame (default: ``output.overwrite``).
     progress : callable, optional
         ``progress(frames_done, n_frames, frames_without_result)``, called as frames
         are recorded.
     log : callable, optional
-        Receives status lines (cluster, dashboard, resume).
+        Receives status lines (the axes and calibration settled per input, cluster,
+        dashboard, resume, a stale lock taken over).
     phase : callable, optional
         Receives the name of each phase as it begins: starting the cluster (or
         connecting to the scheduler, or the in-process executor), waiting for workers
@@ -150,14 +155,16 @@ def run(
         Bad inputs or output location, found before any work and before the store exists.
     StoreConflictError
         An existing store of a different config (without overwrite).
+    InputChangedError
+        An existing store whose inputs changed since it was started (without overwrite).
+    StoreLockedError
+        Another run writes the store.
     FrameTooLargeError
         A frame that cannot fit a worker.
     PipelineError
         Tasks that failed; the store is left incomplete and a rerun computes only the
         missing frames.
     """
-    from cccdask.cluster import connect
-
     if not isinstance(config, PipelineConfig):
         config = load_config(config)
     log = log or (lambda message: None)
@@ -165,19 +172,36 @@ def run(
     overwrite = config.output.overwrite if overwrite is None else overwrite
     path = Path(config.output.store)
     inputs = open_inputs(config)
+    for line in describe_settled(inputs.frames):
+        log(line)
     identity = run_identity(config, inputs.frames)
+    current = input_fingerprints(config)
     check_output_location(path, create=True)
-    state = output_state_at(path, identity, overwrite)  # refuse a conflicting store before starting a cluster
-    if state == "resume" and _complete_and_unchanged(path, config):
-        log(f"{path} is complete for this config and these inputs: nothing to compute "
-            f"(change the config or --overwrite to recompute)")
-        return path
+    with StoreLock(path, config.execution.stale_lock_after, log):
+        state = output_state_at(path, identity, overwrite, current)  # refuse a conflicting store before a cluster
+        if state == "resume" and _complete_and_unchanged(path, config):
+            log(f"{path} is complete for this config and these inputs: nothing to compute "
+                f"(change the config or --overwrite to recompute)")
+            return path
+        _run_locked(config, inputs, identity, current, overwrite, path, progress, log, phase)
+    return path
+
+
+def _run_locked(config: PipelineConfig, inputs: RunInputs, identity: str, current: dict, overwrite: bool,
+                path: Path, progress, log, phase) -> None:
+    """:func:`run` while it holds the store's lock: the cluster, the tasks, the finalisation."""
+    from cccdask.cluster import connect
+
     frames = inputs.frames
     fpt = resolve_frames_per_task(config.execution.frames_per_task, tuple(frames.frame_shape), frames.n_frames)
     estimate = estimate_task_memory(config, frames, fpt)
 
     phase(_STARTING.get(config.cluster.kind, "starting the cluster"))
-    with connect(config.cluster, config.execution, log, path.parent) as cluster, _disk_full_is_named(path):
+    with contextlib.ExitStack() as stack:
+        with workers_ignore_sigint():  # Ctrl-C reaches the driver only (cccdask.interrupt)
+            cluster = stack.enter_context(connect(config.cluster, config.execution, log, path.parent))
+        stack.enter_context(_disk_full_is_named(path))
+        stack.enter_context(quiet_shutdown_on_interrupt())  # exits first: before the cluster closes
         if cluster.total_threads() == 0:  # e.g. SLURM jobs still queued: the tasks could not start anyway
             phase("waiting for workers")
             cluster.client.wait_for_workers(1)
@@ -186,7 +210,7 @@ def run(
         whole_frames = check_memory(estimate, budget, config, frames.frame_shape)
         if not whole_frames:
             log("Frames do not fit one task: correlating each frame tile by tile (ccc.max_distance)")
-        resume = existing_store_resumes(path, identity, overwrite)
+        resume = existing_store_resumes(path, identity, overwrite, current)
         results_store.remove_interrupted_writes(path)
         settings = _prepare_preprocessing(config, inputs, log)
         plan, layout = plan_run(config, inputs, identity, settings)
@@ -198,7 +222,7 @@ def run(
                     GENERATED_MASK, spatial, shared_mask.shape, np.dtype(np.uint8), shared_mask.shape, image=False,
                     attrs={"description": "the mask generated once and used for every frame"}),))
             results_store.create_store(
-                path, layout, {**_provenance(config, inputs, identity, settings), **layout.attrs},
+                path, layout, {**_provenance(config, inputs, identity, settings, current), **layout.attrs},
                 initial=None if shared_mask is None else {GENERATED_MASK: shared_mask.astype(np.uint8)},
             )
         else:
@@ -226,7 +250,6 @@ def run(
     phase("finalising reports" if config.output.reports else "finalising")
     with _disk_full_is_named(path):
         finalise(path, config)
-    return path
 
 
 _STARTING = {"address": "connecting to the scheduler", "scheduler_file": "connecting to the scheduler",

@@ -3,7 +3,8 @@
 :func:`open_inputs` validates the config's input section before any work (files,
 channels, shapes, an empty mask); :class:`SourceSpec` is how a task reopens one input
 lazily; :func:`read_frame` reads one whole frame (driver-side steps such as the
-chromatic-shift estimate and the shared generated mask use it).
+chromatic-shift estimate and the shared generated mask use it); :func:`describe_settled`
+says which axes and calibration were settled for every input (run log, ``validate``).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import xarray as xr
 
 from cccdask.config import PipelineConfig
 from cccdask.frames import prepare_inputs
+from cccdask.io.readers import describe_image
 
 
 @dataclass(frozen=True)
@@ -112,3 +114,30 @@ def open_inputs(config: PipelineConfig) -> RunInputs:
         return None if source is None else SourceSpec(str(source.path), source.channel, source.component, source.dims)
 
     return RunInputs(frames, spec(section.image1), spec(section.image2), spec(section.mask), chunks)
+
+
+def describe_settled(frames, labels=("input.image1", "input.image2", "input.mask")) -> list[str]:
+    """What a run settled on, one line per input and one for the frames, plus the notes.
+
+    Parameters
+    ----------
+    frames : cccdask.frames.Frames
+        Prepared from images opened by :func:`cccdask.io.readers.open_image` (their
+        attrs say where the axes and calibration came from).
+    labels : tuple of str
+        Names of image1, image2 and the mask in the lines.
+    """
+    lines = []
+    for label, image in zip(labels, (frames.image1, frames.image2, frames.mask)):
+        if image is not None:
+            lines.append(f"{label}: {image.attrs.get('source', '(in memory)')}: {describe_image(image)}")
+    spacing = ", ".join(f"{d} {v:g}" for d, v in zip(frames.spatial_dims, frames.spacing))
+    line = (f"Settled: {frames.n_frames} frame(s) of {dict(zip(frames.spatial_dims, frames.frame_shape))}, "
+            f"voxel size {spacing} {frames.units}")
+    if frames.time_series:
+        interval = frames.image1.attrs.get("time_interval")
+        if interval is not None:
+            line += f", frame interval {interval:g} {frames.image1.attrs.get('time_units') or ''}".rstrip()
+    lines.append(line)
+    lines += [f"Note: {note}" for note in frames.notes]
+    return lines

@@ -1,9 +1,11 @@
 """The output location and the state of an existing store, checked before any work.
 
 :func:`check_output_location` proves the store can be written; :func:`run_identity`
-hashes the analysis settings and what the inputs hold; :func:`output_state_at` and
-:func:`existing_store_resumes` decide between a new store, a resume and a
-replacement (or refuse a store of another config).
+hashes the analysis settings and what the inputs hold; :func:`input_fingerprints`
+records what identifies the inputs' content (:mod:`cccdask.io.fingerprint`);
+:func:`output_state_at` and :func:`existing_store_resumes` decide between a new store,
+a resume (same identity, unchanged inputs) and a replacement (always with overwrite),
+or refuse a store of another config or of changed inputs.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from pathlib import Path
 
 from cccdask.config import PipelineConfig
 from cccdask.io import store as results_store
+from cccdask.io.fingerprint import check_unchanged, fingerprints
 from cccdask.pipeline.errors import StoreConflictError
 from cccdask.pipeline.inputs import open_inputs
 
@@ -46,14 +49,20 @@ def check_output_location(path: Path, create: bool = False) -> None:
         raise FileExistsError(f"output.store {path} exists and is a file, not a results store.")
 
 
-def existing_store_resumes(path: Path, identity: str, overwrite: bool) -> bool:
+def existing_store_resumes(path: Path, identity: str, overwrite: bool, current: dict) -> bool:
     """Whether to resume the store at ``path``; removes it when it must be replaced.
+
+    With ``overwrite`` a cccdask store is always replaced (every frame recomputed), also
+    one of the same config. Without, it is resumed only under the same identity and
+    unchanged inputs (``current``: :func:`input_fingerprints`).
 
     Raises
     ------
     StoreConflictError
         A store with a different config (without overwrite), or a folder that is not a
         cccdask store.
+    InputChangedError
+        An input changed since the store was started (without overwrite).
     """
     if not path.exists():
         return False
@@ -66,7 +75,8 @@ def existing_store_resumes(path: Path, identity: str, overwrite: bool) -> bool:
             f"output.store {path} exists and is not a cccdask results store; choose another path "
             f"(cccdask never deletes folders it did not write)."
         )
-    if attrs.get("identity_hash") == identity:
+    if attrs.get("identity_hash") == identity and not overwrite:
+        check_unchanged(path, attrs.get("input_fingerprints") or {}, current)
         return True
     if not overwrite:
         raise StoreConflictError(
@@ -83,11 +93,33 @@ def output_state(config: PipelineConfig) -> str:
 
     Raises
     ------
-    PermissionError, FileExistsError, StoreConflictError
+    PermissionError, FileExistsError, StoreConflictError, InputChangedError
         As :func:`run` would, without touching anything.
     """
     return output_state_at(Path(config.output.store), run_identity(config, open_inputs(config).frames),
-                         config.output.overwrite)
+                           config.output.overwrite, input_fingerprints(config))
+
+
+def input_fingerprints(config: PipelineConfig) -> dict[str, dict]:
+    """What identifies the content of every input file of a run, per config key.
+
+    The images and the mask, and the files of the preprocessing (background region
+    masks, chromatic-shift reference images); see :mod:`cccdask.io.fingerprint`.
+    """
+    section = config.input
+    paths = {f"input.{name}": getattr(section, name).path for name in ("image1", "image2", "mask")
+             if getattr(section, name) is not None}
+    settings = config.preprocessing
+    if settings is not None:
+        for channel in ("image1", "image2"):
+            region = getattr(settings.background, channel).region_mask
+            if region is not None:
+                paths[f"preprocess.background.{channel}.region_mask"] = region
+        reference = None if settings.chromatic_shift is None else settings.chromatic_shift.reference
+        if reference is not None and reference.frame is None:
+            paths["preprocess.chromatic_shift.reference.image1"] = reference.image1
+            paths["preprocess.chromatic_shift.reference.image2"] = reference.image2
+    return fingerprints(paths)
 
 
 def run_identity(config: PipelineConfig, frames) -> str:
@@ -109,15 +141,17 @@ def run_identity(config: PipelineConfig, frames) -> str:
     return results_store.identity_hash(identity)
 
 
-def output_state_at(path: Path, identity: str, overwrite: bool) -> str:
+def output_state_at(path: Path, identity: str, overwrite: bool, current: dict) -> str:
+    """"new", "resume" or "replace" for the store at ``path``, or the error a run would raise."""
     check_output_location(path)
     if not path.exists():
         return "new"
     attrs = results_store.read_store_attrs(path)
-    if attrs is not None and attrs.get("identity_hash") == identity:
-        return "resume"
     if attrs is not None and overwrite:
         return "replace"
+    if attrs is not None and attrs.get("identity_hash") == identity:
+        check_unchanged(path, attrs.get("input_fingerprints") or {}, current)
+        return "resume"
     if path.is_dir() and not any(path.iterdir()):
         return "new"
     raise StoreConflictError(

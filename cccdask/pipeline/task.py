@@ -181,7 +181,8 @@ def _read_batch(spec: SourceSpec | None, start: int, stop: int):
         raise InputReadError(
             f"cannot read {frames} of {spec.path}" + (f" (channel {spec.channel})" if spec.channel is not None else "")
             + f": {type(error).__name__}: {error}. The file may be corrupted, truncated or changed: repair or "
-            f"rewrite it, then rerun the same config"
+            f"rewrite it, then rerun the same config (with --overwrite when the file was rewritten: a changed input "
+            f"is not resumed)"
         ) from error
 
 

@@ -14,13 +14,33 @@ finalise
     Reports written, the store not yet marked complete (the
     :func:`cccdask.io.store.update_store_attrs` call that sets the complete status).
 
-Production code carries no hook: without the variable nothing is wrapped.
+``$CCCDASK_TEST_PAUSE_AT`` names a stage (``midway``) at which the process instead
+writes its PID to ``$CCCDASK_TEST_PAUSE_FILE`` and waits (once, up to 120 s) for the test
+to signal it: tests/test_interrupt.py sends Ctrl-C (SIGINT) and starts a second writer at
+a known moment.
+
+Production code carries no hook: without the variables nothing is wrapped.
 """
 
 import os
 import signal
+import time
+from pathlib import Path
 
 STAGE = os.environ.get("CCCDASK_TEST_KILL_AT")
+PAUSE_STAGE = os.environ.get("CCCDASK_TEST_PAUSE_AT")
+_PAUSED = []
+
+
+def _pause() -> None:
+    """Once: say so in the pause file, then wait for the test's signal (a KeyboardInterrupt here)."""
+    if _PAUSED:
+        return
+    _PAUSED.append(True)
+    Path(os.environ["CCCDASK_TEST_PAUSE_FILE"]).write_text(str(os.getpid()))
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        time.sleep(0.01)
 
 
 def _kill() -> None:
@@ -38,8 +58,11 @@ def _install(stage: str) -> None:
         if stage == "first_frame":
             _kill()  # its frames are written, not yet recorded
         add(self, outcomes)
-        if stage == "midway" and self.record.complete.sum() >= len(self.record.status) // 2:
-            _kill()
+        if self.record.complete.sum() >= len(self.record.status) // 2:
+            if stage == "midway":
+                _kill()
+            if stage == "pause_midway":
+                _pause()
 
     def update_or_kill(path, **attrs):
         if stage == "finalise" and attrs.get("cccdask_status") == store.STATUS_COMPLETE:
@@ -52,3 +75,5 @@ def _install(stage: str) -> None:
 
 if STAGE:
     _install(STAGE)
+elif PAUSE_STAGE == "midway":
+    _install("pause_midway")
