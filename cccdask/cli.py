@@ -180,7 +180,9 @@ def _quality_lines(store: Path) -> list[str]:
 @app.command("run")
 def run_command(
     config: Path = typer.Argument(..., help="The YAML run configuration."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing store of a different config."),
+    overwrite: bool = typer.Option(
+        False, "--overwrite", help="Replace an existing store: recompute every frame (another config, changed "
+        "inputs, or the same)."),
 ) -> None:
     """Run the analysis a YAML config describes (resumes an interrupted run of the same config)."""
     settings = _load(config)

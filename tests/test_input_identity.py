@@ -191,3 +191,22 @@ def test_overwrite_recomputes_every_frame_of_the_same_config(tmp_path, scenes):
     replaced = runner.invoke(app, ["run", str(config), "--overwrite"])
     assert replaced.exit_code == 0 and "already complete" not in _text(replaced.output)
     np.testing.assert_array_equal(xr.open_zarr(store)["mean"].values, right)
+
+
+def test_what_changed_in_a_zarr_folder_is_named(tmp_path):
+    from cccdask.io.fingerprint import describe_change, input_fingerprint
+
+    group = zarr.open_group(str(tmp_path / "image.zarr"), mode="w", zarr_format=3)
+    array = group.create_array("0", shape=(4, 8, 8), dtype="uint16", chunks=(1, 8, 8), fill_value=0)
+    array[:2] = 7  # two chunks written, two left to the fill value (no files)
+    files = sorted(p for p in (tmp_path / "image.zarr" / "0").rglob("*") if p.is_file() and p.name != "zarr.json")
+    first = input_fingerprint(tmp_path / "image.zarr")
+    assert (first["kind"], first["chunks"], first["chunk_bytes"]) == ("folder", 2, sum(p.stat().st_size for p in files))
+    assert describe_change(first, input_fingerprint(tmp_path / "image.zarr")) is None  # reading changes nothing
+    array[2] = 7
+    assert describe_change(first, input_fingerprint(tmp_path / "image.zarr")) == \
+        "its number of chunk files changed from 2 to 3"
+    second = input_fingerprint(tmp_path / "image.zarr")
+    group.attrs["note"] = "calibrated again"
+    assert describe_change(second, input_fingerprint(tmp_path / "image.zarr")) == \
+        "its array metadata changed (shape, data type, chunks, axes or attributes)"
