@@ -270,12 +270,17 @@ def test_a_corrupted_input_chunk_leaves_an_incomplete_store_naming_the_file(data
     assert xr.open_zarr(store).attrs["cccdask_status"] == "running"
     inspect = _text(runner.invoke(app, ["inspect", str(store)]).output)
     assert "Status: incomplete" in inspect and "Missing frames: 1" in inspect
+    metadata = ("zarr.json", ".zattrs", ".zgroup", ".zarray")
+    corrupted = sum(p.stat().st_size for p in (folder / "cells.ome.zarr").rglob("*")
+                    if p.is_file() and p.name not in metadata)
     chunk.write_bytes(good)
     # the repaired input is a changed input: not resumed, recomputed with --overwrite
     refused = runner.invoke(app, ["run", str(config)])
     assert refused.exit_code == 1
+    repaired = corrupted - len(b"not a blosc chunk") + len(good)
     assert _error(refused.output).startswith(
-        f"input.image1 {folder}/cells.ome.zarr changed since the store was started: chunk files were rewritten")
+        f"input.image1 {folder}/cells.ome.zarr changed since the store was started: its chunk files changed in size "
+        f"(from {corrupted} to {repaired} bytes)")
     assert runner.invoke(app, ["run", str(config), "--overwrite"]).exit_code == 0
     stored = xr.open_zarr(store)
     expected = cccdask.ccc(xr.DataArray(image1, dims=("t", "y", "x")), xr.DataArray(image2, dims=("t", "y", "x")),

@@ -339,7 +339,7 @@ def test_a_task_that_fails_leaves_an_incomplete_store_that_resumes(tmp_path, clu
     assert list(read_completion(store).status) == [FRAME_OK, FRAME_OK, FRAME_MISSING, FRAME_OK]
     assert xr.open_zarr(store).attrs["cccdask_status"] == "running"
     chunk.write_bytes(good)
-    with pytest.raises(InputChangedError, match="chunk files were rewritten"):  # repaired = changed
+    with pytest.raises(InputChangedError, match="its chunk files changed in size"):  # repaired = changed
         run(config)
     stored = xr.open_zarr(run(config, overwrite=True))
     expected = cccdask.ccc(xr.DataArray(image1, dims=("t", "y", "x")), xr.DataArray(image2, dims=("t", "y", "x")),
