@@ -201,7 +201,7 @@ def settle_calibration(
         interval = reference.time_interval
         time_units = reference.time_units or next((c.time_units for _, c in with_time if c.time_units), None)
         for name, calibration in calibrations.items():
-            if calibration.time_interval is None and calibration is not None and name != "mask":
+            if calibration.time_interval is None and name != "mask":
                 notes.append(f"{name} has no frame interval; using {source}'s {interval:g} {time_units or ''}"
                              .rstrip())
     return SettledCalibration(settled_spacing, settled_units, interval, time_units, source, tuple(notes))

@@ -11,6 +11,8 @@ everywhere:
   coordinate's ``units`` attribute.
 * The mask is ``None`` (every voxel inside), one frame shared by all frames, or one
   mask per frame. Non-zero means inside.
+* image1, image2 and the mask must agree on voxel size, units and frame interval where
+  they carry one (:mod:`cccdask.calibration`); one without takes the others'.
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ from typing import Any, Sequence
 import dask.array as da
 import numpy as np
 import xarray as xr
+
+from cccdask.calibration import calibration_of, settle_calibration
 
 SPATIAL_DIMS = ("z", "y", "x")
 ALL_DIMS = ("t",) + SPATIAL_DIMS
@@ -228,8 +232,6 @@ def prepare_inputs(
     if not time_series:
         a1 = a1.expand_dims("t")
         a2 = a2.expand_dims("t")
-
-    from cccdask.calibration import calibration_of, settle_calibration
 
     calibrations = {"image1": calibration_of(a1), "image2": calibration_of(a2)}
     if isinstance(mask, xr.DataArray):

@@ -52,7 +52,7 @@ def test_ctrl_c_prints_one_line_exits_130_and_the_rerun_resumes(tmp_path):
                                                   shape=(48, 48), spacing=(0.05, 0.05), n_pairs=10)
     write_ome_zarr(tmp_path / "cells.ome.zarr", np.stack([image1, image2], axis=1), "tcyx", (0.05, 0.05))
     section = {"image1": {"path": "cells.ome.zarr", "channel": 0}, "image2": {"path": "cells.ome.zarr", "channel": 1}}
-    local = {"kind": "local", "local": {"n_workers": 2, "threads_per_worker": 1, "dashboard_address": None,
+    local = {"kind": "local", "local": {"n_workers": 2, "threads_per_worker": 1, "dashboard_address": ":0",
                                         "host": "127.0.0.1", "memory_limit": "1GiB"}}
     config = tmp_path / "run.yaml"
     config.write_text(yaml.safe_dump({"input": section, "ccc": {"max_distance": 0.5},
