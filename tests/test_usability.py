@@ -124,12 +124,14 @@ def test_a_complete_store_is_returned_without_a_cluster_until_an_input_changes(t
     assert rerun.exit_code == 0, _output(rerun)
     assert "is complete for this config and these inputs: nothing to compute" in _output(rerun)
     assert (tmp_path / "again-reports" / "summary.txt").stat().st_mtime_ns == summary
-    # an input touched since: the rerun goes the normal way (and needs its cluster)
+    # an input touched since: not returned as complete, refused as changed; --overwrite recomputes
     info = image.stat()
     os.utime(image, ns=(info.st_atime_ns, info.st_mtime_ns + 10**9))
     refused = runner.invoke(app, ["run", str(_run_config(tmp_path, image, "again", NO_SCHEDULER))])
     assert refused.exit_code != 0 and "nothing to compute" not in _output(refused)
-    redone = runner.invoke(app, ["run", str(_run_config(tmp_path, image, "again", {"kind": "synchronous"}))])
+    assert "changed since the store was started" in _output(refused)
+    redone = runner.invoke(app, ["run", "--overwrite",
+                                 str(_run_config(tmp_path, image, "again", {"kind": "synchronous"}))])
     assert redone.exit_code == 0, _output(redone)
     assert (tmp_path / "again-reports" / "summary.txt").stat().st_mtime_ns != summary
 
