@@ -215,8 +215,22 @@ class OutputConfig(Section):
     overwrite: bool = Field(
         False, description="Replace an existing store written with a different config."
     )
+    profile_range: Union[Literal["auto", "full"], float] = Field(
+        "auto",
+        description="How far the stored profiles reach (the fit always uses the whole profile): 'auto' "
+        "(ccc.max_distance when set, else a quarter of the frame's shorter side; float32), 'full' "
+        "(out to the frame's corner, float64, as cccdask.ccc returns it) or a distance in the "
+        "input's units (float32).",
+    )
 
     _abs_path = field_validator("store", mode="after")(resolve_path)
+
+    @field_validator("profile_range", mode="after")
+    @classmethod
+    def _positive_range(cls, value):
+        if not isinstance(value, str) and not (value > 0 and value != float("inf")):
+            raise ValueError(f"must be 'auto', 'full' or a positive distance in the input's units, not {value!r}")
+        return value
 
 
 class LocalClusterConfig(Section):
@@ -432,6 +446,7 @@ class PipelineConfig(Section):
         keys = {"input", "ccc", "coefficients", "preprocess"}
         identity = self.model_dump(mode="json", include=keys)
         identity["frames_per_task"] = self.execution.frames_per_task
+        identity["profile_range"] = self.output.profile_range
         return identity
 
     @property

@@ -160,7 +160,9 @@ def clean(series):
                            mask, spacing=SPACING, max_distance=0.8, contributions=True)
     stored = xr.open_zarr(store)
     for name in ("profile_subtracted", "mean", "sigma", "confidence", "contribution1"):
-        np.testing.assert_array_equal(stored[name].values, expected[name].values, err_msg=name)
+        # profiles are stored in float32 (output.profile_range: auto)
+        np.testing.assert_array_equal(stored[name].values, expected[name].values.astype(stored[name].dtype),
+                                      err_msg=name)
     return store
 
 
@@ -207,6 +209,7 @@ def test_a_worker_killed_inside_its_task_loses_nothing(series, clean, killable_c
 
 @pytest.mark.parametrize("stage, cluster", [
     ("first_frame", {"kind": "threads", "threads": 2}),
+    ("block_write", {"kind": "threads", "threads": 2}),
     ("midway", "address"),
     ("finalise", {"kind": "synchronous"}),
 ])
@@ -233,7 +236,13 @@ def test_a_run_killed_at_any_stage_resumes_to_the_clean_store(series, clean, clu
     if stage == "first_frame":
         # a frame's data written before the kill is not a recorded frame
         assert missing.size == N_FRAMES
-        assert np.isfinite(opened["profile_subtracted"].values).any()
+        assert np.nanmax(np.abs(opened["contribution1"].values)) > 0
+    elif stage == "block_write":
+        # one small variable's block is on disk, the others and the record are not
+        assert missing.size == N_FRAMES
+        scalars = [name for name in ("confidence", "fit_ok", "height", "mean", "r_squared", "sigma")
+                   if np.isfinite(opened[name].values.astype(float)).any() and opened[name].values.any()]
+        assert len(scalars) == 1, scalars
     elif stage == "midway":
         assert 0 < missing.size < N_FRAMES
     else:

@@ -17,8 +17,11 @@ Layout (``xr.open_zarr(store)`` shows it as one Dataset):
   ``"complete"``), the resolved config, input paths, versions, and OME-Zarr (NGFF 0.5)
   ``multiscales`` metadata naming the image-sized arrays so OME-Zarr viewers open them.
 
-Every per-frame array is chunked ``frames_per_task`` along ``t``, aligned with the
-tasks, so no two tasks ever write the same chunk. The store is created complete (all
+Image-sized per-frame arrays (contributions, masks, maps) and correlograms are chunked
+``frames_per_task`` along ``t``, aligned with the tasks, so no two tasks ever write the
+same chunk. Small per-frame arrays (scalars, profiles, coefficients) are chunked in
+blocks of up to 1024 frames and written only by the driver
+(:mod:`cccdask.pipeline.blocks`). The store is created complete (all
 metadata) in a temporary folder and renamed into place, so a store at the path always
 has its full layout; frames not yet written read as NaN (fill value).
 """
@@ -439,6 +442,12 @@ def write_frames(path: str, identity: str, start: int, arrays: dict[str, np.ndar
     opened = _writable_arrays(path, identity)
     for name, values in arrays.items():
         opened[name][start : start + len(values)] = values
+
+
+def read_frames(path: str, name: str, start: int, stop: int) -> np.ndarray:
+    """The stored values of frames ``start .. stop - 1`` of one variable (fill where unwritten)."""
+    values = np.asarray(zarr.open_array(f"{path}/{name}", mode="r")[start:stop])
+    return values.copy() if not values.flags.writeable else values
 
 
 def write_ome_zarr(

@@ -6,8 +6,9 @@
 (:mod:`~cccdask.pipeline.plan`, :mod:`~cccdask.pipeline.layout`), creates the store,
 then submits :func:`~cccdask.pipeline.task.compute_frames` tasks with a bounded number
 in flight (:func:`submit_batches`) or takes the tiled path
-(:mod:`~cccdask.pipeline.tiled`). As each task returns, its frames are recorded
-(:class:`~cccdask.pipeline.record.Completion`); :func:`finalise` then picks the best
+(:mod:`~cccdask.pipeline.tiled`). As each task returns, its small results are taken
+into blocks of many frames (:mod:`~cccdask.pipeline.blocks`) and its frames recorded
+once those are written (:class:`~cccdask.pipeline.record.Completion`); :func:`finalise` then picks the best
 frame, writes the reports and marks the store complete, last.
 """
 
@@ -29,6 +30,7 @@ from cccdask.interrupt import quiet_shutdown_on_interrupt, workers_ignore_sigint
 from cccdask.io import store as results_store
 from cccdask.io.lock import StoreLock
 from cccdask.io.store import FRAME_MISSING, FRAME_OK, VariableLayout
+from cccdask.pipeline.blocks import BlockWriter
 from cccdask.pipeline.errors import PipelineError
 from cccdask.pipeline.inputs import RunInputs, SourceSpec, describe_settled, open_inputs, read_frame
 from cccdask.pipeline.layout import plan_run
@@ -233,7 +235,8 @@ def _run_locked(config: PipelineConfig, inputs: RunInputs, identity: str, curren
         done = int(record.complete.sum())
         if resume:
             log(f"{done} of {n_frames} frames already complete; computing {n_frames - done}")
-        completion = Completion(path, record)
+        blocks = BlockWriter(path, identity, [layout.variable(name) for name in plan.returned], record.complete)
+        completion = Completion(path, record, blocks)
         phase("computing frames")
         completion.report(progress, n_frames)
         if whole_frames:
@@ -314,8 +317,8 @@ def submit_batches(cluster, plan: FramePlan, todo, completion: Completion, retri
         for future in pending:
             batch = batches.pop(future.key)
             if future.status == "finished":
-                outcomes = future.result()
-                completion.add(outcomes)
+                outcomes, small = future.result()
+                completion.add(outcomes, (batch[0], small))
                 completion.report(progress, n_frames)
             else:
                 try:

@@ -18,6 +18,7 @@ from cccdask.ccc import variable_attrs
 from cccdask.quality import QUALITY_VARIABLE_ATTRS
 from cccdask.config import PipelineConfig
 from cccdask.io.store import FRAME_INVALID, StoreLayout, VariableLayout
+from cccdask.pipeline.blocks import block_frames, is_small
 from cccdask.pipeline.errors import PipelineError
 from cccdask.pipeline.inputs import RunInputs, SourceSpec
 from cccdask.pipeline.plan import FramePlan, resolve_frames_per_task
@@ -51,7 +52,8 @@ def _output_layout(plan: FramePlan, n_frames: int, chunks: tuple[int, ...], fram
     outputs, status, reason = analyse_frame(probe_plan, image1, image2, mask, regions, geometry=probe_geometry)
     if status == FRAME_INVALID:
         raise PipelineError(f"could not determine the outputs of a frame: {reason}")
-    sizes = {"distance": len(geometry.distances), "axis": len(plan.spatial_dims)}
+    n_points = len(geometry.distances) if plan.profile_points is None else plan.profile_points
+    sizes = {"distance": n_points, "axis": len(plan.spatial_dims)}
     sizes.update(dict(zip(plan.spatial_dims, plan.frame_shape)))
     sizes.update({f"shift_{d}": n for d, n in zip(plan.spatial_dims, geometry.ccf_shape)})
     layouts = []
@@ -64,10 +66,14 @@ def _output_layout(plan: FramePlan, n_frames: int, chunks: tuple[int, ...], fram
             shape.append(sizes.get(dim, n))
         image = len(dims) > 0 and set(dims) == set(plan.spatial_dims)
         frame_chunks = tuple(chunks) if image else tuple(shape)
-        dtype = value.dtype if value.dtype.kind in "biuf" else np.dtype(object)
+        dtype = np.dtype(value.dtype if value.dtype.kind in "biuf" else np.dtype(object))
+        if "distance" in dims and plan.profile_points is not None and dtype == np.float64:
+            dtype = np.dtype(np.float32)  # a bounded profile is stored in float32 (README: results store)
+        small = is_small(tuple(dims), tuple(shape), dtype, plan.spatial_dims)
+        t_chunk = block_frames(tuple(shape), dtype, n_frames) if small else frames_per_task
         layouts.append(VariableLayout(
-            name=name, dims=("t",) + tuple(dims), shape=(n_frames,) + tuple(shape), dtype=np.dtype(dtype),
-            chunks=(frames_per_task,) + frame_chunks, image=image,
+            name=name, dims=("t",) + tuple(dims), shape=(n_frames,) + tuple(shape), dtype=dtype,
+            chunks=(t_chunk,) + frame_chunks, image=image,
         ))
     return layouts, extra_dims
 
@@ -89,7 +95,7 @@ def _coordinates(inputs: RunInputs, plan: FramePlan, layouts, extra_dims, coeffi
     }
     used = {d for v in layouts for d in v.dims}
     if "distance" in used:
-        coords["distance"] = xr.Variable("distance", np.asarray(geometry.distances),
+        coords["distance"] = xr.Variable("distance", np.asarray(geometry.distances[:plan.profile_points]),
                                          attrs={"units": frames.units, "long_name": "distance"})
     for dim, values in zip(plan.spatial_dims, geometry.shift_coords):
         if f"shift_{dim}" in used:
@@ -129,6 +135,23 @@ def _coefficient_coords(plan: FramePlan) -> dict:
     return coords
 
 
+def profile_points(setting, geometry, frames, max_distance) -> int | None:
+    """Profile points the store keeps for ``output.profile_range`` (None: all, ``"full"``).
+
+    ``"auto"``: out to ``ccc.max_distance`` when set (the whole profile), otherwise out to
+    a quarter of the frame's shorter side (y, x); a number: out to that distance.
+    """
+    if setting == "full":
+        return None
+    if setting == "auto":
+        if max_distance is not None:
+            return len(geometry.distances)
+        reach = min(n * s for n, s in zip(frames.frame_shape[-2:], frames.spacing[-2:])) / 4
+    else:
+        reach = float(setting)
+    return max(1, int(np.searchsorted(geometry.distances, reach * (1 + 1e-12), side="right")))
+
+
 def plan_run(config: PipelineConfig, inputs: RunInputs, identity: str, settings=None) -> tuple[FramePlan, StoreLayout]:
     """The task plan and the store layout of a run."""
     frames = inputs.frames
@@ -164,6 +187,8 @@ def plan_run(config: PipelineConfig, inputs: RunInputs, identity: str, settings=
         shared_generated_mask=shared_generated,
         background_regions=regions,
     )
+    plan = replace(plan, profile_points=profile_points(config.output.profile_range, plan.geometry(), frames,
+                                                       config.ccc.max_distance))
     fpt = resolve_frames_per_task(config.execution.frames_per_task, tuple(frames.frame_shape), frames.n_frames)
     layouts, extra_dims = _output_layout(plan, frames.n_frames, inputs.chunks, fpt)
     several = "component" in extra_dims
@@ -175,7 +200,8 @@ def plan_run(config: PipelineConfig, inputs: RunInputs, identity: str, settings=
     variables = tuple(
         (v.name, v.shape[1:], v.dtype, v.fill_value) for v in layouts
     )
-    plan = replace(plan, variables=variables, frames_per_task=fpt)
+    returned = tuple(v.name for v in layouts if is_small(v.dims[1:], v.shape[1:], v.dtype, plan.spatial_dims))
+    plan = replace(plan, variables=variables, frames_per_task=fpt, returned=returned)
     image1 = frames.image1
     layout = StoreLayout(
         n_frames=frames.n_frames,

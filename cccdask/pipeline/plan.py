@@ -56,7 +56,12 @@ class FramePlan:
         The mask is one generated mask stored in the results store.
     background_regions : tuple of SourceSpec or None
     variables : tuple of (name, shape without t, dtype, fill value)
-        What the task writes.
+        What the task outputs (profiles cut to ``profile_points``).
+    returned : tuple of str
+        The small variables the task returns to the driver instead of writing them
+        (:mod:`cccdask.pipeline.blocks`).
+    profile_points : int or None
+        Profile points kept in the store (``output.profile_range``); None: all.
     """
 
     store: str
@@ -76,6 +81,8 @@ class FramePlan:
     background_regions: tuple[SourceSpec | None, SourceSpec | None] = (None, None)
     variables: tuple = ()
     frames_per_task: int = 1
+    returned: tuple[str, ...] = ()
+    profile_points: int | None = None
 
     def geometry(self):
         from cccdask.kernels.profile import profile_geometry

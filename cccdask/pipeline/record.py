@@ -1,10 +1,11 @@
 """The driver's completion record and the one-line messages of failed tasks.
 
 A frame is **recorded complete** only here: :meth:`Completion.add` takes the outcomes a
-task (or the tiled path) returned after its data was written, and
-:meth:`Completion.flush` writes them to the store's ``frame_status``/``frame_error``
-(:func:`cccdask.io.store.write_completion`). A frame marked complete therefore always
-has its data on disk.
+task (or the tiled path) returned after its large outputs were written, with its small
+results (scalars, profiles), and :meth:`Completion.flush` first writes the small
+results in blocks (:class:`~cccdask.pipeline.blocks.BlockWriter`), then the store's
+``frame_status``/``frame_error`` (:func:`cccdask.io.store.write_completion`). A frame
+marked complete therefore always has its data on disk.
 """
 
 from __future__ import annotations
@@ -15,23 +16,46 @@ from pathlib import Path
 
 from cccdask.io import store as results_store
 from cccdask.io.store import FRAME_OK, CompletionRecord
+from cccdask.pipeline.blocks import BlockWriter
 
 
 class Completion:
-    """The driver's completion record, flushed to the store at most every ``interval`` s."""
+    """The driver's completion record, flushed to the store at most every ``interval`` s.
 
-    def __init__(self, path: Path, record: CompletionRecord, interval: float = 0.5):
-        self.path, self.record, self.interval = path, record, interval
+    Parameters
+    ----------
+    path : Path
+        The store.
+    record : CompletionRecord
+        As read from the store.
+    blocks : BlockWriter, optional
+        Writes the small results the tasks return; flushed before the record.
+    interval : float
+        Seconds between flushes (s); longer when a flush takes longer (at most a tenth
+        of the driver's time goes to flushing).
+    """
+
+    def __init__(self, path: Path, record: CompletionRecord, blocks: BlockWriter | None = None,
+                 interval: float = 0.5):
+        self.path, self.record, self.blocks, self.interval = path, record, blocks, interval
         self.dirty = False
         self.last = time.monotonic()
+        self.flush_seconds = 0.0
 
-    def add(self, outcomes) -> None:
+    def add(self, outcomes, results: tuple[int, dict] | None = None) -> None:
+        """Record a task's outcomes ``(frame, status, reason)`` and its small results.
+
+        ``results`` is ``(start, arrays)``: per variable written in blocks, the values
+        of frames ``start .. start + n - 1``.
+        """
         first = not self.dirty and not self.record.complete.any()  # the first frames are flushed at once
+        if results is not None and self.blocks is not None:
+            self.blocks.add(*results)
         for index, status, reason in outcomes:
             self.record.errors[index] = reason
             self.record.status[index] = status
         self.dirty = True
-        if first or time.monotonic() - self.last >= self.interval:
+        if first or time.monotonic() - self.last >= max(self.interval, 10 * self.flush_seconds):
             self.flush()
 
     def report(self, progress, n_frames: int) -> None:
@@ -42,9 +66,14 @@ class Completion:
             progress(done, n_frames, done - int((status == FRAME_OK).sum()))
 
     def flush(self) -> None:
+        """Write the small results' blocks, then the completion record."""
         if self.dirty:
+            began = time.monotonic()
+            if self.blocks is not None:
+                self.blocks.flush()
             results_store.write_completion(self.path, self.record)
             self.dirty = False
+            self.flush_seconds = time.monotonic() - began
         self.last = time.monotonic()
 
 

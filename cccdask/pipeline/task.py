@@ -4,9 +4,11 @@ Pure given its :class:`~cccdask.pipeline.plan.FramePlan`: a task holds no driver
 state and never imports the driver. :func:`compute_frames` is the task:
 :func:`_read_batch` **reads** its frames from the input files (one call per batch),
 :func:`analyse_frame` runs preprocessing, the CCC kernel and the coefficients once per
-frame, and :func:`cccdask.io.store.write_frames` **writes** the batch into the store
-chunks the task owns. The outcomes (status, reason per frame) go back to the driver,
-which records them (:mod:`cccdask.pipeline.record`).
+frame, and :func:`cccdask.io.store.write_frames` **writes** the batch's large outputs
+(images, correlograms) into the store chunks the task owns. The outcomes (status,
+reason per frame) and the small outputs (scalars, profiles) go back to the driver,
+which writes the small ones in blocks and then records the frames
+(:mod:`cccdask.pipeline.blocks`, :mod:`cccdask.pipeline.record`).
 """
 
 from __future__ import annotations
@@ -213,10 +215,36 @@ def _read_generated_mask(store: str, identity: str) -> np.ndarray:
     return np.asarray(zarr.open_group(store, mode="r", use_consolidated=False)[GENERATED_MASK][...]) != 0
 
 
-def compute_frames(plan: FramePlan, start: int, stop: int) -> list[tuple[int, int, str]]:
-    """The task: read frames ``start..stop-1``, analyse them, write their store chunks.
+def stored_value(plan: FramePlan, dims: tuple[str, ...], value) -> np.ndarray:
+    """An output as the store keeps it: profiles cut to the stored range (``plan.profile_points``)."""
+    value = np.asarray(value)
+    if plan.profile_points is not None and "distance" in dims:
+        axis = dims.index("distance")
+        value = value[(slice(None),) * axis + (slice(0, plan.profile_points),)]
+    return value
 
-    Returns ``(frame, status, reason)`` per frame; the driver records them.
+
+def split_returned(plan: FramePlan, start: int, arrays: dict[str, np.ndarray]):
+    """Write a batch's large outputs into the task's own chunks; return the small ones.
+
+    The small outputs (``plan.returned``: scalars, profiles) go back to the driver,
+    which writes them in blocks of many frames (:mod:`cccdask.pipeline.blocks`).
+    """
+    small = {name: arrays.pop(name) for name in plan.returned if name in arrays}
+    if arrays:
+        results_store.write_frames(plan.store, plan.identity, start, arrays)
+    return small
+
+
+def compute_frames(plan: FramePlan, start: int, stop: int) -> tuple[list[tuple[int, int, str]], dict]:
+    """The task: read frames ``start..stop-1``, analyse them, write their large outputs.
+
+    Returns
+    -------
+    outcomes : list of (frame, status, reason)
+        One per frame; the driver records them.
+    small : dict of str to numpy.ndarray
+        The small outputs of the frames (frames first), for the driver to write in blocks.
     """
     n = stop - start
     arrays = {
@@ -227,9 +255,8 @@ def compute_frames(plan: FramePlan, start: int, stop: int) -> list[tuple[int, in
     outcomes = []
     for k, (index, inputs) in enumerate(zip(range(start, stop), _batch_inputs(plan, start, stop))):
         outputs, status, reason = analyse_frame(plan, *inputs, geometry=geometry)
-        for name, (_, value) in outputs.items():
+        for name, (dims, value) in outputs.items():
             if name in arrays:
-                arrays[name][k] = np.asarray(value).astype(dtypes[name], copy=False)
+                arrays[name][k] = stored_value(plan, dims, value).astype(dtypes[name], copy=False)
         outcomes.append((index, status, reason))
-    results_store.write_frames(plan.store, plan.identity, start, arrays)
-    return outcomes
+    return outcomes, split_returned(plan, start, arrays)

@@ -12,12 +12,11 @@ import numpy as np
 
 from cccdask.config import PipelineConfig
 from cccdask.frames import InvalidFrameError
-from cccdask.io import store as results_store
 from cccdask.io.store import FRAME_FIT_FAILED, FRAME_INVALID, FRAME_OK
 from cccdask.pipeline.inputs import RunInputs
 from cccdask.pipeline.plan import FramePlan
 from cccdask.pipeline.record import Completion, failure_message
-from cccdask.pipeline.task import FIT_FAILED_REASON
+from cccdask.pipeline.task import FIT_FAILED_REASON, split_returned, stored_value
 
 
 def run_tiled(cluster, plan: FramePlan, inputs: RunInputs, config: PipelineConfig, budget: float, todo,
@@ -26,7 +25,8 @@ def run_tiled(cluster, plan: FramePlan, inputs: RunInputs, config: PipelineConfi
 
     :func:`cccdask.ccc` builds the tiled graph of one frame (tasks read their own tiles;
     the frame is never loaded whole); its small results (profiles, fit) come back to the
-    driver, which writes them into the frame's own chunks and then records the frame.
+    driver, which writes them in blocks (:mod:`~cccdask.pipeline.blocks`) and then records
+    the frame.
     """
     import cccdask
 
@@ -54,13 +54,14 @@ def run_tiled(cluster, plan: FramePlan, inputs: RunInputs, config: PipelineConfi
                     continue
                 for name in values.data_vars:
                     if name in arrays:
-                        arrays[name][k] = np.asarray(values[name].values).astype(dtypes[name], copy=False)
+                        value = stored_value(plan, tuple(values[name].dims), values[name].values)
+                        arrays[name][k] = value.astype(dtypes[name], copy=False)
                 ok = bool(values["fit_ok"].any()) if "fit_ok" in values else True
                 outcomes.append((index, FRAME_OK if ok else FRAME_FIT_FAILED, "" if ok else FIT_FAILED_REASON))
-            results_store.write_frames(plan.store, plan.identity, start, arrays)
+            small = split_returned(plan, start, arrays)
         except Exception as error:  # report, keep going with the other frames
             failures.append(((start, stop), failure_message(error)))
             continue
-        completion.add(outcomes)
+        completion.add(outcomes, (start, small))
         completion.report(progress, n_frames)
     return failures

@@ -6,10 +6,14 @@ subprocess (:func:`kill_points.kill_environment`) and names the stage in
 driver's bookkeeping so the process kills itself with SIGKILL at that stage:
 
 first_frame
-    A task's frames are written but not yet recorded (the first
-    :meth:`cccdask.pipeline.record.Completion.add`).
+    A task's large outputs are written, its small results not yet, its frames not
+    recorded (the first :meth:`cccdask.pipeline.record.Completion.add`).
 midway
     Half the frames recorded (after the ``Completion.add`` that reaches half).
+block_write
+    In the middle of the driver's first write of small-result blocks: one variable's
+    block written, the next not, the completion record not yet
+    (:meth:`cccdask.pipeline.blocks.BlockWriter._write_block`).
 finalise
     Reports written, the store not yet marked complete (the
     :func:`cccdask.io.store.update_store_attrs` call that sets the complete status).
@@ -49,15 +53,17 @@ def _kill() -> None:
 
 def _install(stage: str) -> None:
     from cccdask.io import store
-    from cccdask.pipeline import record
+    from cccdask.pipeline import blocks, record
 
     add = record.Completion.add
     update_store_attrs = store.update_store_attrs
+    write_block = blocks.BlockWriter._write_block
+    written = []
 
-    def add_then_maybe_kill(self, outcomes):
+    def add_then_maybe_kill(self, outcomes, *results):
         if stage == "first_frame":
             _kill()  # its frames are written, not yet recorded
-        add(self, outcomes)
+        add(self, outcomes, *results)
         if self.record.complete.sum() >= len(self.record.status) // 2:
             if stage == "midway":
                 _kill()
@@ -69,7 +75,14 @@ def _install(stage: str) -> None:
             _kill()  # reports written, the store not yet marked complete
         update_store_attrs(path, **attrs)
 
+    def write_block_or_kill(self, name, start, values):
+        if stage == "block_write" and written:
+            _kill()  # one variable's block written, the others and the record not
+        write_block(self, name, start, values)
+        written.append(name)
+
     record.Completion.add = add_then_maybe_kill
+    blocks.BlockWriter._write_block = write_block_or_kill
     store.update_store_attrs = update_or_kill
 
 
