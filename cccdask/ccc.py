@@ -166,6 +166,28 @@ def _frame_arrays(frames: Frames, index: int):
     )
 
 
+def fft_threads(requested: int | None = None) -> int:
+    """Threads for one frame's FFTs: ``requested``, else 1 inside a Dask worker, else all cores.
+
+    Inside a worker the cluster already runs one task per thread; outside (a notebook,
+    a script) a single frame uses every core the process may run on.
+    """
+    if requested is not None:
+        if int(requested) < 1:
+            raise ValueError(f"fft_workers must be a positive number of threads, not {requested!r}.")
+        return int(requested)
+    try:
+        from distributed import get_worker
+
+        get_worker()
+        return 1
+    except (ImportError, ValueError):
+        pass
+    import os
+
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 def ccc(
     image1: Any,
     image2: Any,
@@ -182,6 +204,7 @@ def ccc(
     tile_shape: Sequence[int] | None = None,
     n_gaussians: int | str = 1,
     max_gaussians: int = MAX_GAUSSIANS,
+    fft_workers: int | None = None,
 ) -> xr.Dataset:
     """Colocalization by Cross Correlation of two channels, frame by frame.
 
@@ -236,6 +259,10 @@ def ccc(
         frame uses component 1's confidence.
     max_gaussians : int
         Largest number of Gaussians tried by ``n_gaussians="auto"``.
+    fft_workers : int, optional
+        Threads for each frame's FFTs (``scipy.fft`` workers) on in-memory (NumPy)
+        inputs. Default: every core the process may use, or 1 inside a Dask worker
+        (:func:`fft_threads`). Dask-backed inputs run one thread per task.
 
     Returns
     -------
@@ -270,6 +297,7 @@ def ccc(
     several = (n_components, auto) != (1, False)
     if several and mode == "correlation":
         raise ValueError(f"n_gaussians needs the Gaussian fit; use mode 'full' or 'no_confidence', not {mode!r}.")
+    threads = fft_threads(fft_workers)
     frames = prepare_inputs(image1, image2, mask, spacing)
     geometry = profile_geometry(frames.frame_shape, frames.spacing, max_distance, fiji_compat)
     names = output_names(mode, contributions, intermediates, components=several)
@@ -296,11 +324,14 @@ def ccc(
                 )
         stack = da.stack
     else:
-        for t in range(frames.n_frames):
-            arrays = [None if a is None else np.asarray(a) for a in _frame_arrays(frames, t)]
-            result = ccc_frame(*arrays, geometry, **options)
-            for name in names:
-                per_frame[name].append(result[name])
+        import scipy.fft
+
+        with scipy.fft.set_workers(threads):
+            for t in range(frames.n_frames):
+                arrays = [None if a is None else np.asarray(a) for a in _frame_arrays(frames, t)]
+                result = ccc_frame(*arrays, geometry, **options)
+                for name in names:
+                    per_frame[name].append(result[name])
         stack = np.stack
 
     data_vars = {}
