@@ -32,8 +32,9 @@ def _config(tmp_path, address, input_section, store="results.zarr", reports=Fals
 
 
 def _assert_equal_to_ccc(stored: xr.Dataset, expected: xr.Dataset, names=CCC_VARIABLES):
-    for name in names:
-        np.testing.assert_array_equal(stored[name].values, expected[name].values, err_msg=name)
+    for name in names:  # profiles are stored in float32 (output.profile_range: auto)
+        np.testing.assert_array_equal(stored[name].values, expected[name].values.astype(stored[name].dtype),
+                                      err_msg=name)
 
 
 def _write_imagej(path, image1, image2, pixel, interval):
@@ -155,7 +156,7 @@ def test_ome_zarr_3d_time_series_equals_ccc_in_memory(tmp_path, cluster_address)
                            xr.DataArray(image2, dims=("t", "z", "y", "x")), mask, spacing=spacing, max_distance=0.8)
     np.testing.assert_array_equal(stored["distance"].values, expected["distance"].values)
     _assert_equal_to_ccc(stored, expected)
-    assert stored["mean"].encoding["chunks"] == (2,)
+    assert stored["mean"].encoding["chunks"] == (3,)  # small results: one block of up to 1024 frames
     assert list(stored["frame_status"].values) == [FRAME_OK] * 3
 
 
