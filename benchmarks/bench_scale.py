@@ -40,6 +40,7 @@ import numpy as np
 import psutil
 
 SPACING = (0.1, 0.1)
+MIB = 2**20
 
 
 def write_series(path: Path, n_frames: int, size: int, chunk_frames: int, data: bool = True) -> int:
@@ -206,6 +207,15 @@ def planning_seconds(root: Path, n_frames: int, size: int) -> tuple[float, float
     return validate, time.perf_counter() - began
 
 
+def print_row(r: dict) -> None:
+    """One table row, printed as soon as its series is done."""
+    print(f"| {r['series']} | {r['fpt']} | {r['wall']:.1f} | {r['kernel_ms']:.1f} ({r['kernel_cpu_ms']:.1f}) | "
+          f"{r['overhead_ms']:.1f} | {r['driver_tenth'] / MIB:.0f} / {r['driver_end'] / MIB:.0f} "
+          f"({r['driver_end'] / r['driver_tenth']:.3f}x) | {r['workers_tenth'] / MIB:.0f} / "
+          f"{r['workers_end'] / MIB:.0f} | {r['files']} | {r['ratio']:.4f} | {r['load']:.3f} | "
+          f"{r['inspect']:.2f} |", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--series", action="append", help="FRAMESxSIZE, repeatable (default 20000x128, 2000x512)")
@@ -222,32 +232,24 @@ def main() -> None:
     from cccdask.cluster import worker_environment_settings
 
     root = Path(tempfile.mkdtemp(prefix="cccdask-scale-"))
-    rows = []
-    try:
-        with dask.config.set(worker_environment_settings()):
-            cluster = LocalCluster(n_workers=args.workers, threads_per_worker=1, processes=True,
-                                   dashboard_address=None, host="127.0.0.1")
-        try:
-            for n_frames, size in series:
-                rows.append(run_series(root, n_frames, size, cluster, args))
-        finally:
-            cluster.close()
-        validate, plan = planning_seconds(root, args.plan_frames, 128)
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
-    mib = 2**20
     print(f"{args.workers} workers x 1 thread, default config (max_distance {args.max_distance}, profile_range "
           f"auto, no mask); load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
     print("| series | frames/task | run (s) | kernel (ms/frame, CPU ms) | overhead (ms/frame) | driver peak MiB "
           "10% / 100% | workers peak MiB 10% / 100% | store files | store / input bytes | open + load "
           "mean, sigma, confidence (s) | cccdask inspect (s) |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
-    for r in rows:
-        print(f"| {r['series']} | {r['fpt']} | {r['wall']:.1f} | {r['kernel_ms']:.1f} ({r['kernel_cpu_ms']:.1f}) | "
-              f"{r['overhead_ms']:.1f} | {r['driver_tenth'] / mib:.0f} / {r['driver_end'] / mib:.0f} "
-              f"({r['driver_end'] / r['driver_tenth']:.3f}x) | {r['workers_tenth'] / mib:.0f} / "
-              f"{r['workers_end'] / mib:.0f} | {r['files']} | {r['ratio']:.4f} | {r['load']:.3f} | "
-              f"{r['inspect']:.2f} |")
+    try:
+        with dask.config.set(worker_environment_settings()):
+            cluster = LocalCluster(n_workers=args.workers, threads_per_worker=1, processes=True,
+                                   dashboard_address=None, host="127.0.0.1")
+        try:
+            for n_frames, size in series:
+                print_row(run_series(root, n_frames, size, cluster, args))
+        finally:
+            cluster.close()
+        validate, plan = planning_seconds(root, args.plan_frames, 128)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
     print(f"validate {args.plan_frames} frames of 128²: {validate:.2f} s; validate + plan: {plan:.2f} s")
 
 
