@@ -20,13 +20,13 @@ def _install(after: int, resume_file: str) -> None:
 
     add = record.Completion.add
 
-    def add_after_pause(self, outcomes):
+    def add_after_pause(self, outcomes, *results):
         # the frames recorded so far have been reported by the driver's progress call
         if int(self.record.complete.sum()) >= after:
             deadline = time.monotonic() + 300
             while not os.path.exists(resume_file) and time.monotonic() < deadline:
                 time.sleep(0.05)
-        add(self, outcomes)
+        add(self, outcomes, *results)
 
     record.Completion.add = add_after_pause
 
