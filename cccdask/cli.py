@@ -232,6 +232,13 @@ def validate_command(
             "(a run resumes it)", "replace": "exists and will be replaced (overwrite)"}[state],
             highlight=False,
         )
+        from cccdask.pipeline import FrameTooLargeError
+        from cccdask.pipeline.plan import describe_execution
+
+        try:
+            console.print(describe_execution(settings, frames), highlight=False)
+        except (FrameTooLargeError, ValueError) as error:
+            _fail(str(error))
     else:
         console.print(f"{config}: valid.")
     from cccdask.checks import background_warning, machine_warnings

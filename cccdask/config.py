@@ -366,6 +366,12 @@ class ExecutionConfig(Section):
         description="Memory one task may use, e.g. '2GiB'. Default: the workers' memory limit per thread. "
         "A frame over it is correlated tile by tile when ccc.max_distance is set, else refused.",
     )
+    tile_shape: Optional[list[int]] = Field(
+        None,
+        description="Tile edge per spatial axis (voxels, (z,) y, x) of the tiled path. Set: every frame is "
+        "analysed tile by tile with these tiles (needs ccc.max_distance). Default: frames over memory_budget "
+        "are tiled, with the largest tiles that fit it.",
+    )
     memory_target: Optional[float] = Field(
         None, gt=0, le=1, description="distributed.worker.memory.target (fraction)."
     )
@@ -400,6 +406,14 @@ class ExecutionConfig(Section):
                     raise ValueError
             except (ValueError, TypeError):
                 raise ValueError(f"memory_budget must be a size such as '512MiB' or '4GB', not {value!r}") from None
+        return value
+
+    @field_validator("tile_shape")
+    @classmethod
+    def _tile_edges(cls, value):
+        if value is not None and (not 2 <= len(value) <= 3 or any(edge < 1 for edge in value)):
+            raise ValueError(f"tile_shape must give a positive tile edge (voxels) per spatial axis, e.g. "
+                             f"[512, 512] or [64, 256, 256], not {value!r}")
         return value
 
     @field_validator("frames_per_task")

@@ -36,9 +36,9 @@ from cccdask.pipeline.inputs import RunInputs, SourceSpec, describe_settled, ope
 from cccdask.pipeline.layout import plan_run
 from cccdask.pipeline.plan import (
     FramePlan,
-    check_memory,
     estimate_task_memory,
     frame_batches,
+    plan_tiles,
     resolve_frames_per_task,
 )
 from cccdask.pipeline.record import DISK_FULL_ERRNOS, DISK_FULL_HINT, Completion, failure_message
@@ -209,9 +209,11 @@ def _run_locked(config: PipelineConfig, inputs: RunInputs, identity: str, curren
             cluster.client.wait_for_workers(1)
         budget = (cluster.memory_per_thread() if config.execution.memory_budget is None
                   else _parse_bytes(config.execution.memory_budget))
-        whole_frames = check_memory(estimate, budget, config, frames.frame_shape)
-        if not whole_frames:
-            log("Frames do not fit one task: correlating each frame tile by tile (ccc.max_distance)")
+        tiles = plan_tiles(config, frames, estimate, budget)
+        if tiles.tiled:
+            log(f"Analysing each frame tile by tile (tiles of {list(tiles.tile_shape)} voxels): "
+                + ("execution.tile_shape" if config.execution.tile_shape is not None
+                   else "frames do not fit one task"))
         resume = existing_store_resumes(path, identity, overwrite, current)
         results_store.remove_interrupted_writes(path)
         settings = _prepare_preprocessing(config, inputs, log)
@@ -239,10 +241,10 @@ def _run_locked(config: PipelineConfig, inputs: RunInputs, identity: str, curren
         completion = Completion(path, record, blocks)
         phase("computing frames")
         completion.report(progress, n_frames)
-        if whole_frames:
+        if not tiles.tiled:
             failures = submit_batches(cluster, plan, todo, completion, config.execution.retries, progress, n_frames)
         else:
-            failures = run_tiled(cluster, plan, inputs, config, budget, todo, completion, progress, n_frames)
+            failures = run_tiled(cluster, plan, inputs, config, tiles.tile_shape, todo, completion, progress, n_frames)
         completion.flush()
         if failures:
             lines = "\n".join(f"  frames {s}-{e - 1}: {message}" for (s, e), message in failures[:10])

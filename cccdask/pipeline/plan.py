@@ -130,31 +130,133 @@ def estimate_task_memory(config: PipelineConfig, frames, frames_per_task: int) -
     return int(1.25 * (read * frames_per_task + working + ffts + ccfs + images))
 
 
-def check_memory(estimate: int, per_thread: float | None, config: PipelineConfig, frame_shape) -> bool:
+@dataclass(frozen=True)
+class TilePlan:
+    """How the frames of a run are analysed: whole, or tile by tile.
+
+    Attributes
+    ----------
+    tiled : bool
+        Frames take the tiled path (:mod:`cccdask.tiled`).
+    tile_shape : tuple of int or None
+        Tile edge per spatial axis (voxels) when tiled.
+    task_bytes : int
+        Estimated peak memory of one task (bytes): a whole-frame task, or one tile task.
+    """
+
+    tiled: bool
+    tile_shape: tuple[int, ...] | None
+    task_bytes: int
+
+
+def plan_tiles(config: PipelineConfig, frames, estimate: int, per_thread: float | None) -> TilePlan:
+    """Whole frames or tiles: tiles when ``execution.tile_shape`` is set or a frame is over budget.
+
+    Over budget without a tile shape, the tiles are the largest that fit half the
+    budget (:func:`cccdask.tile_memory.default_tile_shape`; the other half is left to
+    the results a worker holds). Raises :class:`FrameTooLargeError` when the frames
+    must be tiled but cannot be (see :func:`check_memory`).
+    """
+    from cccdask.kernels.profile import shift_range
+    from cccdask.kernels.tiled import tile_memory_bytes
+    from cccdask.tile_memory import default_tile_shape
+
+    forced = config.execution.tile_shape is not None
+    if not check_memory(estimate, per_thread, config, frames.frame_shape, forced=forced):
+        shape = tuple(int(n) for n in frames.frame_shape)
+        lo, hi = shift_range(shape, tuple(frames.spacing), config.ccc.max_distance)
+        max_shift = tuple(max(-a, b) for a, b in zip(lo, hi))
+        if forced:
+            if len(config.execution.tile_shape) != len(shape):
+                raise ValueError(
+                    f"execution.tile_shape {list(config.execution.tile_shape)} has {len(config.execution.tile_shape)} "
+                    f"edges but the frames have {len(shape)} spatial axes {tuple(frames.spatial_dims)}; give one "
+                    f"edge per axis."
+                )
+            tile = tuple(min(int(t), n) for t, n in zip(config.execution.tile_shape, shape))
+        else:
+            tile = default_tile_shape(shape, max_shift, memory_budget_bytes=per_thread / 2, dtype=config.ccc.dtype)
+        return TilePlan(True, tile, tile_memory_bytes(tile, max_shift, config.ccc.dtype))
+    return TilePlan(False, None, int(estimate))
+
+
+def check_memory(estimate: int, per_thread: float | None, config: PipelineConfig, frame_shape,
+                 forced: bool = False) -> bool:
     """Whether frames fit one task; False: take the tiled path. Raises when neither works.
 
     The tiled path (:mod:`cccdask.tiled`, through :func:`cccdask.ccc`) needs
-    ``ccc.max_distance`` and, for now, no contribution images, correlograms,
-    coefficients or preprocessing.
+    ``ccc.max_distance`` and, for now, no preprocessing. ``forced``: the tiles are
+    asked for (``execution.tile_shape``).
     """
     from dask.utils import format_bytes
 
-    if per_thread is None or estimate <= per_thread:
+    if not forced and (per_thread is None or estimate <= per_thread):
         return True
     blockers = [name for name, on in (
         ("ccc.max_distance is not set", config.ccc.max_distance is None),
-        ("ccc.contributions", config.ccc.contributions),
-        ("ccc.intermediates", config.ccc.intermediates),
-        ("coefficients", config.coefficients is not None),
         ("preprocess", config.preprocessing is not None),
     ) if on]
     if not blockers:
         return False
+    if forced:
+        raise FrameTooLargeError(
+            f"execution.tile_shape asks for tiles, but the tiled path needs ccc.max_distance and no "
+            f"preprocess (here: {', '.join(blockers)}). Set ccc.max_distance, or remove execution.tile_shape."
+        )
     which = "a worker thread's memory limit" if config.execution.memory_budget is None else "execution.memory_budget"
     raise FrameTooLargeError(
         f"one frame of shape {tuple(frame_shape)} needs about {format_bytes(estimate)} per task, but the "
-        f"workers have {format_bytes(int(per_thread))} per thread ({which}). Frames this large are correlated "
-        f"tile by tile when ccc.max_distance is set and contributions, intermediates, coefficients and "
-        f"preprocess are off (here: {', '.join(blockers)}). Otherwise give the workers more memory "
+        f"workers have {format_bytes(int(per_thread))} per thread ({which}). Frames this large are analysed "
+        f"tile by tile when ccc.max_distance is set and preprocess is off (here: {', '.join(blockers)}). "
+        f"Otherwise give the workers more memory "
         f"(cluster.local.memory_limit, or fewer threads_per_worker) or set execution.frames_per_task to 1."
     )
+
+
+def expected_memory_per_thread(config: PipelineConfig) -> float | None:
+    """The budget of one task before any cluster is up (bytes), as the run will find it.
+
+    ``execution.memory_budget``, else what the configured cluster declares per worker
+    thread (local: its memory limit; SLURM: the job memory; in-process: the machine's).
+    None for an existing scheduler (known once connected).
+    """
+    from dask.utils import parse_bytes
+    import psutil
+
+    from cccdask.cluster import local_cluster_size
+
+    if config.execution.memory_budget is not None:
+        return float(parse_bytes(config.execution.memory_budget))
+    cluster = config.cluster
+    if cluster.kind == "local":
+        local = cluster.local
+        _, memory = local_cluster_size(local.n_workers, local.threads_per_worker)
+        limit = local.memory_limit or memory
+        limit = parse_bytes(limit) if isinstance(limit, str) else limit
+        return None if not limit else float(limit) / local.threads_per_worker
+    if cluster.kind == "slurm":
+        slurm = cluster.slurm
+        return parse_bytes(slurm.memory) / slurm.processes / max(slurm.cores // slurm.processes, 1)
+    if cluster.kind in ("threads", "synchronous"):
+        threads = 1 if cluster.kind == "synchronous" else (cluster.threads or local_cluster_size(None, 1)[0])
+        return psutil.virtual_memory().total * 0.9 / threads
+    return None
+
+
+def describe_execution(config: PipelineConfig, frames) -> str:
+    """One line for ``cccdask validate``: whole frames or tiles, and the memory of one task."""
+    from dask.utils import format_bytes
+
+    fpt = resolve_frames_per_task(config.execution.frames_per_task, tuple(frames.frame_shape), frames.n_frames)
+    estimate = estimate_task_memory(config, frames, fpt)
+    per_thread = expected_memory_per_thread(config)
+    budget = ("unknown until the scheduler is reached" if per_thread is None
+              else f"{format_bytes(int(per_thread))} per worker thread")
+    tiles = plan_tiles(config, frames, estimate, per_thread)
+    if tiles.tiled:
+        why = "execution.tile_shape" if config.execution.tile_shape is not None else "over the budget"
+        return (f"Every frame is tiled ({why}): tiles of {list(tiles.tile_shape)} voxels, about "
+                f"{format_bytes(tiles.task_bytes)} per tile task (budget {budget}; a whole frame would need "
+                f"{format_bytes(int(estimate))}).")
+    return (f"Every frame is analysed whole ({fpt} frame(s) per task): about {format_bytes(int(estimate))} "
+            f"per task (budget {budget}).")

@@ -1,14 +1,23 @@
-"""The tiled path of a run: frames too large for one task, correlated tile by tile.
+"""The tiled path of a run: frames too large for one task, analysed tile by tile.
 
-Used by the driver when :func:`~cccdask.pipeline.plan.check_memory` finds that a frame
-does not fit a worker thread. Each frame's tiled graph (:func:`cccdask.ccc`) runs on the
-cluster; its small results are written by the driver into the frame's chunks and then
-recorded (:class:`~cccdask.pipeline.record.Completion`).
+Used by the driver when :func:`~cccdask.pipeline.plan.plan_tiles` finds that a frame
+does not fit a worker thread, or ``execution.tile_shape`` asks for tiles. Per frame,
+one graph runs on the cluster: the tiled CCC (:func:`cccdask.ccc`: correlograms
+within R, then the contribution images by overlap-save) and the coefficients
+(:func:`cccdask.coefficients.coefficients`, exact from per-chunk statistics) over the
+same tiles. Image outputs (contribution images, coefficient maps) are written by the
+workers straight into the frame's store chunks, one task per chunk; the small results
+(profiles, fit, correlograms, coefficients) come back to the driver, which writes them
+into the frame's chunks and then records the frame
+(:class:`~cccdask.pipeline.record.Completion`). The frame is never loaded whole.
 """
 
 from __future__ import annotations
 
+import dask.array as da
 import numpy as np
+import xarray as xr
+import zarr
 
 from cccdask.config import PipelineConfig
 from cccdask.frames import InvalidFrameError
@@ -19,45 +28,122 @@ from cccdask.pipeline.record import Completion, failure_message
 from cccdask.pipeline.task import FIT_FAILED_REASON, split_returned, stored_value
 
 
-def run_tiled(cluster, plan: FramePlan, inputs: RunInputs, config: PipelineConfig, budget: float, todo,
-               completion: Completion, progress, n_frames):
-    """Frames over the task budget: each frame correlated tile by tile on the cluster.
+def frame_graph(plan: FramePlan, inputs: RunInputs, index: int, tile_shape, compute=None) -> xr.Dataset:
+    """All outputs of frame ``index`` as one lazy Dataset over tiles of ``tile_shape``.
 
-    :func:`cccdask.ccc` builds the tiled graph of one frame (tasks read their own tiles;
-    the frame is never loaded whole); its small results (profiles, fit) come back to the
-    driver, which writes them in blocks (:mod:`~cccdask.pipeline.blocks`) and then records
-    the frame.
+    The inputs are cut into tiles once; the CCC (forced onto its tiled path) and the
+    coefficients read the same tile arrays, so computed together a tile is read once
+    per pass. The background levels are reductions computed first (``compute``, e.g.
+    on the cluster; default Dask's current scheduler), then subtracted chunk by chunk.
     """
     import cccdask
+    from cccdask.coefficients import coefficients
 
     frames = inputs.frames
+    tiles = dict(zip(plan.spatial_dims, tile_shape))
+    image1 = frames.image1.isel(t=index).data.rechunk(tile_shape)
+    image2 = frames.image2.isel(t=index).data.rechunk(tile_shape)
+    mask = frames.mask_frame(index)
+    mask = None if mask is None else mask.transpose(*tiles).data.rechunk(tile_shape)
+    preprocessed = None
+    if plan.preprocess is not None:
+        image1, image2, preprocessed = _preprocess(plan, index, image1, image2, tile_shape, compute)
+    options = {k: plan.ccc[k] for k in ("mode", "contributions", "intermediates", "dtype", "max_distance",
+                                        "fiji_compat", "n_gaussians", "max_gaussians")}
+    # memory_budget=0: the tiled path whatever the frame's size (the driver chose it)
+    result = cccdask.ccc(image1, image2, mask, spacing=plan.spacing, memory_budget=0, tile_shape=tile_shape,
+                         **options)
+    result = result.isel(t=0, drop=True) if "t" in result.dims else result
+    if plan.coefficients is not None:
+        table = coefficients(image1, image2, mask, spacing=plan.spacing, **plan.coefficients)
+        table = table.isel(t=0, drop=True) if "t" in table.dims else table
+        result = result.merge(table.drop_vars([c for c in table.coords if c in result.coords]), compat="override")
+    if preprocessed is not None:
+        result = result.assign(preprocessed)
+    return result
+
+
+def _preprocess(plan: FramePlan, index: int, image1, image2, tile_shape, compute=None):
+    """Background levels from per-chunk reductions, subtracted chunk by chunk; the record variables."""
+    from cccdask.pipeline.task import _settings_of
+    from cccdask.preprocess_tiled import background_level, subtract_levels
+
+    settings = _settings_of(plan)
+    levels = []
+    for image, background, spec in zip((image1, image2), (settings.background.image1, settings.background.image2),
+                                       plan.background_regions):
+        region = None
+        if spec is not None:
+            opened = spec.open()
+            region = (opened.isel(t=index) if "t" in opened.dims else opened).transpose(*plan.spatial_dims)
+            region = region.data.rechunk(tile_shape)
+        levels.append(background_level(image, background, plan.spacing, region))
+    levels = (compute or (lambda arrays: da.compute(*arrays)))(levels)
+    levels = [np.float64(level) for level in levels]
+    record = {
+        "background1": ((), levels[0]),
+        "background2": ((), levels[1]),
+        "chromatic_shift": (("axis",), np.zeros(len(plan.spatial_dims))),
+        "mask_threshold": ((), np.float64(np.nan)),
+    }
+    return subtract_levels(image1, levels[0]), subtract_levels(image2, levels[1]), record
+
+
+def _store_images(plan: FramePlan, index: int, images: dict[str, da.Array]):
+    """Delayed writes of a frame's image outputs into their store chunks (one task per chunk)."""
+    if not images:
+        return None
+    group = zarr.open_group(plan.store, mode="r+", use_consolidated=False)
+    sources, targets, regions = [], [], []
+    for name, array in images.items():
+        target = group[name]
+        chunks = target.shards or target.chunks
+        sources.append(array[None].astype(target.dtype).rechunk((1,) + tuple(chunks[1:])))
+        targets.append(target)
+        regions.append((slice(index, index + 1),) + tuple(slice(0, n) for n in array.shape))
+    return da.store(sources, targets, regions=regions, lock=False, compute=False)
+
+
+def run_tiled(cluster, plan: FramePlan, inputs: RunInputs, config: PipelineConfig, tile_shape, todo,
+              completion: Completion, progress, n_frames):
+    """Frames analysed tile by tile on the cluster, one frame at a time; returns the failures."""
     dtypes = {name: dtype for name, _, dtype, _ in plan.variables}
+    spatial = set(plan.spatial_dims)
     failures = []
+
+    def compute(arrays):
+        futures = cluster.client.compute(list(arrays))
+        return [f.result() for f in futures] if isinstance(futures, list) else futures.result()
+
     for start, stop in todo:
-        arrays = {name: np.full((stop - start,) + tuple(shape), fill, dtype=dtype)
-                  for name, shape, dtype, fill in plan.variables}
+        arrays = {}
         outcomes = []
         try:
             for k, index in enumerate(range(start, stop)):
-                mask = frames.mask_frame(index)
-                result = cccdask.ccc(
-                    frames.image1.isel(t=index).data, frames.image2.isel(t=index).data,
-                    None if mask is None else mask.data, mode=config.ccc.mode, spacing=frames.spacing,
-                    max_distance=config.ccc.max_distance, fiji_compat=config.ccc.fiji_compat,
-                    dtype=config.ccc.dtype, memory_budget=budget,
-                    n_gaussians=config.ccc.n_gaussians, max_gaussians=config.ccc.max_gaussians,
-                )
+                frame = frame_graph(plan, inputs, index, tile_shape, compute=compute)
+                images = {name: frame[name].data for name in frame.data_vars
+                          if name in dtypes and set(frame[name].dims) == spatial}
+                small = frame[[name for name in frame.data_vars if name in dtypes and name not in images]]
                 try:
-                    values = cluster.client.compute(result).result()
+                    # one submission: the tasks both hold (tiles, levels, correlograms) run once
+                    writes = _store_images(plan, index, images)
+                    writes = [] if writes is None else (writes if isinstance(writes, list) else [writes])
+                    futures = cluster.client.compute([small] + writes)  # a list on a distributed client
+                    values = ([f.result() for f in futures] if isinstance(futures, list) else futures.result())[0]
                 except InvalidFrameError as error:
                     outcomes.append((index, FRAME_INVALID, str(error)))
                     continue
                 for name in values.data_vars:
-                    if name in arrays:
-                        value = stored_value(plan, tuple(values[name].dims), values[name].values)
-                        arrays[name][k] = value.astype(dtypes[name], copy=False)
+                    if name not in arrays:
+                        _, shape, dtype, fill = next(v for v in plan.variables if v[0] == name)
+                        arrays[name] = np.full((stop - start,) + tuple(shape), fill, dtype=dtype)
+                    value = stored_value(plan, tuple(values[name].dims), values[name].values)
+                    arrays[name][k] = value.astype(dtypes[name], copy=False)
                 ok = bool(values["fit_ok"].any()) if "fit_ok" in values else True
                 outcomes.append((index, FRAME_OK if ok else FRAME_FIT_FAILED, "" if ok else FIT_FAILED_REASON))
+            for name, shape, dtype, fill in plan.variables:  # frames without a result: fill values
+                if name in plan.returned and name not in arrays:
+                    arrays[name] = np.full((stop - start,) + tuple(shape), fill, dtype=dtype)
             small = split_returned(plan, start, arrays)
         except Exception as error:  # report, keep going with the other frames
             failures.append(((start, stop), failure_message(error)))
