@@ -1,0 +1,136 @@
+"""The tiled path of a run equals the whole-frame run, on a real cluster (issue 17).
+
+A frame that fits is run twice: whole, and tile by tile (forced by
+``execution.tile_shape`` or by a memory budget under the frame's estimate). Every
+output must agree: correlations to float32 rounding, coefficients exactly (to float64
+summation order), written into the same store layout.
+"""
+
+import re
+
+import numpy as np
+import pytest
+import tifffile
+import xarray as xr
+import yaml
+from dask.utils import format_bytes
+from typer.testing import CliRunner
+
+from cccdask.cli import app
+from cccdask.config import config_from_dict
+from cccdask.io.store import FRAME_OK, write_ome_zarr
+from cccdask.kernels.tiled import tile_memory_bytes
+from cccdask.pipeline import FrameTooLargeError, run
+from cccdask.synthetic import paired_spots_series
+
+SPACING = 0.05
+MAX_DISTANCE = 0.3  # K = 6 voxels of halo per axis
+CORRELATIONS = ("profile_original", "profile_subtracted", "profile_fit", "mean", "sigma", "height", "confidence",
+                "r_squared", "contribution1", "contribution2", "ccf_original", "ccf_subtracted", "ccf_gauss")
+
+
+@pytest.fixture(scope="module")
+def scene(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tiled_run")
+    image1, image2, mask, _ = paired_spots_series(2, distances=[0.15, 0.25], shape=(72, 60), spacing=(SPACING,) * 2,
+                                                  psf_sigma=0.08, n_pairs=40)
+    write_ome_zarr(folder / "cells.ome.zarr", np.stack([image1, image2], axis=1), "tcyx", (SPACING, SPACING))
+    write_ome_zarr(folder / "mask.ome.zarr", mask.astype(np.uint8), "tyx", (SPACING, SPACING))
+    return folder
+
+
+def _config(folder, address, store, execution=None, ccc=None, coefficients=None):
+    data = {
+        "input": {"image1": {"path": "cells.ome.zarr", "channel": 0}, "image2": {"path": "cells.ome.zarr",
+                                                                                 "channel": 1},
+                  "mask": "mask.ome.zarr"},
+        "ccc": {"max_distance": MAX_DISTANCE, "contributions": True, "intermediates": True, **(ccc or {})},
+        "coefficients": {"threshold": "costes", "maps": True, "van_steensel_shifts": 4, **(coefficients or {})},
+        "execution": execution or {},
+        "output": {"store": str(folder / store), "reports": False},
+        "cluster": {"kind": "address", "address": address},
+    }
+    return data
+
+
+@pytest.fixture(scope="module")
+def whole_run(scene, cluster_address):
+    return xr.open_zarr(run(config_from_dict(_config(scene, cluster_address, "whole.zarr"), base_dir=scene)))
+
+
+def _assert_tiled_equals_whole(tiled: xr.Dataset, whole: xr.Dataset):
+    assert set(tiled.data_vars) == set(whole.data_vars)
+    assert list(tiled["frame_status"].values) == [FRAME_OK, FRAME_OK]
+    for name in whole.data_vars:
+        expected, got = whole[name].values, tiled[name].values
+        assert got.shape == expected.shape and got.dtype == expected.dtype, name
+        if name in CORRELATIONS:  # float32 FFTs over different extents: float32 rounding
+            scale = np.nanmax(np.abs(expected)) if expected.size else 1.0
+            np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5 * scale, err_msg=name)
+        elif expected.dtype.kind == "f":  # coefficients: float64 sums of the same voxels, another order
+            np.testing.assert_allclose(got, expected, rtol=1e-9, atol=1e-12, err_msg=name)
+        else:
+            np.testing.assert_array_equal(got, expected, err_msg=name)
+
+
+def test_tiles_asked_for_by_tile_shape_give_the_whole_frame_results(scene, cluster_address, whole_run):
+    config = config_from_dict(_config(scene, cluster_address, "tiled.zarr", execution={"tile_shape": [24, 20]}),
+                              base_dir=scene)
+    logged = []
+    tiled = xr.open_zarr(run(config, log=logged.append))
+    assert any("tile by tile (tiles of [24, 20] voxels)" in line for line in logged)
+    # the contribution images were written chunk by chunk into the store's per-frame chunks
+    assert tiled["contribution1"].encoding["chunks"][0] == 1
+    _assert_tiled_equals_whole(tiled, whole_run)
+    # the whole run is not trivially equal to itself: its contributions are not empty
+    assert np.abs(whole_run["contribution1"].values).max() > 0
+
+
+def test_a_small_memory_budget_tiles_every_frame(scene, cluster_address, whole_run):
+    config = config_from_dict(_config(scene, cluster_address, "budget.zarr", execution={"memory_budget": "300kiB"}),
+                              base_dir=scene)
+    logged = []
+    tiled = xr.open_zarr(run(config, log=logged.append))
+    # whole: about 0.96 MiB per task; tiles: the largest power-of-two tiles within half the budget
+    assert any("(tiles of [32, 32] voxels): frames do not fit one task" in line for line in logged), logged
+    _assert_tiled_equals_whole(tiled, whole_run)
+
+
+runner = CliRunner()
+
+
+def _validate(folder, name, data):
+    path = folder / f"{name}.yaml"
+    data = dict(data, cluster={"kind": "local", "local": {"n_workers": 2, "memory_limit": "512MiB"}})
+    path.write_text(yaml.safe_dump(data))
+    result = runner.invoke(app, ["validate", str(path)])
+    return result.exit_code, re.sub(r"\s+", " ", result.output)
+
+
+def test_validate_says_whether_frames_are_tiled_and_the_memory_of_a_task(scene):
+    code, text = _validate(scene, "forced", _config(scene, None, "v1.zarr", execution={"tile_shape": [24, 20]}))
+    assert code == 0, text
+    # one tile task: the tile grown by the halo K = 6 on each side
+    expected = format_bytes(tile_memory_bytes((24, 20), (6, 6), "float32"))
+    assert f"Every frame is tiled (execution.tile_shape): tiles of [24, 20] voxels, about {expected} per tile" \
+        in text
+    assert "budget 512.00 MiB per worker thread" in text
+    code, text = _validate(scene, "whole", _config(scene, None, "v2.zarr"))
+    assert code == 0 and "Every frame is analysed whole" in text and "per task (budget 512.00 MiB" in text
+    code, text = _validate(scene, "budget", _config(scene, None, "v3.zarr", execution={"memory_budget": "300kiB"}))
+    assert code == 0 and "Every frame is tiled (over the budget)" in text, text
+
+
+def test_tile_shapes_that_cannot_work_are_refused_before_any_work(scene, cluster_address):
+    axes = _config(scene, cluster_address, "axes.zarr", execution={"tile_shape": [8, 8, 8]})
+    with pytest.raises(ValueError, match=r"tile_shape \[8, 8, 8\] has 3 edges but the frames have 2 spatial axes"):
+        run(config_from_dict(axes, base_dir=scene))
+    unbounded = _config(scene, cluster_address, "unbounded.zarr", execution={"tile_shape": [8, 8]},
+                        ccc={"max_distance": None})
+    with pytest.raises(FrameTooLargeError, match="execution.tile_shape asks for tiles, but the tiled path needs "
+                                                 "ccc.max_distance"):
+        run(config_from_dict(unbounded, base_dir=scene))
+    with pytest.raises(ValueError, match="tile_shape must give a positive tile edge"):
+        config_from_dict(_config(scene, cluster_address, "zero.zarr", execution={"tile_shape": [0, 8]}),
+                         base_dir=scene)
+    assert not any((scene / name).exists() for name in ("axes.zarr", "unbounded.zarr"))
