@@ -373,3 +373,29 @@ def valid_region(shape: Sequence[int], shift: Sequence[float], *, spacing: Seque
         inside = (source >= -1e-9) & (source <= n - 1 + 1e-9)
         valid &= inside.reshape([-1 if a == axis else 1 for a in range(len(shape))])
     return valid
+
+
+def median_from_counts(counts: np.ndarray, offset: int) -> float:
+    """The median of integer values given by their histogram, as :func:`numpy.median` gives it.
+
+    Parameters
+    ----------
+    counts : numpy.ndarray of int
+        ``counts[i]``: how many voxels hold the value ``offset + i`` (intensity units).
+    offset : int
+        The value of the first bin.
+
+    Returns
+    -------
+    float
+        The middle value (odd count) or the mean of the two middle values (even count):
+        exactly ``numpy.median`` of the voxels.
+    """
+    counts = np.asarray(counts, dtype=np.int64)
+    total = int(counts.sum())
+    if total == 0:
+        raise ValueError("the median of no voxel is undefined; the region selects no voxel.")
+    cumulative = np.cumsum(counts)
+    low = int(np.searchsorted(cumulative, (total - 1) // 2, side="right")) + offset
+    high = int(np.searchsorted(cumulative, total // 2, side="right")) + offset
+    return float(np.mean(np.array([low, high], dtype=np.float64)))

@@ -162,7 +162,8 @@ def plan_tiles(config: PipelineConfig, frames, estimate: int, per_thread: float 
     from cccdask.tile_memory import default_tile_shape
 
     forced = config.execution.tile_shape is not None
-    if not check_memory(estimate, per_thread, config, frames.frame_shape, forced=forced):
+    dtypes = (frames.image1.dtype, frames.image2.dtype)
+    if not check_memory(estimate, per_thread, config, frames.frame_shape, forced=forced, image_dtypes=dtypes):
         shape = tuple(int(n) for n in frames.frame_shape)
         lo, hi = shift_range(shape, tuple(frames.spacing), config.ccc.max_distance)
         max_shift = tuple(max(-a, b) for a, b in zip(lo, hi))
@@ -181,33 +182,36 @@ def plan_tiles(config: PipelineConfig, frames, estimate: int, per_thread: float 
 
 
 def check_memory(estimate: int, per_thread: float | None, config: PipelineConfig, frame_shape,
-                 forced: bool = False) -> bool:
+                 forced: bool = False, image_dtypes=()) -> bool:
     """Whether frames fit one task; False: take the tiled path. Raises when neither works.
 
-    The tiled path (:mod:`cccdask.tiled`, through :func:`cccdask.ccc`) needs
-    ``ccc.max_distance`` and, for now, no preprocessing. ``forced``: the tiles are
-    asked for (``execution.tile_shape``).
+    The tiled path (:mod:`cccdask.pipeline.tiled`) needs ``ccc.max_distance`` and, for
+    now, no chromatic shift or mask generation (:mod:`cccdask.preprocess_tiled`).
+    ``forced``: the tiles are asked for (``execution.tile_shape``).
     """
     from dask.utils import format_bytes
 
+    from cccdask.preprocess_tiled import tiled_preprocess_blockers
+
     if not forced and (per_thread is None or estimate <= per_thread):
         return True
-    blockers = [name for name, on in (
-        ("ccc.max_distance is not set", config.ccc.max_distance is None),
-        ("preprocess", config.preprocessing is not None),
-    ) if on]
+    preprocess = config.preprocessing
+    blockers = ["ccc.max_distance is not set"] if config.ccc.max_distance is None else []
+    blockers += tiled_preprocess_blockers(None if preprocess is None else preprocess.model_dump(), image_dtypes)
     if not blockers:
         return False
     if forced:
         raise FrameTooLargeError(
-            f"execution.tile_shape asks for tiles, but the tiled path needs ccc.max_distance and no "
-            f"preprocess (here: {', '.join(blockers)}). Set ccc.max_distance, or remove execution.tile_shape."
+            f"execution.tile_shape asks for tiles, but the tiled path needs ccc.max_distance and no chromatic "
+            f"shift or mask generation (here: {', '.join(blockers)}). Set ccc.max_distance, or remove "
+            f"execution.tile_shape."
         )
     which = "a worker thread's memory limit" if config.execution.memory_budget is None else "execution.memory_budget"
     raise FrameTooLargeError(
         f"one frame of shape {tuple(frame_shape)} needs about {format_bytes(estimate)} per task, but the "
         f"workers have {format_bytes(int(per_thread))} per thread ({which}). Frames this large are analysed "
-        f"tile by tile when ccc.max_distance is set and preprocess is off (here: {', '.join(blockers)}). "
+        f"tile by tile when ccc.max_distance is set and there is no chromatic shift or mask generation "
+        f"(here: {', '.join(blockers)}). "
         f"Otherwise give the workers more memory "
         f"(cluster.local.memory_limit, or fewer threads_per_worker) or set execution.frames_per_task to 1."
     )
