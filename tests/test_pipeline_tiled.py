@@ -28,6 +28,9 @@ MAX_DISTANCE = 0.3  # K = 6 voxels of halo per axis
 CORRELATIONS = ("profile_original", "profile_subtracted", "profile_fit", "mean", "sigma", "height", "confidence",
                 "r_squared", "contribution1", "contribution2", "ccf_original", "ccf_subtracted", "ccf_gauss")
 
+# the frame-quality floors (a percentile per channel) are not computed on the tiled path yet: left NaN
+NOT_ON_TILES = ("intensity_floor1", "intensity_floor2")
+
 
 @pytest.fixture(scope="module")
 def scene(tmp_path_factory):
@@ -63,6 +66,9 @@ def _assert_tiled_equals_whole(tiled: xr.Dataset, whole: xr.Dataset):
     np.testing.assert_array_equal(tiled["frame_status"].values, whole["frame_status"].values)
     assert FRAME_OK in list(whole["frame_status"].values)
     for name in whole.data_vars:
+        if name in NOT_ON_TILES:
+            assert np.isnan(tiled[name].values).all(), name
+            continue
         expected, got = whole[name].values, tiled[name].values
         assert got.shape == expected.shape and got.dtype == expected.dtype, name
         if name in CORRELATIONS:  # float32 FFTs over different extents: float32 rounding
