@@ -81,7 +81,7 @@ def test_every_module_imports_first_in_a_fresh_interpreter():
     script = textwrap.dedent(
         """
         import importlib, json, os, sys
-        orders = json.loads(sys.argv[1])
+        orders = json.loads(sys.stdin.read())
         # load the third-party modules cccdask uses (learnt in a throwaway child), not cccdask itself
         read, write = os.pipe()
         if os.fork() == 0:
@@ -117,7 +117,7 @@ def test_every_module_imports_first_in_a_fresh_interpreter():
         sys.exit(1 if failures else 0)
         """
     )
-    done = subprocess.run([sys.executable, "-c", script, json.dumps(orders)], capture_output=True, text=True,
+    done = subprocess.run([sys.executable, "-c", script], input=json.dumps(orders), capture_output=True, text=True,
                           timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
     assert len(orders) == len(modules) + 1
