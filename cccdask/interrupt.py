@@ -39,15 +39,29 @@ def workers_ignore_sigint() -> Iterator[None]:
         signal.signal(signal.SIGINT, previous)
 
 
+def _silence_shutdown_loggers() -> None:
+    for name in _SHUTDOWN_LOGGERS:
+        logging.getLogger(name).setLevel(logging.CRITICAL)
+
+
 @contextlib.contextmanager
-def quiet_shutdown_on_interrupt() -> Iterator[None]:
+def quiet_shutdown_on_interrupt(client=None) -> Iterator[None]:
     """On KeyboardInterrupt, silence the cluster's shutdown warnings before it is closed.
 
     Enter it inside the cluster's context, so that it exits (and silences) first.
+
+    Parameters
+    ----------
+    client : distributed.Client, optional
+        The run's client. Its worker processes write to the terminal too (a worker whose
+        heartbeat meets the closing scheduler logs a traceback), so they are silenced as
+        well, within a few seconds; a worker that does not answer is left as it is.
     """
     try:
         yield
     except KeyboardInterrupt:
-        for name in _SHUTDOWN_LOGGERS:
-            logging.getLogger(name).setLevel(logging.CRITICAL)
+        _silence_shutdown_loggers()
+        if client is not None and hasattr(client, "_run"):
+            with contextlib.suppress(Exception):
+                client.sync(client._run, _silence_shutdown_loggers, on_error="ignore", callback_timeout=5)
         raise

@@ -203,7 +203,7 @@ def _run_locked(config: PipelineConfig, inputs: RunInputs, identity: str, curren
         with workers_ignore_sigint():  # Ctrl-C reaches the driver only (cccdask.interrupt)
             cluster = stack.enter_context(connect(config.cluster, config.execution, log, path.parent))
         stack.enter_context(_disk_full_is_named(path))
-        stack.enter_context(quiet_shutdown_on_interrupt())  # exits first: before the cluster closes
+        stack.enter_context(quiet_shutdown_on_interrupt(cluster.client))  # exits first: before the cluster closes
         if cluster.total_threads() == 0:  # e.g. SLURM jobs still queued: the tasks could not start anyway
             phase("waiting for workers")
             cluster.client.wait_for_workers(1)
