@@ -8,6 +8,10 @@ with :func:`settle_calibration`:
 * the unit of the voxel size;
 * the frame interval (and its unit) of time series.
 
+Values in different known units are compared after conversion (50 nm is 0.05 um, 2000 ms
+is 2 s) and the run takes the first input's unit; units that cannot be converted into
+each other (an unknown name) must be equal.
+
 Inputs that carry a calibration must agree; a mismatch is a ``ValueError`` naming both
 values and the fix. An input without one (a NumPy array, a DataArray without
 coordinates, a file without metadata, which :func:`cccdask.io.readers.open_image`
@@ -24,11 +28,25 @@ from typing import Sequence
 import numpy as np
 import xarray as xr
 
-from cccdask.io.ome import normalise_unit
+from cccdask.io.ome import LENGTH_UNITS, normalise_unit
 
 SPATIAL_DIMS = ("z", "y", "x")
 RELATIVE_TOLERANCE = 1e-6
 _UNCALIBRATED_TIME = ("frame", "frames", "index")
+_SECONDS_PER = {"ns": 1e-9, "us": 1e-6, "ms": 1e-3, "s": 1.0, "min": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def _in_units(values: Sequence[float], unit: str | None, to_unit: str | None) -> tuple[float, ...] | None:
+    """``values`` in ``unit`` expressed in ``to_unit`` (lengths or times); None if not convertible.
+
+    The same unit (or both missing) converts as is.
+    """
+    if unit == to_unit:
+        return tuple(values)
+    for scale in ({u: 10.0**e for u, e in LENGTH_UNITS.items()}, _SECONDS_PER):
+        if unit in scale and to_unit in scale:
+            return tuple(v * scale[unit] / scale[to_unit] for v in values)
+    return None
 
 
 @dataclass(frozen=True)
@@ -157,12 +175,22 @@ def settle_calibration(
     if spacing is None and with_spacing:
         first, reference = with_spacing[0]
         for name, other in with_spacing[1:]:
-            if not _close(reference.spacing, other.spacing):
+            as_is = None in (reference.units, other.units) or units is not None  # nothing to convert
+            converted = other.spacing if as_is else _in_units(other.spacing, other.units, reference.units)
+            if converted is None:
+                raise ValueError(
+                    f"{first} and {name} give their voxel sizes in different units: {first} "
+                    f"{_fmt(reference.spacing)} {reference.units} and {name} {_fmt(other.spacing)} "
+                    f"{other.units} ({axes}). Set the calibration explicitly (input.spacing: and input.units: "
+                    f"in a YAML run, spacing= and units= in Python), or convert one image's calibration."
+                )
+            if not _close(reference.spacing, converted):
+                shown = "" if converted == other.spacing else f" = {_fmt(converted)} {reference.units}"
                 raise ValueError(
                     f"{first} and {name} have different voxel sizes: {first} {_fmt(reference.spacing)} "
-                    f"{reference.units or '(no unit)'} and {name} {_fmt(other.spacing)} {other.units or '(no unit)'} "
-                    f"({axes}). They must be on one grid (to a relative 1e-6): if a file's calibration is wrong, "
-                    f"set the voxel size explicitly (input.spacing: in a YAML run, spacing= in Python); "
+                    f"{reference.units or '(no unit)'} and {name} {_fmt(other.spacing)} {other.units or '(no unit)'}"
+                    f"{shown} ({axes}). They must be on one grid (to a relative 1e-6): if a file's calibration is "
+                    f"wrong, set the voxel size explicitly (input.spacing: in a YAML run, spacing= in Python); "
                     f"otherwise resample one image onto the other's grid."
                 )
         settled_spacing = reference.spacing
@@ -171,26 +199,15 @@ def settle_calibration(
                 notes.append(f"{name} has no voxel size; using {first}'s {_fmt(reference.spacing)} "
                              f"{reference.units or ''}".rstrip())
     if units is None:
-        with_units = [(n, c) for n, c in with_spacing if c.units is not None]
-        if with_units:
-            first, reference = with_units[0]
-            for name, other in with_units[1:]:
-                if other.units != reference.units:
-                    raise ValueError(
-                        f"{first} and {name} give their voxel sizes in different units: {first} "
-                        f"{_fmt(reference.spacing)} {reference.units} and {name} {_fmt(other.spacing)} "
-                        f"{other.units} ({axes}). Set the calibration explicitly (input.spacing: and input.units: "
-                        f"in a YAML run, spacing= and units= in Python), or convert one image's calibration."
-                    )
-            settled_units = reference.units
+        settled_units = next((c.units for _, c in with_spacing if c.units is not None), None)
     with_time = [(n, c) for n, c in calibrations.items() if c.time_interval is not None]
     interval = time_units = source = None
     if with_time:
         source, reference = with_time[0]
         for name, other in with_time[1:]:
-            units_differ = None not in (other.time_units, reference.time_units) and \
-                other.time_units != reference.time_units
-            if units_differ or not _close([reference.time_interval], [other.time_interval]):
+            converted = ([other.time_interval] if None in (other.time_units, reference.time_units)
+                         else _in_units([other.time_interval], other.time_units, reference.time_units))
+            if converted is None or not _close([reference.time_interval], converted):
                 raise ValueError(
                     f"{source} and {name} have different frame intervals: {source} {reference.time_interval:g} "
                     f"{reference.time_units or '(no unit)'} and {name} {other.time_interval:g} "

@@ -61,8 +61,10 @@ def _labelled(data, step=0.05, units="um", interval=2.0, time_units="s"):
                               "(0.1, 0.1) um (y, x). " + FIX_SPACING),
     ("image2", {"step": 0.05 * (1 + 2e-6)}, "image1 and image2 have different voxel sizes: image1 (0.05, 0.05) um "
                                            "and image2 (0.0500001, 0.0500001) um (y, x). " + FIX_SPACING),
-    ("image2", {"units": "nm"}, "image1 and image2 give their voxel sizes in different units: image1 (0.05, 0.05) "
-                                "um and image2 (0.05, 0.05) nm (y, x). " + FIX_UNITS),
+    ("image2", {"units": "nm"}, "image1 and image2 have different voxel sizes: image1 (0.05, 0.05) um and image2 "
+                                "(0.05, 0.05) nm = (5e-05, 5e-05) um (y, x). " + FIX_SPACING),
+    ("image2", {"units": "furlong"}, "image1 and image2 give their voxel sizes in different units: image1 (0.05, "
+                                     "0.05) um and image2 (0.05, 0.05) furlong (y, x). " + FIX_UNITS),
     ("image2", {"interval": 3.0}, "image1 and image2 have different frame intervals: image1 2 s and image2 3 s. "
                                   + FIX_TIME),
     ("image2", {"time_units": "min"}, "image1 and image2 have different frame intervals: image1 2 s and image2 2 min. "
@@ -92,6 +94,18 @@ def test_agreement_to_a_relative_1e_6_and_the_explicit_override(scene):
     overridden = cccdask.ccc(_labelled(image1, step=0.5)[0], _labelled(image2, step=0.1)[0], mask[0],
                              spacing=(0.05, 0.05), max_distance=0.5)
     np.testing.assert_array_equal(overridden["profile_subtracted"].values, expected["profile_subtracted"].values)
+
+
+def test_the_same_calibration_in_other_units_is_converted_not_refused(scene):
+    image1, image2, mask = scene
+    expected = cccdask.ccc(_labelled(image1), _labelled(image2), mask, max_distance=0.5)
+    converted = cccdask.ccc(_labelled(image1), _labelled(image2, step=50.0, units="nm", interval=2000.0,
+                                                         time_units="ms"), mask, max_distance=0.5)
+    assert converted["distance"].attrs["units"] == expected["distance"].attrs["units"] == "um"  # image1's unit
+    np.testing.assert_array_equal(converted["t"].values, [0.0, 2.0, 4.0])
+    np.testing.assert_array_equal(converted["profile_subtracted"].values, expected["profile_subtracted"].values)
+    with pytest.raises(ValueError, match=re.escape("image1 2 s and image2 2000 us")):  # 2 ms, not 2 s
+        cccdask.ccc(_labelled(image1), _labelled(image2, interval=2000.0, time_units="us"), mask)
 
 
 def test_a_missing_calibration_takes_the_other_inputs(scene):
@@ -156,8 +170,8 @@ def _config(folder: Path, name: str, **inputs) -> Path:
 @pytest.mark.parametrize("name, inputs, message", [
     ("spacing", {"image2": "c2_coarse.ome.zarr"}, "input: image1 and image2 have different voxel sizes: image1 "
      "(0.05, 0.05) um and image2 (0.1, 0.1) um (y, x). " + FIX_SPACING),
-    ("units", {"image2": "c2_nm.ome.zarr"}, "input: image1 and image2 give their voxel sizes in different units: "
-     "image1 (0.05, 0.05) um and image2 (0.05, 0.05) nm (y, x). " + FIX_UNITS),
+    ("units", {"image2": "c2_nm.ome.zarr"}, "input: image1 and image2 have different voxel sizes: image1 (0.05, "
+     "0.05) um and image2 (0.05, 0.05) nm = (5e-05, 5e-05) um (y, x). " + FIX_SPACING),
     ("interval", {"image2": "c2_slow.ome.zarr"}, "input: image1 and image2 have different frame intervals: image1 2 s "
      "and image2 3 s. " + FIX_TIME),
     ("mask", {"mask": "mask_coarse.ome.zarr"}, "input: image1 and mask have different voxel sizes: image1 (0.05, "
