@@ -281,6 +281,9 @@ def _start_local(cluster: ClusterConfig, stack: contextlib.ExitStack, log) -> _J
         dashboard_address=dashboard,
         host=local.host if tcp else None,
         protocol="tcp://" if tcp else None,
+        # without a dashboard the scheduler still serves its HTTP endpoints (health, metrics), on
+        # the address of its first listener: an in-thread cluster's is this machine's network address
+        scheduler_kwargs=None if dashboard is not None else {"dashboard_address": f"{local.host}:0"},
     )
     stack.callback(started.close)
     client = Client(started, timeout=cluster.connect_timeout)

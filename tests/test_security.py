@@ -216,6 +216,24 @@ def test_a_default_local_run_listens_on_loopback_only(series, tmp_path):
     assert_results_are(tmp_path / "run.zarr", expected)
 
 
+@pytest.mark.parametrize("processes", [False, True], ids=["threads", "processes"])
+def test_no_dashboard_means_no_link_and_nothing_beyond_loopback(processes):
+    """``dashboard_address: null``: no dashboard link, and the scheduler's remaining HTTP
+    endpoints (health, metrics) listen on loopback like everything else."""
+    from cccdask.cluster import connect
+    from cccdask.config import ClusterConfig, ExecutionConfig
+
+    cluster = ClusterConfig.model_validate({"kind": "local", "local": {
+        "n_workers": 1, "processes": processes, "dashboard_address": None, "memory_limit": "1GiB"}})
+    lines = []
+    with connect(cluster, ExecutionConfig(), lines.append) as handle:
+        scheduler = handle.client.cluster.scheduler
+        bound = [s.getsockname()[0] for s in scheduler.http_server._sockets.values()]
+        assert handle.dashboard_link is None
+    assert bound and all(is_loopback(host) for host in bound), bound
+    assert not any("dashboard" in line for line in lines), lines
+
+
 def test_dashboard_addresses_and_the_ssh_hint():
     """A port alone listens on the given host (distributed would take it for every interface)."""
     assert dashboard_bind_address(":8787", "127.0.0.1") == "127.0.0.1:8787"
