@@ -217,7 +217,9 @@ def dataset_quality(ds) -> np.ndarray | None:
         return np.asarray(variable.values, dtype=float)
 
     far = None
-    if "profile_subtracted" in ds.variables:
+    if "far_field_ratio" in ds.variables:  # a pipeline store: measured by each task
+        far = values("far_field_ratio")
+    elif "profile_subtracted" in ds.variables:
         far = far_field_ratio(ds["distance"].values, ds["profile_subtracted"].values, values("mean"), values("sigma"))
     flags = np.atleast_1d(frame_quality(values("confidence"), values("r_squared"), far,
                                         values("intensity_floor1"), values("intensity_floor2")))
@@ -227,10 +229,14 @@ def dataset_quality(ds) -> np.ndarray | None:
 
 
 QUALITY_VARIABLE_ATTRS = {
-    f"intensity_floor{channel}": {
+    **{f"intensity_floor{channel}": {
         "description": f"1st percentile / mean of image {channel} under the mask, as correlated (after any "
                        f"preprocessing): >= {FLOOR_FRACTION} flags background_dominated",
         "units": "1",
-    }
-    for channel in (1, 2)
+    } for channel in (1, 2)},
+    "far_field_ratio": {
+        "description": f"median of the stored subtracted profile's far field (its outer quarter, beyond |mean| + "
+                       f"3 sigma where possible) over its peak: >= {FAR_FIELD_RATIO} flags flat_profile",
+        "units": "1",
+    },
 }

@@ -26,7 +26,7 @@ from cccdask.synthetic import paired_spots_series
 SPACING = 0.05
 MAX_DISTANCE = 0.3  # K = 6 voxels of halo per axis
 CORRELATIONS = ("profile_original", "profile_subtracted", "profile_fit", "mean", "sigma", "height", "confidence",
-                "r_squared", "contribution1", "contribution2", "ccf_original", "ccf_subtracted", "ccf_gauss")
+                "r_squared", "contribution1", "contribution2", "ccf_original", "ccf_subtracted", "ccf_gauss", "far_field_ratio")
 
 # the frame-quality floors (a percentile per channel) are not computed on the tiled path yet: left NaN
 NOT_ON_TILES = ("intensity_floor1", "intensity_floor2")

@@ -138,7 +138,7 @@ def test_a_complete_store_is_returned_without_a_cluster_until_an_input_changes(t
 
 @pytest.mark.parametrize("background", [None, {"image1": {"method": "median"}, "image2": {"method": "median"}}])
 def test_a_run_flags_an_unsubtracted_background_and_names_the_setting(tmp_path, background):
-    from cccdask.quality import QUALITY_FLAGS, intensity_floor
+    from cccdask.quality import QUALITY_FLAGS, far_field_ratio, intensity_floor
 
     image = _two_channel_tiff(tmp_path, 400.0)
     sections = {"preprocess": {"background": background}} if background else {}
@@ -149,6 +149,10 @@ def test_a_run_flags_an_unsubtracted_background_and_names_the_setting(tmp_path, 
     flags = int(ds["frame_quality"].values[0])
     assert ds["frame_quality"].attrs["flag_meanings"] == " ".join(QUALITY_FLAGS)
     data = tifffile.imread(image).astype(float).reshape(2, 128, 128)  # the two channels of the one frame
+    # the far field the task measured is the one of the profile and the fit as stored
+    stored = far_field_ratio(ds["distance"].values, ds["profile_subtracted"].values[0], float(ds["mean"].values[0]),
+                             float(ds["sigma"].values[0]))
+    assert float(ds["far_field_ratio"].values[0]) == pytest.approx(stored, rel=1e-12, abs=1e-12)
     if background is None:
         # the floor the task stored is the one of the raw channels
         assert float(ds["intensity_floor1"].values[0]) == pytest.approx(intensity_floor(data[0]), abs=1e-12)

@@ -22,7 +22,7 @@ from cccdask.pipeline.blocks import block_frames, is_small
 from cccdask.pipeline.errors import PipelineError
 from cccdask.pipeline.inputs import RunInputs, SourceSpec
 from cccdask.pipeline.plan import FramePlan, resolve_frames_per_task
-from cccdask.pipeline.task import analyse_frame
+from cccdask.pipeline.task import analyse_frame, stored_dtype
 
 
 def _probe_frame(shape: tuple[int, ...], spacing: tuple[float, ...]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -66,9 +66,7 @@ def _output_layout(plan: FramePlan, n_frames: int, chunks: tuple[int, ...], fram
             shape.append(sizes.get(dim, n))
         image = len(dims) > 0 and set(dims) == set(plan.spatial_dims)
         frame_chunks = tuple(chunks) if image else tuple(shape)
-        dtype = np.dtype(value.dtype if value.dtype.kind in "biuf" else np.dtype(object))
-        if "distance" in dims and plan.profile_points is not None and dtype == np.float64:
-            dtype = np.dtype(np.float32)  # a bounded profile is stored in float32 (README: results store)
+        dtype = stored_dtype(plan, tuple(dims), value.dtype if value.dtype.kind in "biuf" else np.dtype(object))
         small = is_small(tuple(dims), tuple(shape), dtype, plan.spatial_dims)
         t_chunk = block_frames(tuple(shape), dtype, n_frames) if small else frames_per_task
         layouts.append(VariableLayout(

@@ -93,6 +93,8 @@ def analyse_frame(
         results = ccc_frame(image1, image2, mask, geometry, n_gaussians=n_gaussians, **options)
         for channel, image in (("intensity_floor1", image1), ("intensity_floor2", image2)):
             outputs[channel] = ((), np.asarray(intensity_floor(image, mask)))  # for frame_quality
+        if "profile_subtracted" in results and "mean" in results:
+            outputs["far_field_ratio"] = ((), stored_far_field(plan, geometry.distances, results))
         for name, value in results.items():
             outputs[name] = (output_dims(name, spatial, components=n_gaussians != (1, False)), np.asarray(value))
         if plan.coefficients is not None:
@@ -215,6 +217,14 @@ def _read_generated_mask(store: str, identity: str) -> np.ndarray:
     return np.asarray(zarr.open_group(store, mode="r", use_consolidated=False)[GENERATED_MASK][...]) != 0
 
 
+def stored_dtype(plan: FramePlan, dims: tuple[str, ...], dtype) -> np.dtype:
+    """The dtype the store keeps an output in: a bounded profile in float32 (README: results store)."""
+    dtype = np.dtype(dtype)
+    if "distance" in dims and plan.profile_points is not None and dtype == np.float64:
+        return np.dtype(np.float32)
+    return dtype
+
+
 def stored_value(plan: FramePlan, dims: tuple[str, ...], value) -> np.ndarray:
     """An output as the store keeps it: profiles cut to the stored range (``plan.profile_points``)."""
     value = np.asarray(value)
@@ -222,6 +232,21 @@ def stored_value(plan: FramePlan, dims: tuple[str, ...], value) -> np.ndarray:
         axis = dims.index("distance")
         value = value[(slice(None),) * axis + (slice(0, plan.profile_points),)]
     return value
+
+
+def stored_far_field(plan: FramePlan, distances: np.ndarray, results) -> np.ndarray:
+    """:func:`cccdask.quality.far_field_ratio` of a frame's subtracted profile as stored (for frame_quality).
+
+    Computed by the task rather than when finalising, which would read every stored profile
+    again. ``distances``: the full profile's (physical units); ``results``: the frame's
+    outputs (mapping with ``profile_subtracted``, ``mean``, ``sigma``).
+    """
+    from cccdask.quality import far_field_ratio
+
+    profile = stored_value(plan, ("distance",), results["profile_subtracted"])
+    profile = profile.astype(stored_dtype(plan, ("distance",), profile.dtype), copy=False)
+    mean, sigma = (np.ravel(np.asarray(results[k], dtype=float))[0] for k in ("mean", "sigma"))  # component 1
+    return np.asarray(far_field_ratio(np.asarray(distances)[:profile.size], profile, mean, sigma))
 
 
 def split_returned(plan: FramePlan, start: int, arrays: dict[str, np.ndarray]):

@@ -25,7 +25,7 @@ from cccdask.io.store import FRAME_FIT_FAILED, FRAME_INVALID, FRAME_OK
 from cccdask.pipeline.inputs import RunInputs
 from cccdask.pipeline.plan import FramePlan
 from cccdask.pipeline.record import Completion, failure_message
-from cccdask.pipeline.task import FIT_FAILED_REASON, split_returned, stored_value
+from cccdask.pipeline.task import FIT_FAILED_REASON, split_returned, stored_far_field, stored_value
 
 
 def frame_graph(plan: FramePlan, inputs: RunInputs, index: int, tile_shape, compute=None) -> xr.Dataset:
@@ -133,6 +133,10 @@ def run_tiled(cluster, plan: FramePlan, inputs: RunInputs, config: PipelineConfi
                 except InvalidFrameError as error:
                     outcomes.append((index, FRAME_INVALID, str(error)))
                     continue
+                if "far_field_ratio" in dtypes:
+                    values = values.assign(far_field_ratio=((), stored_far_field(
+                        plan, values["distance"].values, {k: values[k].values for k in
+                                                          ("profile_subtracted", "mean", "sigma")})))
                 for name in values.data_vars:
                     if name not in arrays:
                         _, shape, dtype, fill = next(v for v in plan.variables if v[0] == name)
