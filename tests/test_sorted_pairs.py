@@ -39,9 +39,9 @@ from cccdask.kernels.coefficients.sorted_ranks import (
     _float32_term,
     _float64_term,
     _flush,
-    _inversions,
     rank_coefficients,
 )
+from cccdask.kernels.coefficients.inversions import inversions
 from numba import njit
 
 RANK_NAMES = ("spearman", "object_spearman", "kendall_tau", "icq")
@@ -198,7 +198,7 @@ def test_inversion_count_matches_brute_force(size, limit, threads):
     if size == 2000:
         assert brute_force_inversions(ranks, limit) == sum(int(np.count_nonzero(ranks[:j] > ranks[j]))
                                                            for j in range(size))
-    assert _inversions(ranks, limit, np.empty(size, np.uint32), threads) == brute_force_inversions(ranks, limit)
+    assert inversions(ranks, limit, np.empty(size, np.uint32), threads) == brute_force_inversions(ranks, limit)
 
 
 @njit

@@ -3,33 +3,33 @@
 From a frame's :class:`~.sorted_pairs.SortedPairs` (``n`` voxels):
 
 * channel 1's exact average ranks come from the runs of equal (background-corrected)
-  values in key order; channel 2's from one sort of ``code2 << 32 | position``
-  (``code2`` the order bits of G, the values a threshold ties into one code);
+  values in key order; channel 2's from one sort of ``code2 << 32 | position << 1 |
+  object`` (``code2`` the order bits of G, the values a threshold ties into one code);
 * Spearman is the Pearson r of the two ranks, object Spearman the same with the ranks
-  among the object voxels (found in the same passes); Kendall's tau-b counts the
-  discordant pairs as the inversions of channel 2's ranks in channel 1's order (a
-  Fenwick tree over ``sqrt(n)`` rank buckets, then one per bucket: both in cache), the
-  tied pairs from the runs;
+  among the object voxels (found in the same passes; each voxel's channel-1 ranks
+  packed in one uint64, read once in channel 2's order); Kendall's tau-b counts the
+  discordant pairs as the inversions of the voxels' channel-1 positions in channel 2's
+  order (:func:`~.inversions.inversions`), the tied pairs from the runs;
 * ICQ compares each voxel's codes with the codes where the corrected values cross
   their means (exact sums; the codes found by bisection with the threshold rule).
 
 Where the correction ``max(v - T, 0)`` rounds two distinct values to one (a negative T
 far from tiny values) the joint histogram ranks the frame instead.
 
-Cost: one sort of the frame's channel-2 keys, O(n) compiled passes (one random store
-and one random load per voxel) and the inversion count. Memory: 20 bytes per voxel
-besides the keys (the channel-2 keys, three uint32 arrays of ranks).
+Cost: one sort of the frame's channel-2 keys, two O(n) compiled passes (one random
+load per voxel) and the inversion count. Memory: 20 bytes per voxel besides the keys
+(the channel-2 keys, the packed channel-1 ranks, the positions in channel 2's order;
+the inversion count's scratch reuses the ranks).
 """
 
 from __future__ import annotations
 
-import math
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
 from numba import njit
 
+from cccdask.kernels.coefficients.inversions import inversions
 from cccdask.kernels.coefficients.moments import Moments
 from cccdask.kernels.coefficients.ranks import table_rank_coefficients
 from cccdask.kernels.coefficients.thresholds import ChannelThreshold, Thresholds
@@ -128,61 +128,56 @@ def _exact_mean(bins: np.ndarray, n: int) -> float:
     return (total / (1 << 1074)) / n
 
 
-@njit(nogil=True, cache=True)
-def _channel1_ranks(keys, floor1, floor2, level1, clip1, above1, above2, twice_rank1, object_rank1, keys2,
-                    bins):
-    """One pass over a frame's ascending joint keys: channel 1's ranks, channel 2's keys.
+@njit(nogil=True, cache=True, inline="always")
+def _pairs_within(length):
+    """Pairs among ``length`` tied voxels."""
+    return (length * (length - 1)) >> 1
 
-    Runs of equal ``max(code1, floor1)`` are runs of equal corrected channel-1 values
-    (``max(v - level1, 0)`` where ``clip1``, else ``v``). Writes per voxel
-    ``twice_rank1`` (twice its average rank, 1-based), ``object_rank1`` (the same among
-    the object voxels, ``code1 >= above1`` or ``code2 >= above2``; 0 for the others) and
-    ``keys2 = max(code2, floor2) << 32 | position << 1 | object``; adds ``count x
-    corrected value`` per run to ``bins`` (exactly).
+
+@njit(nogil=True, cache=True, inline="always")
+def _run_stop(keys, start, floor):
+    """End of the run from ``start`` of equal ``max(key >> 32, floor)``."""
+    code = max(np.uint32(keys[start] >> np.uint64(32)), floor)
+    stop = start + 1
+    while stop < keys.size and max(np.uint32(keys[stop] >> np.uint64(32)), floor) == code:
+        stop += 1
+    return stop
+
+
+@njit(nogil=True, cache=True)
+def _run_sums(keys, floor, level, clip, bins):
+    """One channel's ties and exact sum from ascending keys ``code << 32 | ...``.
+
+    Runs of equal ``max(code, floor)`` are runs of equal corrected values (``max(v -
+    level, 0)`` where ``clip``, else ``v``); adds ``count x corrected value`` per run to
+    ``bins`` (exactly: see :func:`_flush`).
 
     Returns
     -------
-    tied_pairs, squares, n_objects, object_squares, collision
-        Pairs tied in channel 1; sum of ``(twice_rank1 - n - 1)^2``; the object voxels
-        and their sum alike; whether two runs have equal corrected values (rounding in
-        ``v - T``).
+    tied_pairs, squares, collision
+        Pairs tied; sum of ``(twice the average rank - n - 1)^2`` over the voxels;
+        whether two runs have equal corrected values (rounding in ``v - T``).
     """
     n = keys.size
     code_bits = np.empty(1, np.uint32)
     code_value = code_bits.view(np.float32)
     sum_value = np.empty(1, np.float64)
     sum_bits = sum_value.view(np.uint64)
-    tied_pairs = n_objects = 0
-    squares = object_squares = 0.0
+    floor = np.uint32(floor)
+    tied_pairs = 0
+    squares = 0.0
     collision = False
     previous_value = -np.inf
     sum_column = high = low = 0
     start = 0
     while start < n:
-        code = max(np.uint32(keys[start] >> np.uint64(32)), np.uint32(floor1))
-        stop = start + 1
-        while stop < n and max(np.uint32(keys[stop] >> np.uint64(32)), np.uint32(floor1)) == code:
-            stop += 1
-        twice = start + stop + 1
-        objects = 0
-        for p in range(start, stop):
-            raw2 = np.uint32(keys[p])
-            is_object = np.uint32(keys[p] >> np.uint64(32)) >= above1 or raw2 >= above2
-            objects += is_object
-            twice_rank1[p] = twice
-            keys2[p] = (np.uint64(max(raw2, np.uint32(floor2))) << np.uint64(32)) | (np.uint64(p) << np.uint64(1)) \
-                | np.uint64(is_object)
-        object_twice = 2 * n_objects + objects + 1
-        for p in range(start, stop):
-            object_rank1[p] = object_twice if keys2[p] & np.uint64(1) else 0
-        n_objects += objects
+        stop = _run_stop(keys, start, floor)
         length = stop - start
-        tied_pairs += length * (length - 1) // 2
-        deviation = np.float64(twice - n - 1)
+        tied_pairs += _pairs_within(length)
+        deviation = np.float64(start + stop - n)
         squares += length * deviation * deviation
-        object_squares += objects * np.float64(object_twice) * np.float64(object_twice)
-        if clip1:
-            value = max(_value_of_code(keys[start] >> np.uint64(32), code_bits, code_value) - level1, 0.0)
+        if clip:
+            value = max(_value_of_code(keys[start] >> np.uint64(32), code_bits, code_value) - level, 0.0)
             collision |= value == previous_value
             previous_value = value
             column, significand = _float64_term(length * value, sum_value, sum_bits)
@@ -195,204 +190,132 @@ def _channel1_ranks(keys, floor1, floor2, level1, clip1, above1, above2, twice_r
         low += significand & ((1 << 26) - 1)
         start = stop
     _flush(bins, sum_column, high, low)
-    return tied_pairs, squares, n_objects, object_squares, collision
+    return tied_pairs, squares, collision
 
 
 @njit(nogil=True, cache=True)
-def _renumber(keys2, object_twice, object_rank1, start):
-    """Set the position part of ``keys2`` to ``start + index`` after a sort of voxels
-    tied in channel 1 (their channel-1 ranks are equal: ``object_twice`` for objects)."""
+def _channel1_ranks(keys, floor1, floor2, above1, above2, rank1, keys2):
+    """One pass over a frame's ascending joint keys: channel 1's ranks, channel 2's keys.
+
+    Runs of equal ``max(code1, floor1)`` are runs of equal corrected channel-1 values.
+    Writes per voxel ``rank1 = twice its average rank (1-based) << 32 | the same among
+    the object voxels`` (``code1 >= above1`` or ``code2 >= above2``; 0 for the others)
+    and ``keys2 = max(code2, floor2) << 32 | position << 1 | object``.
+
+    Returns
+    -------
+    n_objects, object_squares
+        The object voxels, and the sum of their ``object_twice^2``.
+    """
+    n = keys.size
+    n_objects = 0
+    object_squares = 0.0
+    floor1, floor2 = np.uint32(floor1), np.uint32(floor2)
+    start = 0
+    while start < n:
+        stop = _run_stop(keys, start, floor1)
+        objects = 0
+        for p in range(start, stop):
+            raw2 = np.uint32(keys[p])
+            is_object = np.uint32(keys[p] >> np.uint64(32)) >= above1 or raw2 >= above2
+            objects += is_object
+            keys2[p] = (np.uint64(max(raw2, floor2)) << np.uint64(32)) | (np.uint64(p) << np.uint64(1)) \
+                | np.uint64(is_object)
+        object_twice = 2 * n_objects + objects + 1
+        high = np.uint64(start + stop + 1) << np.uint64(32)
+        for p in range(start, stop):
+            rank1[p] = high | (np.uint64(object_twice) * (keys2[p] & np.uint64(1)))
+        n_objects += objects
+        object_squares += objects * np.float64(object_twice) * np.float64(object_twice)
+        start = stop
+    return n_objects, object_squares
+
+
+@njit(nogil=True, cache=True)
+def _renumber(keys2, rank1):
+    """Set the position part of ``keys2`` to its index after a sort of voxels tied in
+    channel 1 (one run: one channel-1 rank, one object rank), and ``rank1`` to match."""
+    object_twice = np.uint64(0)
     for k in range(keys2.size):
-        object_rank1[start + k] = object_twice if keys2[k] & np.uint64(1) else 0
-        keys2[k] = (keys2[k] & np.uint64(0xFFFFFFFF00000001)) | (np.uint64(start + k) << np.uint64(1))
+        object_twice = max(object_twice, rank1[k] & np.uint64(0xFFFFFFFF))
+    high = rank1[0] & np.uint64(0xFFFFFFFF00000000)
+    for k in range(keys2.size):
+        rank1[k] = high | (object_twice * (keys2[k] & np.uint64(1)))
+        keys2[k] = (keys2[k] & np.uint64(0xFFFFFFFF00000001)) | (np.uint64(k) << np.uint64(1))
 
 
 @njit(nogil=True, cache=True)
-def _joint_tied_pairs(twice_rank1, keys2):
+def _joint_tied_pairs(rank1, keys2):
     """Pairs tied in both channels: runs of equal channel-1 rank and channel-2 code."""
     total = 0
     length = 1
     for p in range(1, keys2.size):
-        if twice_rank1[p] == twice_rank1[p - 1] and keys2[p] >> np.uint64(32) == keys2[p - 1] >> np.uint64(32):
+        if rank1[p] >> np.uint64(32) == rank1[p - 1] >> np.uint64(32) \
+                and keys2[p] >> np.uint64(32) == keys2[p - 1] >> np.uint64(32):
             length += 1
         else:
-            total += length * (length - 1) // 2
+            total += _pairs_within(length)
             length = 1
-    return total + length * (length - 1) // 2
+    return total + _pairs_within(length)
 
 
 @njit(nogil=True, cache=True)
-def _channel2_ranks(sorted_keys2, level2, clip2, object_rank1, all_objects, twice_rank2, bins):
-    """One pass over the sorted channel-2 keys: channel 2's ranks and ties.
+def _gather_ranks1(sorted_keys2, rank1, positions):
+    """Channel 1's ranks in channel 2's order, in place of the sorted channel-2 keys.
 
-    Writes ``twice_rank2[position]`` (one random store per voxel), reads each object
-    voxel's ``object_rank1`` (one random load; ``all_objects`` of them) and adds ``count
-    x corrected value`` per run to ``bins``.
+    ``sorted_keys2[k]`` becomes ``rank1[position]`` (a tight loop of independent random
+    loads: the memory fetches overlap); ``positions[k]`` the voxel's position, with bit
+    31 set where a run of equal channel-2 codes starts.
+    """
+    previous = np.uint64(0)
+    for k in range(sorted_keys2.size):
+        key = sorted_keys2[k]
+        code = key >> np.uint64(32)
+        position = (key & np.uint64(0xFFFFFFFF)) >> np.uint64(1)
+        positions[k] = np.uint32(position) | (np.uint32(k == 0 or code != previous) << np.uint32(31))
+        previous = code
+        sorted_keys2[k] = rank1[position]
+
+
+@njit(nogil=True, cache=True)
+def _channel2_ranks(ranks1, positions, all_objects):
+    """Channel 2's ranks and the cross sums, from channel 1's ranks in channel 2's order
+    (:func:`_gather_ranks1`); clears the run marks of ``positions``.
 
     Returns
     -------
-    tied_pairs, squares, object_squares, object_cross, collision
-        As :func:`_channel1_ranks`; ``object_cross`` the sum of ``(object_rank1 - m - 1)
-        (object rank2 - m - 1)`` over the ``m`` object voxels.
+    object_squares, cross, object_cross
+        As :func:`_channel1_ranks`; ``cross`` the sum of ``(twice_rank1 - n - 1)
+        (twice_rank2 - n - 1)``, ``object_cross`` of ``(object_rank1 - m - 1)
+        (object_rank2 - m - 1)`` over the ``m`` object voxels.
     """
-    n = sorted_keys2.size
-    code_bits = np.empty(1, np.uint32)
-    code_value = code_bits.view(np.float32)
-    sum_value = np.empty(1, np.float64)
-    sum_bits = sum_value.view(np.uint64)
-    tied_pairs = n_objects = 0
-    squares = object_squares = object_cross = 0.0
-    object_centre = all_objects + 1
-    collision = False
-    previous_value = -np.inf
-    sum_column = high = low = 0
+    n = ranks1.size
+    n_objects = 0
+    object_squares = cross = object_cross = 0.0
+    centre, object_centre = n + 1, all_objects + 1
+    mark = np.uint32(1) << np.uint32(31)
     start = 0
     while start < n:
-        code = sorted_keys2[start] >> np.uint64(32)
+        positions[start] ^= mark
         stop = start + 1
-        objects = 0
-        while stop < n and sorted_keys2[stop] >> np.uint64(32) == code:
+        while stop < n and not positions[stop] & mark:
             stop += 1
+        objects = 0
+        twice_sum1 = object_sum1 = np.uint64(0)  # below 2^63: ranks up to 2n < 2^32
         for k in range(start, stop):
-            objects += np.int64(sorted_keys2[k] & np.uint64(1))
+            object_rank = ranks1[k] & np.uint64(0xFFFFFFFF)  # 0 for the other voxels
+            twice_sum1 += ranks1[k] >> np.uint64(32)
+            object_sum1 += object_rank
+            objects += object_rank != 0
         twice = start + stop + 1
         object_twice = 2 * n_objects + objects + 1
-        object_deviations1 = 0
-        for k in range(start, stop):
-            position = np.int64((sorted_keys2[k] & np.uint64(0xFFFFFFFF)) >> np.uint64(1))
-            twice_rank2[position] = twice
-            if sorted_keys2[k] & np.uint64(1):
-                object_deviations1 += np.int64(object_rank1[position]) - object_centre
-        object_cross += np.float64(object_deviations1) * np.float64(object_twice - object_centre)
+        cross += np.float64(np.int64(twice_sum1) - (stop - start) * centre) * np.float64(twice - centre)
+        object_cross += np.float64(np.int64(object_sum1) - objects * object_centre) \
+            * np.float64(object_twice - object_centre)
         n_objects += objects
-        length = stop - start
-        tied_pairs += length * (length - 1) // 2
-        deviation = np.float64(twice - n - 1)
-        squares += length * deviation * deviation
         object_squares += objects * np.float64(object_twice) * np.float64(object_twice)
-        if clip2:
-            value = max(_value_of_code(code, code_bits, code_value) - level2, 0.0)
-            collision |= value == previous_value
-            previous_value = value
-            column, significand = _float64_term(length * value, sum_value, sum_bits)
-        else:
-            column, significand = _float32_term(np.uint32(code), length)
-        if column != sum_column:
-            _flush(bins, sum_column, high, low)
-            sum_column, high, low = column, 0, 0
-        high += significand >> 26  # floor: high * 2^26 + low is exact
-        low += significand & ((1 << 26) - 1)
         start = stop
-    _flush(bins, sum_column, high, low)
-    return tied_pairs, squares, object_squares, object_cross, collision
-
-
-@njit(nogil=True, cache=True, fastmath={"reassoc", "contract"})
-def _cross_deviations(twice_rank1, twice_rank2, centre):
-    """Sum of ``(twice_rank1 - centre)(twice_rank2 - centre)`` over the voxels."""
-    total = 0.0
-    for p in range(twice_rank1.size):
-        total += (np.float64(twice_rank1[p]) - centre) * (np.float64(twice_rank2[p]) - centre)
-    return total
-
-
-@njit(nogil=True, cache=True, inline="always")
-def _count_above(tree, size, value):
-    """Count of the values added to a Fenwick tree (stored reversed) above ``value``."""
-    k = size - value - 1
-    total = 0
-    while k > 0:
-        total += tree[k]
-        k &= k - 1
-    return total
-
-
-@njit(nogil=True, cache=True, inline="always")
-def _add_one(tree, size, value):
-    k = size - value
-    while k <= size:
-        tree[k] += 1
-        k += k & -k
-
-
-@njit(nogil=True, cache=True)
-def _bucket_pass(ranks, first, stop, bits, counts):
-    """Pairs ``first <= i < j < stop`` with ``ranks[i] >> bits > ranks[j] >> bits`` (a
-    Fenwick tree over the buckets ``rank >> bits``); ``counts[b]`` set to the members of
-    bucket ``b`` there."""
-    n_buckets = counts.size
-    tree = np.zeros(n_buckets + 1, np.int64)
-    counts[:] = 0
-    total = 0
-    for i in range(first, stop):
-        bucket = np.int64(ranks[i] >> bits)
-        total += _count_above(tree, n_buckets, bucket)
-        _add_one(tree, n_buckets, bucket)
-        counts[bucket] += 1
-    return total
-
-
-@njit(nogil=True, cache=True)
-def _gather_buckets(ranks, first, stop, bits, fill, scratch):
-    """Write the low ``bits`` of ``ranks[first:stop]`` to ``scratch``, bucket by bucket in
-    order, from ``fill[bucket]`` on (advanced)."""
-    low_mask = (1 << bits) - 1
-    for i in range(first, stop):
-        bucket = ranks[i] >> bits
-        scratch[fill[bucket]] = ranks[i] & low_mask
-        fill[bucket] += 1
-
-
-@njit(nogil=True, cache=True)
-def _within_buckets(scratch, starts, first_bucket, stop_bucket, bits):
-    """Inversions within each bucket ``first_bucket .. stop_bucket - 1`` of ``scratch``
-    (a Fenwick tree over a bucket's ``2^bits`` low parts, in cache)."""
-    width = 1 << bits
-    tree = np.zeros(width + 1, np.int64)
-    total = 0
-    for b in range(first_bucket, stop_bucket):
-        if starts[b + 1] - starts[b] < 2:
-            continue
-        tree[:] = 0
-        for k in range(starts[b], starts[b + 1]):
-            total += _count_above(tree, width, np.int64(scratch[k]))
-            _add_one(tree, width, np.int64(scratch[k]))
-    return total
-
-
-def _inversions(ranks: np.ndarray, limit: int, scratch: np.ndarray, threads: int = 1) -> int:
-    """Pairs ``i < j`` with ``ranks[i] > ranks[j]``, for ranks below ``limit``.
-
-    Two levels, each in cache: pairs in different buckets (``sqrt(limit)`` ranks each)
-    by a Fenwick tree over the buckets, then pairs within a bucket by one over its ranks
-    (the bucket's members gathered in order into ``scratch``, as long as ``ranks``).
-    With ``threads`` > 1, the halves of the array, then the halves of the buckets, at
-    once (pairs across the halves from the halves' bucket counts).
-    """
-    n = ranks.size
-    if n < 2:
-        return 0
-    bits = max(1, (int(limit).bit_length() + 1) // 2)
-    n_buckets = ((limit - 1) >> bits) + 1
-    parts = 2 if threads > 1 and n >= 1 << 18 else 1
-    bounds = [n * k // parts for k in range(parts + 1)]
-    counts = np.zeros((parts, n_buckets), np.int64)
-    with ThreadPoolExecutor(parts) as pool:
-        total = sum(pool.map(lambda k: _bucket_pass(ranks, bounds[k], bounds[k + 1], bits, counts[k]),
-                             range(parts)))
-        for k in range(1, parts):  # pairs across parts: an earlier member in a higher bucket
-            earlier = counts[:k].sum(axis=0)
-            above = np.concatenate((np.cumsum(earlier[::-1])[::-1][1:], [0]))
-            total += int(np.dot(counts[k], above))
-        starts = np.concatenate(([0], np.cumsum(counts.sum(axis=0))))
-        fills = starts[:-1] + np.concatenate((np.zeros((1, n_buckets), np.int64), np.cumsum(counts, axis=0)[:-1]))
-        list(pool.map(lambda k: _gather_buckets(ranks, bounds[k], bounds[k + 1], bits, fills[k], scratch),
-                      range(parts)))
-        # halves of the buckets by members
-        middle = int(np.searchsorted(starts, n // 2)) if parts > 1 else n_buckets
-        ranges = [(0, middle), (middle, n_buckets)] if parts > 1 else [(0, n_buckets)]
-        total += sum(pool.map(lambda r: _within_buckets(scratch, starts, r[0], r[1], bits), ranges))
-    return int(total)
+    return object_squares, cross, object_cross
 
 
 @njit(nogil=True, cache=True)
@@ -458,31 +381,32 @@ def _rank_sums(keys: np.ndarray, thresholds: Thresholds, threads: int) -> _RankS
     floor1, floor2 = _tie_floor(th1), _tie_floor(th2)
     above1 = _first_code(lambda v: _applies(th1.above, v))
     above2 = _first_code(lambda v: _applies(th2.above, v))
-    twice_rank1, object_rank1 = np.empty(n, np.uint32), np.empty(n, np.uint32)
-    keys2 = np.empty(n, np.uint64)
     bins1, bins2 = np.zeros((2, 2048), np.int64), np.zeros((2, 2048), np.int64)
-    tied1, squares1, n_objects, object_squares1, collision1 = _channel1_ranks(
-        keys, floor1, floor2, *_corrected_form(th1), above1, above2, twice_rank1, object_rank1, keys2, bins1)
+    tied1, squares1, collision = _run_sums(keys, floor1, *_corrected_form(th1), bins1)
+    if collision:
+        return None
+    rank1, keys2 = np.empty(n, np.uint64), np.empty(n, np.uint64)
+    n_objects, object_squares1 = _channel1_ranks(keys, floor1, floor2, above1, above2, rank1, keys2)
     # channel-1 values the correction ties: in channel 2's order, so that no pair tied
     # in channel 1 counts as discordant
     tied_end = int(np.searchsorted(keys, np.uint64(floor1 + 1) << np.uint64(32))) if floor1 else 0
     if tied_end > 1:
         keys2[:tied_end].sort()
-        _renumber(keys2[:tied_end], object_rank1[:tied_end].max(), object_rank1, 0)
-    tied_both = _joint_tied_pairs(twice_rank1, keys2)
+        _renumber(keys2[:tied_end], rank1[:tied_end])
+    tied_both = _joint_tied_pairs(rank1, keys2)
     keys2.sort()  # in place: a threaded sort would hold a second copy
-    twice_rank2 = np.empty(n, np.uint32)
-    tied2, squares2, object_squares2, object_cross, collision2 = _channel2_ranks(
-        keys2, *_corrected_form(th2), object_rank1, n_objects, twice_rank2, bins2)
-    if collision1 or collision2:
+    tied2, squares2, collision = _run_sums(keys2, 0, *_corrected_form(th2), bins2)
+    if collision:
         return None
+    positions = np.empty(n, np.uint32)
+    _gather_ranks1(keys2, rank1, positions)
+    object_squares2, cross, object_cross = _channel2_ranks(keys2, positions, n_objects)
     del keys2
     # centred: the ranks of m voxels sum to m (m + 1) / 2
     object_squares1 -= n_objects * float(n_objects + 1) ** 2
     object_squares2 -= n_objects * float(n_objects + 1) ** 2
-    cross = _cross_deviations(twice_rank1, twice_rank2, np.float64(n + 1))
-    # object_rank1 is scratch from here
-    discordant = _inversions(twice_rank2, 2 * n + 2, object_rank1, threads)
+    # rank1 is scratch from here
+    discordant = inversions(positions, n, rank1.view(np.uint32)[:n], threads)
     return _RankSums(n, tied1, tied2, tied_both, squares1, squares2, cross, discordant, _exact_mean(bins1, n),
                      _exact_mean(bins2, n), n_objects, object_squares1, object_squares2, object_cross)
 
