@@ -296,7 +296,7 @@ def _channel2_ranks(ranks1, positions, all_objects):
     mark = np.uint32(1) << np.uint32(31)
     start = 0
     while start < n:
-        positions[start] ^= mark
+        positions[start] &= ~mark
         stop = start + 1
         while stop < n and not positions[stop] & mark:
             stop += 1
