@@ -94,7 +94,8 @@ def part_statistics(
             values1 = values1[finite]
             values2 = values2[finite]
         if prefers_sorted(values1, values2):  # (the keys make -0.0 and 0.0 one value)
-            return statistics_from_pairs(SortedPairs(pair_keys(values1, values2, threads)), thresholds, n_nonfinite)
+            return statistics_from_pairs(SortedPairs(pair_keys(values1, values2, threads)), thresholds, n_nonfinite,
+                                         (values1, values2))
         # -0.0 and 0.0 are one value
         values1 = values1 + values1.dtype.type(0) if values1.dtype.kind == "f" else values1
         values2 = values2 + values2.dtype.type(0) if values2.dtype.kind == "f" else values2
@@ -160,23 +161,28 @@ def statistics_from_table(table: JointTable, thresholds: Thresholds, n_nonfinite
     )
 
 
-def statistics_from_pairs(pairs: SortedPairs, thresholds: Thresholds, n_nonfinite: int = 0) -> PartStatistics:
+def statistics_from_pairs(pairs: SortedPairs, thresholds: Thresholds, n_nonfinite: int = 0,
+                          values: tuple[np.ndarray, np.ndarray] | None = None) -> PartStatistics:
     """The :class:`PartStatistics` of the voxels of ``pairs`` (the same numbers as from
-    their joint histogram, to rounding), decoded a strip of keys at a time."""
+    their joint histogram, to rounding), a strip of voxels at a time: the values of
+    ``values`` (the same voxels' R and G, 1-D, in any order: no decoding), else decoded
+    from the keys."""
     th1, th2 = thresholds.channel1, thresholds.channel2
     mask_moments = object_moments = Moments.empty()
     sums = np.zeros(14)
     codes = np.arange(min(STRIP, pairs.n), dtype=np.int64)
     for start in range(0, pairs.n, STRIP):
-        keys = pairs.keys[start:start + STRIP]
-        values1 = _values_of_codes(keys >> np.uint64(32))
-        values2 = _values_of_codes(keys.astype(np.uint32))
+        if values is None:
+            keys = pairs.keys[start:start + STRIP]
+            values1, values2 = _values_of_codes(keys >> np.uint64(32)), _values_of_codes(keys.astype(np.uint32))
+        else:
+            values1, values2 = (v[start:start + STRIP].astype(np.float64) for v in values)
         corrected1, corrected2 = th1.corrected(values1), th2.corrected(values2)
-        ones = np.ones(keys.size)
+        ones = np.ones(values1.size)
         in_objects = (th1.above(values1) | th2.above(values2)).astype(np.float64)
         mask_moments = mask_moments.merge(Moments.from_weighted(corrected1, corrected2, ones))
         object_moments = object_moments.merge(Moments.from_weighted(corrected1, corrected2, in_objects))
-        sums += _threshold_sums(codes[:keys.size], codes[:keys.size], ones, corrected1, corrected2,
+        sums += _threshold_sums(codes[:values1.size], codes[:values1.size], ones, corrected1, corrected2,
                                 th1.weight(values1), th2.weight(values2))
     return PartStatistics(pairs, mask_moments, object_moments, sums, n_nonfinite)
 
