@@ -15,7 +15,7 @@ import numpy as np
 from numba import njit
 
 from cccdask.kernels.coefficients.joint_table import JointTable, joint_table
-from cccdask.kernels.coefficients.moments import REASSOCIATE, Moments
+from cccdask.kernels.coefficients.moments import REASSOCIATE, Moments, _entry
 from cccdask.kernels.coefficients.sorted_pairs import (
     SortedPairs,
     _values_of_codes,
@@ -108,15 +108,16 @@ def _threshold_sums(codes1, codes2, counts, corrected1, corrected2, weight1, wei
     """The sums of :data:`SUM_NAMES`, in order, over the voxels of a joint histogram.
 
     Entry ``i`` stands for ``counts[i]`` voxels with ``R' = corrected1[codes1[i]]`` and
-    ``wR = weight1[codes1[i]]`` (channel 2 alike).
+    ``wR = weight1[codes1[i]]`` (channel 2 alike); without codes (None), ``R' =
+    corrected1[i]`` (a direct pass: vectorised).
     """
     # scalars, not array slots: the compiler keeps them in registers and vectorises
     s_rg = s_rr = s_gg = s_r = s_g = s_r_wg = s_g_wr = s_wr = s_wg = s_wr_wg = 0.0
     s_r_wr = s_g_wg = s_r_wr_wg = s_g_wr_wg = 0.0
-    for i in range(codes1.size):
+    for i in range(counts.size):
         c = counts[i]
-        r, g = corrected1[codes1[i]], corrected2[codes2[i]]
-        wr, wg = weight1[codes1[i]], weight2[codes2[i]]
+        r, g = _entry(corrected1, codes1, i), _entry(corrected2, codes2, i)
+        wr, wg = _entry(weight1, codes1, i), _entry(weight2, codes2, i)
         cr, cg = c * r, c * g
         s_rg += cr * g
         s_rr += cr * r
@@ -170,7 +171,6 @@ def statistics_from_pairs(pairs: SortedPairs, thresholds: Thresholds, n_nonfinit
     th1, th2 = thresholds.channel1, thresholds.channel2
     mask_moments = object_moments = Moments.empty()
     sums = np.zeros(14)
-    codes = np.arange(min(STRIP, pairs.n), dtype=np.int64)
     for start in range(0, pairs.n, STRIP):
         if values is None:
             keys = pairs.keys[start:start + STRIP]
@@ -182,7 +182,7 @@ def statistics_from_pairs(pairs: SortedPairs, thresholds: Thresholds, n_nonfinit
         in_objects = (th1.above(values1) | th2.above(values2)).astype(np.float64)
         mask_moments = mask_moments.merge(Moments.from_weighted(corrected1, corrected2, ones))
         object_moments = object_moments.merge(Moments.from_weighted(corrected1, corrected2, in_objects))
-        sums += _threshold_sums(codes[:values1.size], codes[:values1.size], ones, corrected1, corrected2,
+        sums += _threshold_sums(None, None, ones, corrected1, corrected2,
                                 th1.weight(values1), th2.weight(values2))
     return PartStatistics(pairs, mask_moments, object_moments, sums, n_nonfinite)
 
