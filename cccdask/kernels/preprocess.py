@@ -323,8 +323,15 @@ def estimate_shift(
     return np.asarray(shift_pixels, dtype=float) * sp
 
 
+#: Shifts are applied in steps of 2**-30 pixel (about 1e-9 pixel, far below any
+#: estimate's precision), so that scipy's sample coordinate ``i - shift`` is exact in
+#: float64 for every voxel index below 2**23: a frame cut into tiles
+#: (:mod:`cccdask.preprocess_tiled`) then gets bit for bit the values of the whole frame.
+SHIFT_STEP_PIXELS = 2.0**-30
+
+
 def shift_in_pixels(shift: Sequence[float], spacing: Sequence[float]) -> np.ndarray:
-    """A physical shift divided by the spacing, axis by axis."""
+    """A physical shift divided by the spacing, axis by axis, rounded to :data:`SHIFT_STEP_PIXELS`."""
     sp = np.asarray(spacing, dtype=float)
     shift = np.asarray(shift, dtype=float).ravel()
     if shift.size != sp.size:
@@ -332,7 +339,7 @@ def shift_in_pixels(shift: Sequence[float], spacing: Sequence[float]) -> np.ndar
             f"shift {tuple(shift)} has {shift.size} values for {sp.size} spatial axes; give one "
             f"per axis in (z,) y, x order (physical units)."
         )
-    return shift / sp
+    return np.round(shift / sp / SHIFT_STEP_PIXELS) * SHIFT_STEP_PIXELS
 
 
 def apply_shift(
