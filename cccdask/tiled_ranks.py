@@ -178,3 +178,26 @@ def ranked_values(values: da.Array, selection: da.Array | None, ranks: Sequence[
                 edges = np.linspace(lo, hi, BINS + 1)
                 state[r] = [edges[b], edges[b + 1], int(cumulative[b - 1]) if b else below, int(counts[b])]
     return np.array([found[r] for r in ranks])
+
+
+def tiled_intensity_floor(image: da.Array, mask: da.Array | None = None,
+                          compute: Callable = default_compute) -> float:
+    """:func:`cccdask.quality.intensity_floor` of a chunked frame: the 1st percentile over the mean.
+
+    The same rule (finite voxels under the mask, linear interpolation between the two
+    ranks around 1 %); the ranks are exact (:func:`ranked_values`), the mean is a float64
+    sum over chunks (equal to float64 summation order). NaN when the mask is empty or
+    the mean is not positive.
+    """
+    summary = np.asarray(compute([value_range(image, mask)])[0])
+    count = int(summary[0])
+    if count == 0:
+        return float("nan")
+    mean = summary[4] / count
+    if mean <= 0:
+        return float("nan")
+    position = 0.01 * (count - 1)
+    low = int(np.floor(position))
+    high = min(low + 1, count - 1)
+    below, above = ranked_values(image, mask, [low, high], summary, compute)
+    return (float(below) + (position - low) * (float(above) - float(below))) / mean

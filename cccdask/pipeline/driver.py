@@ -50,7 +50,7 @@ from cccdask.pipeline.store_state import (
     run_identity,
 )
 from cccdask.pipeline.task import GENERATED_MASK, compute_frames
-from cccdask.pipeline.tiled import run_tiled
+from cccdask.pipeline.tiled import cluster_compute, run_tiled, shared_mask_graph, store_shared_mask
 from cccdask.quality import dataset_quality
 
 
@@ -219,16 +219,21 @@ def _run_locked(config: PipelineConfig, inputs: RunInputs, identity: str, curren
         settings = _prepare_preprocessing(config, inputs, log)
         plan, layout = plan_run(config, inputs, identity, settings)
         if not resume:
-            shared_mask = _shared_generated_mask(settings, inputs, plan)
+            shared_on_tiles = tiles.tiled and plan.shared_generated_mask
+            shared_mask = (shared_mask_graph(plan, inputs, settings, tiles.tile_shape, cluster_compute(cluster))
+                           if shared_on_tiles else _shared_generated_mask(settings, inputs, plan))
             if shared_mask is not None:
                 spatial = plan.spatial_dims
+                chunks = tuple(tiles.tile_shape) if shared_on_tiles else shared_mask.shape
                 layout = replace(layout, variables=layout.variables + (VariableLayout(
-                    GENERATED_MASK, spatial, shared_mask.shape, np.dtype(np.uint8), shared_mask.shape, image=False,
+                    GENERATED_MASK, spatial, shared_mask.shape, np.dtype(np.uint8), chunks, image=False,
                     attrs={"description": "the mask generated once and used for every frame"}),))
             results_store.create_store(
                 path, layout, {**_provenance(config, inputs, identity, settings, current), **layout.attrs},
-                initial=None if shared_mask is None else {GENERATED_MASK: shared_mask.astype(np.uint8)},
+                initial=None if shared_mask is None or shared_on_tiles else {GENERATED_MASK: shared_mask.astype(np.uint8)},
             )
+            if shared_on_tiles:  # written tile by tile by the workers
+                store_shared_mask(cluster, path, shared_mask)
         else:
             log(f"Resuming {path}")
         record = results_store.read_completion(path)

@@ -26,14 +26,18 @@ from cccdask.pipeline.task import analyse_frame, stored_dtype
 
 
 def _probe_frame(shape: tuple[int, ...], spacing: tuple[float, ...]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """A small smooth two-channel frame (a blob plus texture) to learn the output layout."""
+    """A small smooth two-channel frame (a blob plus texture) to learn the output layout.
+
+    The mask is non-zero everywhere but not constant, so that a mask generated from it
+    (``preprocess.mask.source: mask``) finds objects.
+    """
     grid = np.meshgrid(*[np.linspace(-1, 1, n) for n in shape], indexing="ij")
     r2 = sum(g**2 for g in grid)
     rng = np.random.default_rng(0)
     blob = np.exp(-r2 / 0.3).astype(np.float32)
     image1 = blob * (1 + 0.5 * rng.random(shape, dtype=np.float32))
     image2 = blob * (1 + 0.5 * rng.random(shape, dtype=np.float32))
-    return image1, image2, np.ones(shape, dtype=bool)
+    return image1, image2, (1 + blob).astype(np.float32)
 
 
 def _output_layout(plan: FramePlan, n_frames: int, chunks: tuple[int, ...], frames_per_task: int):

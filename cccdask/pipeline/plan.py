@@ -185,8 +185,9 @@ def check_memory(estimate: int, per_thread: float | None, config: PipelineConfig
                  forced: bool = False, image_dtypes=()) -> bool:
     """Whether frames fit one task; False: take the tiled path. Raises when neither works.
 
-    The tiled path (:mod:`cccdask.pipeline.tiled`) needs ``ccc.max_distance`` and, for
-    now, no chromatic shift or mask generation (:mod:`cccdask.preprocess_tiled`).
+    The tiled path (:mod:`cccdask.pipeline.tiled`) needs ``ccc.max_distance`` and, for a
+    generated mask, a threshold scikit-image computes from a histogram
+    (:func:`cccdask.preprocess_tiled.tiled_preprocess_blockers`).
     ``forced``: the tiles are asked for (``execution.tile_shape``).
     """
     from dask.utils import format_bytes
@@ -202,15 +203,15 @@ def check_memory(estimate: int, per_thread: float | None, config: PipelineConfig
         return False
     if forced:
         raise FrameTooLargeError(
-            f"execution.tile_shape asks for tiles, but the tiled path needs ccc.max_distance and no chromatic "
-            f"shift or mask generation (here: {', '.join(blockers)}). Set ccc.max_distance, or remove "
+            f"execution.tile_shape asks for tiles, but the tiled path needs ccc.max_distance and a mask "
+            f"threshold computed from a histogram (here: {', '.join(blockers)}). Fix these, or remove "
             f"execution.tile_shape."
         )
     which = "a worker thread's memory limit" if config.execution.memory_budget is None else "execution.memory_budget"
     raise FrameTooLargeError(
         f"one frame of shape {tuple(frame_shape)} needs about {format_bytes(estimate)} per task, but the "
         f"workers have {format_bytes(int(per_thread))} per thread ({which}). Frames this large are analysed "
-        f"tile by tile when ccc.max_distance is set and there is no chromatic shift or mask generation "
+        f"tile by tile when ccc.max_distance is set and a generated mask's threshold comes from a histogram "
         f"(here: {', '.join(blockers)}). "
         f"Otherwise give the workers more memory "
         f"(cluster.local.memory_limit, or fewer threads_per_worker) or set execution.frames_per_task to 1."

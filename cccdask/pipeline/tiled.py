@@ -28,26 +28,40 @@ from cccdask.pipeline.record import Completion, failure_message
 from cccdask.pipeline.task import FIT_FAILED_REASON, split_returned, stored_far_field, stored_value
 
 
+def _default_compute(arrays):
+    return list(da.compute(*arrays))
+
+
 def frame_graph(plan: FramePlan, inputs: RunInputs, index: int, tile_shape, compute=None) -> xr.Dataset:
     """All outputs of frame ``index`` as one lazy Dataset over tiles of ``tile_shape``.
 
     The inputs are cut into tiles once; the CCC (forced onto its tiled path) and the
     coefficients read the same tile arrays, so computed together a tile is read once
-    per pass. The background levels are reductions computed first (``compute``, e.g.
-    on the cluster; default Dask's current scheduler), then subtracted chunk by chunk.
+    per pass. The preprocessing numbers that need the whole frame (background levels,
+    the mask's threshold, border labels and object sizes, the intensity floors) are
+    computed first (``compute``, e.g. on the cluster; default Dask's current
+    scheduler), each a reduction over the tiles.
     """
     import cccdask
     from cccdask.coefficients import coefficients
+    from cccdask.tiled_ranks import tiled_intensity_floor
 
+    compute = compute or _default_compute
     frames = inputs.frames
     tiles = dict(zip(plan.spatial_dims, tile_shape))
     image1 = frames.image1.isel(t=index).data.rechunk(tile_shape)
     image2 = frames.image2.isel(t=index).data.rechunk(tile_shape)
-    mask = frames.mask_frame(index)
-    mask = None if mask is None else mask.transpose(*tiles).data.rechunk(tile_shape)
-    preprocessed = None
+    if plan.shared_generated_mask:
+        from cccdask.pipeline.task import GENERATED_MASK
+
+        group = zarr.open_group(plan.store, mode="r", use_consolidated=False)
+        mask = da.from_zarr(group[GENERATED_MASK]).rechunk(tile_shape) != 0
+    else:
+        mask = frames.mask_frame(index)
+        mask = None if mask is None else mask.transpose(*tiles).data.rechunk(tile_shape)
+    preprocessed = {}
     if plan.preprocess is not None:
-        image1, image2, preprocessed = _preprocess(plan, index, image1, image2, tile_shape, compute)
+        image1, image2, mask, preprocessed = _preprocess(plan, index, image1, image2, mask, tile_shape, compute)
     options = {k: plan.ccc[k] for k in ("mode", "contributions", "intermediates", "dtype", "max_distance",
                                         "fiji_compat", "n_gaussians", "max_gaussians")}
     # memory_budget=0: the tiled path whatever the frame's size (the driver chose it)
@@ -58,35 +72,87 @@ def frame_graph(plan: FramePlan, inputs: RunInputs, index: int, tile_shape, comp
         table = coefficients(image1, image2, mask, spacing=plan.spacing, **plan.coefficients)
         table = table.isel(t=0, drop=True) if "t" in table.dims else table
         result = result.merge(table.drop_vars([c for c in table.coords if c in result.coords]), compat="override")
-    if preprocessed is not None:
-        result = result.assign(preprocessed)
-    return result
+    floors = {f"intensity_floor{channel}": ((), np.float64(tiled_intensity_floor(image, mask, compute)))
+              for channel, image in ((1, image1), (2, image2))}
+    return result.assign({**preprocessed, **floors})
 
 
-def _preprocess(plan: FramePlan, index: int, image1, image2, tile_shape, compute=None):
-    """Background levels from per-chunk reductions, subtracted chunk by chunk; the record variables."""
+def _preprocess(plan: FramePlan, index: int, image1, image2, mask, tile_shape, compute):
+    """The manual's preparation on tiles, in :func:`cccdask.preprocess.preprocess_frame`'s order.
+
+    Chromatic shift of channel 2 (and its valid region), mask generation, background
+    levels (reductions over the tiles), subtraction chunk by chunk. Returns the
+    prepared images and mask and the record variables (and ``mask_used``).
+    """
+    from cccdask.mask_tiled import tiled_generate_mask
     from cccdask.pipeline.task import _settings_of
-    from cccdask.preprocess_tiled import background_level, subtract_levels
+    from cccdask.preprocess import _shift_of
+    from cccdask.preprocess_tiled import background_level, subtract_levels, tiled_shift, tiled_valid_region
 
     settings = _settings_of(plan)
+    spacing = plan.spacing
+    shift = _shift_of(settings, image1.ndim)
+    valid = None
+    if shift is not None:
+        image2 = tiled_shift(image2, shift, spacing=spacing, order=settings.chromatic_shift.order)
+        valid = tiled_valid_region(image2.shape, shift, spacing=spacing, chunks=image2.chunks)
+    threshold = np.nan
+    generation = settings.mask
+    if generation is not None and generation.from_frame is None:
+        source = {"image1": image1, "image2": image2, "mask": mask}[generation.source]
+        if source is None:
+            raise ValueError("mask.source is 'mask' but no mask input was given to segment.")
+        generated, threshold = tiled_generate_mask(
+            source, spacing=spacing, sigma=generation.sigma, method=generation.method,
+            fill_holes=generation.fill_holes, min_size=generation.min_size, compute=compute)
+        if generation.source != "mask" and mask is not None:
+            generated = generated & (mask != 0)
+        mask = generated
+    if valid is not None:
+        mask = valid if mask is None else (mask != 0) & valid
     levels = []
-    for image, background, spec in zip((image1, image2), (settings.background.image1, settings.background.image2),
-                                       plan.background_regions):
+    for channel, (image, background, spec) in enumerate(
+            zip((image1, image2), (settings.background.image1, settings.background.image2),
+                plan.background_regions), start=1):
         region = None
         if spec is not None:
             opened = spec.open()
             region = (opened.isel(t=index) if "t" in opened.dims else opened).transpose(*plan.spatial_dims)
             region = region.data.rechunk(tile_shape)
-        levels.append(background_level(image, background, plan.spacing, region))
-    levels = (compute or (lambda arrays: da.compute(*arrays)))(levels)
+        levels.append(background_level(image, background, spacing, region, valid=valid if channel == 2 else None,
+                                       compute=compute))
+    lazy = [k for k, level in enumerate(levels) if isinstance(level, da.Array)]
+    for k, value in zip(lazy, compute([levels[k] for k in lazy])):
+        levels[k] = value
     levels = [np.float64(level) for level in levels]
     record = {
         "background1": ((), levels[0]),
         "background2": ((), levels[1]),
-        "chromatic_shift": (("axis",), np.zeros(len(plan.spatial_dims))),
-        "mask_threshold": ((), np.float64(np.nan)),
+        "chromatic_shift": (("axis",), np.zeros(len(plan.spatial_dims)) if shift is None else np.asarray(shift)),
+        "mask_threshold": ((), np.float64(threshold)),
     }
-    return subtract_levels(image1, levels[0]), subtract_levels(image2, levels[1]), record
+    if generation is not None and generation.from_frame is None:
+        record["mask_used"] = (plan.spatial_dims, mask.astype(np.uint8))
+    return subtract_levels(image1, levels[0]), subtract_levels(image2, levels[1]), mask, record
+
+
+def shared_mask_graph(plan: FramePlan, inputs: RunInputs, settings, tile_shape, compute) -> da.Array:
+    """The mask of ``mask.from_frame``, generated on tiles (as :func:`cccdask.preprocess.generate_shared_mask`)."""
+    index = settings.mask.from_frame
+    if index >= inputs.frames.n_frames:
+        raise ValueError(f"preprocess.mask.from_frame is {index} but the input has {inputs.frames.n_frames} frames.")
+    frames = inputs.frames
+    image1 = frames.image1.isel(t=index).data.rechunk(tile_shape)
+    image2 = frames.image2.isel(t=index).data.rechunk(tile_shape)
+    mask = frames.mask_frame(index)
+    mask = None if mask is None else mask.transpose(*plan.spatial_dims).data.rechunk(tile_shape)
+    per_frame = settings.model_copy(update={"mask": settings.mask.model_copy(update={"from_frame": None}),
+                                            "background": type(settings.background)()})
+    from dataclasses import replace
+
+    plan = replace(plan, preprocess=per_frame.model_dump(mode="json"), background_regions=(None, None),
+                   shared_generated_mask=False)
+    return _preprocess(plan, index, image1, image2, mask, tile_shape, compute)[2]
 
 
 def _store_images(plan: FramePlan, index: int, images: dict[str, da.Array]):
@@ -104,16 +170,32 @@ def _store_images(plan: FramePlan, index: int, images: dict[str, da.Array]):
     return da.store(sources, targets, regions=regions, lock=False, compute=False)
 
 
+def cluster_compute(cluster):
+    """A ``compute(list of Dask objects) -> list of values`` that runs on the cluster."""
+
+    def compute(arrays):
+        futures = cluster.client.compute(list(arrays))
+        return [f.result() for f in futures] if isinstance(futures, list) else futures.result()
+
+    return compute
+
+
+def store_shared_mask(cluster, store, mask: da.Array) -> None:
+    """Write the shared generated mask into the store, one task per tile (the variable's chunks)."""
+    from cccdask.pipeline.task import GENERATED_MASK
+
+    target = zarr.open_group(store, mode="r+", use_consolidated=False)[GENERATED_MASK]
+    write = da.store(mask.astype(np.uint8).rechunk(target.chunks), target, lock=False, compute=False)
+    cluster.client.compute(write).result()
+
+
 def run_tiled(cluster, plan: FramePlan, inputs: RunInputs, config: PipelineConfig, tile_shape, todo,
               completion: Completion, progress, n_frames):
     """Frames analysed tile by tile on the cluster, one frame at a time; returns the failures."""
     dtypes = {name: dtype for name, _, dtype, _ in plan.variables}
     spatial = set(plan.spatial_dims)
     failures = []
-
-    def compute(arrays):
-        futures = cluster.client.compute(list(arrays))
-        return [f.result() for f in futures] if isinstance(futures, list) else futures.result()
+    compute = cluster_compute(cluster)
 
     for start, stop in todo:
         arrays = {}
