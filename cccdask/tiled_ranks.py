@@ -180,24 +180,26 @@ def ranked_values(values: da.Array, selection: da.Array | None, ranks: Sequence[
     return np.array([found[r] for r in ranks])
 
 
-def tiled_intensity_floor(image: da.Array, mask: da.Array | None = None,
-                          compute: Callable = default_compute) -> float:
-    """:func:`cccdask.quality.intensity_floor` of a chunked frame: the 1st percentile over the mean.
+def tiled_intensity_floors(images: Sequence[da.Array], mask: da.Array | None = None,
+                           compute: Callable = default_compute) -> list[float]:
+    """:func:`cccdask.quality.intensity_floor` of chunked frames: the 1st percentile over the mean.
 
     The same rule (finite voxels under the mask, linear interpolation between the two
     ranks around 1 %); the ranks are exact (:func:`ranked_values`), the mean is a float64
     sum over chunks (equal to float64 summation order). NaN when the mask is empty or
-    the mean is not positive.
+    the mean is not positive. The images' passes share ``compute`` calls where they can.
     """
-    summary = np.asarray(compute([value_range(image, mask)])[0])
-    count = int(summary[0])
-    if count == 0:
-        return float("nan")
-    mean = summary[4] / count
-    if mean <= 0:
-        return float("nan")
-    position = 0.01 * (count - 1)
-    low = int(np.floor(position))
-    high = min(low + 1, count - 1)
-    below, above = ranked_values(image, mask, [low, high], summary, compute)
-    return (float(below) + (position - low) * (float(above) - float(below))) / mean
+    summaries = [np.asarray(s) for s in compute([value_range(image, mask) for image in images])]
+    floors = []
+    for image, summary in zip(images, summaries):
+        count = int(summary[0])
+        mean = summary[4] / count if count else np.nan
+        if not count or mean <= 0:
+            floors.append(float("nan"))
+            continue
+        position = 0.01 * (count - 1)
+        low = int(np.floor(position))
+        high = min(low + 1, count - 1)
+        below, above = ranked_values(image, mask, [low, high], summary, compute)
+        floors.append((float(below) + (position - low) * (float(above) - float(below))) / mean)
+    return floors

@@ -44,7 +44,7 @@ def frame_graph(plan: FramePlan, inputs: RunInputs, index: int, tile_shape, comp
     """
     import cccdask
     from cccdask.coefficients import coefficients
-    from cccdask.tiled_ranks import tiled_intensity_floor
+    from cccdask.tiled_ranks import tiled_intensity_floors
 
     compute = compute or _default_compute
     frames = inputs.frames
@@ -72,8 +72,8 @@ def frame_graph(plan: FramePlan, inputs: RunInputs, index: int, tile_shape, comp
         table = coefficients(image1, image2, mask, spacing=plan.spacing, **plan.coefficients)
         table = table.isel(t=0, drop=True) if "t" in table.dims else table
         result = result.merge(table.drop_vars([c for c in table.coords if c in result.coords]), compat="override")
-    floors = {f"intensity_floor{channel}": ((), np.float64(tiled_intensity_floor(image, mask, compute)))
-              for channel, image in ((1, image1), (2, image2))}
+    floors = {f"intensity_floor{channel}": ((), np.float64(floor))  # for frame_quality
+              for channel, floor in enumerate(tiled_intensity_floors([image1, image2], mask, compute), start=1)}
     return result.assign({**preprocessed, **floors})
 
 
