@@ -10,6 +10,13 @@ Part 2 times the tiled path against the whole-frame engine
 (:func:`cccdask.kernels.correlate.masked_correlograms`) on a frame that fits both
 ways (``--compare-shape``), one thread each, in this process.
 
+Part 3 runs the YAML pipeline (:func:`cccdask.pipeline.run`) on the same Zarr frame
+(``--run-shape``, default ``--shape``) forced onto tiles, on ``--workers`` workers
+limited to ``--worker-memory``: correlation only, then with median backgrounds, a
+generated mask (Otsu after a blur, holes filled, small objects removed),
+contribution images and coefficients. It prints wall time, each worker's peak memory
+and whether any worker spilled to disk, side by side.
+
 The issue's example is a 6 GiB frame on 2 GiB workers; on a 2-core 24 GiB machine
 shared with others run the scaled version (the defaults): a 2 GiB frame on 1 GiB
 workers. Run ``python benchmarks/bench_tiled.py --help`` for the sizes.
@@ -107,6 +114,55 @@ def large_frame(args) -> None:
               f"{start / 2**20:.0f} MiB), limit {args.worker_memory}; CPU {cpu - cpu0:.0f} s")
 
 
+def _spilled(dask_worker) -> int:
+    """Bytes this worker has spilled to disk so far (0 when it has no spill buffer)."""
+    total = getattr(dask_worker.data, "spilled_total", None)
+    return int(getattr(total, "disk", 0) or 0) if total is not None else 0
+
+
+def pipeline_runs(args) -> None:
+    from distributed import Client, LocalCluster
+
+    from cccdask.config import config_from_dict
+    from cccdask.pipeline import run
+
+    shape, spacing = tuple(args.run_shape or args.shape), tuple(args.spacing)
+    chunks = tuple(min(c, n) for c, n in zip(args.chunks, shape))
+    directory = Path(args.data_dir) / ("run-" + "x".join(map(str, shape)))
+    paths = write_frame(directory, shape, chunks, shift=(1, 2, 3))
+    tile = list(args.run_tile or chunks)
+    base = {
+        "input": {"image1": {"path": paths[0], "dims": "zyx"}, "image2": {"path": paths[1], "dims": "zyx"},
+                  "spacing": list(spacing)},
+        "ccc": {"max_distance": args.max_distance},
+        "execution": {"tile_shape": tile},
+        "output": {"store": str(directory / "correlation.zarr"), "reports": False, "overwrite": True},
+    }
+    full = dict(base, ccc={"max_distance": args.max_distance, "contributions": True},
+                coefficients={"threshold": "costes"},
+                preprocess={"background": {"image1": {"method": "median"}, "image2": {"method": "median"}},
+                            "mask": {"source": "image1", "sigma": args.mask_sigma, "method": "otsu",
+                                     "min_size": args.mask_min_size}},
+                output=dict(base["output"], store=str(directory / "full.zarr")))
+    print(f"\npipeline runs: 2 x {math.prod(shape) * 4 / 2**30:.2f} GiB float32 {shape}, tiles {tile}, "
+          f"{args.workers} workers limited to {args.worker_memory}")
+    print("| run | wall (s) | peak RSS per worker (MiB) | spilled to disk (MiB) |")
+    print("| --- | --- | --- | --- |")
+    with LocalCluster(n_workers=args.workers, threads_per_worker=1, processes=True,
+                      memory_limit=args.worker_memory, dashboard_address=None) as cluster, \
+            Client(cluster) as client:
+        for name, data in (("correlation only", base), ("median backgrounds + generated mask + contributions + "
+                                                         "coefficients", full)):
+            client.restart()  # fresh processes: each run's own peak
+            data = dict(data, cluster={"kind": "address", "address": cluster.scheduler_address})
+            t0 = time.perf_counter()
+            run(config_from_dict(data, base_dir=directory))
+            elapsed = time.perf_counter() - t0
+            peaks = [peak / 2**20 for peak, _ in client.run(worker_usage).values()]
+            spilled = sum(client.run(_spilled).values()) / 2**20
+            print(f"| {name} | {elapsed:.1f} | {', '.join(f'{p:.0f}' for p in peaks)} | {spilled:.0f} |")
+
+
 def compare(args) -> None:
     from cccdask.kernels.correlate import mask_images, masked_correlograms
     from cccdask.kernels.profile import shift_range
@@ -171,11 +227,19 @@ def main() -> None:
                         help="tile for the comparison; default from --tile-budget-mib")
     parser.add_argument("--tile-budget-mib", type=float, default=256)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--run-shape", type=int, nargs=3, default=None,
+                        help="frame of the pipeline runs (part 3); default --shape")
+    parser.add_argument("--run-tile", type=int, nargs=3, default=None, help="their tiles; default --chunks")
+    parser.add_argument("--mask-sigma", type=float, default=0.3, help="blur of the generated mask (physical)")
+    parser.add_argument("--mask-min-size", type=float, default=0.05, help="its smallest object (physical volume)")
     parser.add_argument("--skip-large", action="store_true")
+    parser.add_argument("--skip-pipeline", action="store_true")
     parser.add_argument("--skip-compare", action="store_true")
     args = parser.parse_args()
     if not args.skip_large:
         large_frame(args)
+    if not args.skip_pipeline:
+        pipeline_runs(args)
     if not args.skip_compare:
         compare(args)
 
