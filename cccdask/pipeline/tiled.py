@@ -5,7 +5,9 @@ does not fit a worker thread, or ``execution.tile_shape`` asks for tiles. Per fr
 one graph runs on the cluster: the tiled CCC (:func:`cccdask.ccc`: correlograms
 within R, then the contribution images by overlap-save) and the coefficients
 (:func:`cccdask.coefficients.coefficients`, exact from per-chunk statistics) over the
-same tiles. Image outputs (contribution images, coefficient maps) are written by the
+same tiles, after the ``preprocess:`` steps on tiles (chromatic shift, mask
+generation, backgrounds: :mod:`cccdask.preprocess_tiled`, :mod:`cccdask.mask_tiled`),
+whose whole-frame numbers are computed first on the cluster. Image outputs (contribution images, coefficient maps) are written by the
 workers straight into the frame's store chunks, one task per chunk; the small results
 (profiles, fit, correlograms, coefficients) come back to the driver, which writes them
 into the frame's chunks and then records the frame
@@ -202,11 +204,12 @@ def run_tiled(cluster, plan: FramePlan, inputs: RunInputs, config: PipelineConfi
         outcomes = []
         try:
             for k, index in enumerate(range(start, stop)):
-                frame = frame_graph(plan, inputs, index, tile_shape, compute=compute)
-                images = {name: frame[name].data for name in frame.data_vars
-                          if name in dtypes and set(frame[name].dims) == spatial}
-                small = frame[[name for name in frame.data_vars if name in dtypes and name not in images]]
                 try:
+                    # the preprocessing's whole-frame numbers are computed here (may find the frame invalid)
+                    frame = frame_graph(plan, inputs, index, tile_shape, compute=compute)
+                    images = {name: frame[name].data for name in frame.data_vars
+                              if name in dtypes and set(frame[name].dims) == spatial}
+                    small = frame[[name for name in frame.data_vars if name in dtypes and name not in images]]
                     # one submission: the tasks both hold (tiles, levels, correlograms) run once
                     writes = _store_images(plan, index, images)
                     writes = [] if writes is None else (writes if isinstance(writes, list) else [writes])
