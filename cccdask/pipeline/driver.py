@@ -236,6 +236,9 @@ def _run_locked(config: PipelineConfig, inputs: RunInputs, identity: str, curren
                 store_shared_mask(cluster, path, shared_mask)
         else:
             log(f"Resuming {path}")
+            if tiles.tiled and plan.shared_generated_mask:  # its tile writes may have been interrupted: again
+                store_shared_mask(cluster, path, shared_mask_graph(plan, inputs, settings, tiles.tile_shape,
+                                                                   cluster_compute(cluster)))
         record = results_store.read_completion(path)
         n_frames = layout.n_frames
         todo = [b for b in frame_batches(n_frames, fpt) if (record.status[b[0]:b[1]] == FRAME_MISSING).any()]
