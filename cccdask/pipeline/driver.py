@@ -230,7 +230,8 @@ def _run_locked(config: PipelineConfig, inputs: RunInputs, identity: str, curren
                     attrs={"description": "the mask generated once and used for every frame"}),))
             results_store.create_store(
                 path, layout, {**_provenance(config, inputs, identity, settings, current), **layout.attrs},
-                initial=None if shared_mask is None or shared_on_tiles else {GENERATED_MASK: shared_mask.astype(np.uint8)},
+                initial=(None if shared_mask is None or shared_on_tiles
+                         else {GENERATED_MASK: shared_mask.astype(np.uint8)}),
             )
             if shared_on_tiles:  # written tile by tile by the workers
                 store_shared_mask(cluster, path, shared_mask)

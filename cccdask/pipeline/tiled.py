@@ -7,8 +7,9 @@ within R, then the contribution images by overlap-save) and the coefficients
 (:func:`cccdask.coefficients.coefficients`, exact from per-chunk statistics) over the
 same tiles, after the ``preprocess:`` steps on tiles (chromatic shift, mask
 generation, backgrounds: :mod:`cccdask.preprocess_tiled`, :mod:`cccdask.mask_tiled`),
-whose whole-frame numbers are computed first on the cluster. Image outputs (contribution images, coefficient maps) are written by the
-workers straight into the frame's store chunks, one task per chunk; the small results
+whose whole-frame numbers are computed first on the cluster. Image outputs
+(contribution images, coefficient maps) are written by the workers straight into the
+frame's store chunks, one task per chunk; the small results
 (profiles, fit, correlograms, coefficients) come back to the driver, which writes them
 into the frame's chunks and then records the frame
 (:class:`~cccdask.pipeline.record.Completion`). The frame is never loaded whole.
