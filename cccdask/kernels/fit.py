@@ -28,11 +28,11 @@ import numpy as np
 
 from cccdask.kernels.commons_math import (
     MAX_ITERATIONS,
-    TOLERANCE as _TOLERANCE,
     commons_math_guess,
     java_window_means,
     minpack_levenberg_marquardt,
 )
+from cccdask.kernels.least_squares import levenberg_marquardt_loop
 
 RETRY_ITERATIONS = 50
 RETRY_WINDOWS = (0.1, 0.2, 0.3, 0.4, 0.5)  # moving-average half widths, in units of s_x
@@ -126,16 +126,14 @@ def initial_guess(x: np.ndarray, y: np.ndarray) -> np.ndarray:
 
 # exp(-0.5 * 39**2) underflows to exactly 0 in float64: points farther than 39 sigma
 # from mu contribute y**2 to the cost and nothing to its gradient, bit for bit.
-_SUPPORT = 39.0
+SUPPORT_SIGMAS = 39.0
 
 
 def levenberg_marquardt(x, y, p0, max_iterations=MAX_ITERATIONS):
     """Unweighted least squares of :func:`gaussian` to ``(x, y)``, x sorted ascending.
 
-    Levenberg-Marquardt on the 3x3 normal equations with the analytic Jacobian,
-    Marquardt's diagonal scaling and Nielsen's damping update; convergence when the
-    actual and predicted relative reductions of the cost are both below 1e-10, or
-    the relative step is (Commons-Math's and MINPACK's tolerances). Each iteration
+    :func:`cccdask.kernels.least_squares.levenberg_marquardt_loop` on the 3x3 normal
+    equations with the analytic Jacobian (its damping and stopping rules). Each iteration
     touches only the points within 39 sigma of mu (found by bisection): beyond, the
     model is exactly 0 in float64, so the result is that of the full sums while a
     profile of 10^6 points costs as little as its peak.
@@ -155,7 +153,7 @@ def levenberg_marquardt(x, y, p0, max_iterations=MAX_ITERATIONS):
     def evaluate(params, with_jacobian):
         """Cost (all points), and on the support: residuals and Jacobian rows."""
         h, mu, s = params
-        width = _SUPPORT * abs(s)
+        width = SUPPORT_SIGMAS * abs(s)
         lo, hi = np.searchsorted(x, (mu - width, mu + width))
         xs, ys = x[lo:hi], y[lo:hi]
         z = (xs - mu) / s
@@ -170,38 +168,7 @@ def levenberg_marquardt(x, y, p0, max_iterations=MAX_ITERATIONS):
     p = np.asarray(p0, dtype=np.float64).copy()
     if not np.all(np.isfinite(p)) or p[2] == 0:
         return p, False
-    cost, r, jac = evaluate(p, True)
-    damping, growth = None, 2.0
-    for _ in range(max_iterations):
-        a = jac @ jac.T
-        g = jac @ r
-        scale = np.maximum(np.diag(a), 1e-300)
-        if damping is None:
-            damping = 1e-3
-        try:
-            step = np.linalg.solve(a + damping * np.diag(scale), -g)
-        except np.linalg.LinAlgError:
-            return p, False
-        trial = p + step
-        trial_cost, _, _ = evaluate(trial, False)
-        # reduction the linear model predicts: -(2 g.step + step.A.step)
-        predicted = -(2 * g @ step + step @ a @ step)
-        actual = cost - trial_cost
-        if np.isfinite(trial_cost) and actual > 0 and predicted > 0:
-            rho = actual / predicted
-            damping *= max(1 / 3, 1 - (2 * rho - 1) ** 3)
-            growth = 2.0
-            small_step = np.all(np.abs(step) <= _TOLERANCE * (np.abs(trial) + _TOLERANCE))
-            p = trial
-            if (actual <= _TOLERANCE * cost and predicted <= _TOLERANCE * cost) or small_step:
-                return p, True
-            cost, r, jac = evaluate(p, True)
-        else:
-            if predicted <= _TOLERANCE * cost:
-                return p, True  # at a minimum to the cost tolerance: no step can lower it
-            damping *= growth
-            growth *= 2
-    return p, False
+    return levenberg_marquardt_loop(evaluate, p, max_iterations)
 
 
 def retry_windows(pixel_size: float, fiji_compat: bool = False) -> tuple[float, ...]:

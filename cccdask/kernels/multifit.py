@@ -37,7 +37,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from cccdask.kernels.fit import MAX_ITERATIONS, GaussianFit, fit_gaussian, moving_average
+from cccdask.kernels.fit import SUPPORT_SIGMAS, MAX_ITERATIONS, GaussianFit, fit_gaussian, moving_average
+from cccdask.kernels.least_squares import levenberg_marquardt_loop
 
 # Component status codes (``component_status``): 0 is a supported component.
 OK = 0
@@ -61,8 +62,6 @@ STATUS_MEANINGS = (
 # A component must stand this many times above the residual scatter at its own scale
 # (the RMS, within 10 sigma of its mean, of the residual smoothed over +-sigma).
 MIN_HEIGHT_OVER_RESIDUAL = 4.0
-_SUPPORT = 39.0  # exp(-0.5 * 39**2) is exactly 0 in float64 (see fit.levenberg_marquardt)
-_TOLERANCE = 1e-10
 
 
 @dataclass(frozen=True)
@@ -183,10 +182,10 @@ def _bounded(q: np.ndarray, sigma_floor: float):
 def _levenberg_marquardt(x, y, p0, sigma_floor, max_iterations):
     """Unweighted least squares of the sum model, bounds by reparametrisation.
 
-    Levenberg-Marquardt on the 3m x 3m normal equations in the free variables of
-    :func:`_bounded` (Marquardt's diagonal scaling, Nielsen's damping update); stops
-    when the actual and predicted relative reductions of the cost are below 1e-10 or
-    the relative step is.
+    :func:`cccdask.kernels.least_squares.levenberg_marquardt_loop` (the single fit's
+    damping and stopping rules) on the 3m x 3m normal equations in the free variables
+    of :func:`_bounded`. Returns the parameters (h, mu, sigma per component, flat)
+    and whether the loop converged.
     """
     q = p0.copy()
     q[0::3] = np.sqrt(np.maximum(p0[0::3], 0.0))
@@ -196,37 +195,10 @@ def _levenberg_marquardt(x, y, p0, sigma_floor, max_iterations):
         p, dp_dq = _bounded(q, sigma_floor)
         model, jac = _model_and_jacobian(x, p, with_jacobian)
         r = model - y
-        return float(r @ r), r, (jac * dp_dq if with_jacobian else None)
+        return float(r @ r), r, ((jac * dp_dq).T if with_jacobian else None)
 
-    cost, r, jac = evaluate(q, True)
-    damping, growth = 1e-3, 2.0
-    for _ in range(max_iterations):
-        a = jac.T @ jac
-        g = jac.T @ r
-        scale = np.maximum(np.diag(a), 1e-300)
-        try:
-            step = np.linalg.solve(a + damping * np.diag(scale), -g)
-        except np.linalg.LinAlgError:
-            return _bounded(q, sigma_floor)[0], False
-        trial = q + step
-        trial_cost, _, _ = evaluate(trial, False)
-        predicted = -(2 * g @ step + step @ a @ step)
-        actual = cost - trial_cost
-        if np.isfinite(trial_cost) and actual > 0 and predicted > 0:
-            rho = actual / predicted
-            damping *= max(1 / 3, 1 - (2 * rho - 1) ** 3)
-            growth = 2.0
-            small_step = np.all(np.abs(step) <= _TOLERANCE * (np.abs(trial) + _TOLERANCE))
-            q = trial
-            if (actual <= _TOLERANCE * cost and predicted <= _TOLERANCE * cost) or small_step:
-                return _bounded(q, sigma_floor)[0], True
-            cost, r, jac = evaluate(q, True)
-        else:
-            if predicted <= _TOLERANCE * cost:
-                return _bounded(q, sigma_floor)[0], True
-            damping *= growth
-            growth *= 2
-    return _bounded(q, sigma_floor)[0], False
+    q, converged = levenberg_marquardt_loop(evaluate, q, max_iterations)
+    return _bounded(q, sigma_floor)[0], converged
 
 
 def joint_fit(keys: np.ndarray, values: np.ndarray, start: np.ndarray, min_sigma: float):
@@ -282,7 +254,7 @@ def joint_fit(keys: np.ndarray, values: np.ndarray, start: np.ndarray, min_sigma
 def _support(params: np.ndarray) -> tuple[float, float]:
     """Keys beyond which every component is exactly 0 in float64."""
     mu, s = params[:, 1], np.abs(params[:, 2])
-    return float(np.min(mu - _SUPPORT * s)), float(np.max(mu + _SUPPORT * s))
+    return float(np.min(mu - SUPPORT_SIGMAS * s)), float(np.max(mu + SUPPORT_SIGMAS * s))
 
 
 def sequential_starts(keys: np.ndarray, values: np.ndarray, n: int, pixel_size: float,
