@@ -10,12 +10,19 @@ from cccdask.kernels.multifit import NOT_SELECTED, OK, STATUS_MEANINGS
 from cccdask.synthetic import paired_spots
 
 # Poisson scenes (no hard core: a hard core leaves a negative baseline between the
-# populations), 0.05 um pixels, PSF sigma 0.1 um, as in the issue.
-TWO_2D_FAR = dict(shape=(512, 512), spacing=(0.05, 0.05), distance=(0.4, 1.1), psf_sigma=0.1,
-                  n_pairs=400, n_decoys=100)
+# populations), 0.05 um pixels, PSF sigma 0.1 um, as in the issue. The two-population
+# scenes have the issue's densities on 16x (2D) and 8x (3D) the area / volume of its 512² / 48x192x192 frames:
+# chance coincidences of the randomly placed spots put bumps of the PSF's width on the
+# profile, and their size relative to the pairs' peak falls only with the area (not
+# with more spots), so on the small frames the near population's mean scatters by
+# about 4 % and within 5 % of the expectation is a coin toss. On these frames all 10
+# seeds of benchmarks/bench_multifit.py --scenes --large pass (README).
+TWO_2D_FAR = dict(shape=(2048, 2048), spacing=(0.05, 0.05), distance=(0.4, 1.1), psf_sigma=0.1,
+                  n_pairs=6400, n_decoys=1600)
 TWO_2D_NEAR = dict(TWO_2D_FAR, distance=(0.5, 0.9))
-TWO_3D = dict(shape=(48, 192, 192), spacing=(0.15, 0.05, 0.05), distance=(0.5, 1.2), psf_sigma=0.1,
-              n_pairs=300, n_decoys=40)
+TWO_3D = dict(shape=(96, 384, 384), spacing=(0.15, 0.05, 0.05), distance=(0.5, 1.2), psf_sigma=0.1,
+              n_pairs=2400, n_decoys=320)
+TWO_2D_SMALL = dict(TWO_2D_FAR, shape=(512, 512), n_pairs=400, n_decoys=100)  # the issue's frame size
 ONE_2D = dict(shape=(512, 512), spacing=(0.05, 0.05), distance=1.0, psf_sigma=0.1, n_pairs=200, n_decoys=50)
 
 
@@ -25,7 +32,7 @@ def run(scene, seed, **options):
     return s, cccdask.ccc(s.image1, s.image2, s.mask, spacing=s.spacing, max_distance=max_distance, **options)
 
 
-@pytest.mark.parametrize("scene,seed", [(TWO_2D_FAR, 0), (TWO_2D_NEAR, 1), (TWO_3D, 0)],
+@pytest.mark.parametrize("scene,seed", [(TWO_2D_FAR, 0), (TWO_2D_NEAR, 0), (TWO_3D, 0)],
                          ids=["2d-0.4+1.1", "2d-0.5+0.9", "3d-anisotropic-0.5+1.2"])
 def test_two_populations_are_recovered_with_two_gaussians(scene, seed):
     s, ds = run(scene, seed, n_gaussians=2)
@@ -78,7 +85,7 @@ def test_one_gaussian_output_is_unchanged():
 
 
 def test_auto_picks_two_on_two_populations_and_reports_every_n_tried():
-    s, ds = run(TWO_2D_FAR, 0, n_gaussians="auto", max_gaussians=2)
+    s, ds = run(TWO_2D_SMALL, 0, n_gaussians="auto", max_gaussians=2)
     assert int(ds["n_selected"]) == 2
     n = ds.sizes["distance"]
     for m in (1, 2):
@@ -90,7 +97,7 @@ def test_auto_picks_two_on_two_populations_and_reports_every_n_tried():
 
 
 def test_contribution_weight_and_lazy_series_match():
-    s = paired_spots(seed=0, **dict(TWO_2D_FAR, shape=(256, 256), n_pairs=100, n_decoys=25))
+    s = paired_spots(seed=0, **dict(TWO_2D_SMALL, shape=(256, 256), n_pairs=100, n_decoys=25))
     eager = cccdask.ccc(s.image1, s.image2, s.mask, spacing=s.spacing, n_gaussians=2, intermediates=True)
     ok = eager["fit_ok"].values
     assert ok.any()
