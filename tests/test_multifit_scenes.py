@@ -11,12 +11,12 @@ from cccdask.synthetic import paired_spots
 
 # Poisson scenes (no hard core: a hard core leaves a negative baseline between the
 # populations), 0.05 um pixels, PSF sigma 0.1 um, as in the issue. The two-population
-# scenes have the issue's densities on 16x (2D) and 8x (3D) the area / volume of its 512² / 48x192x192 frames:
-# chance coincidences of the randomly placed spots put bumps of the PSF's width on the
-# profile, and their size relative to the pairs' peak falls only with the area (not
-# with more spots), so on the small frames the near population's mean scatters by
-# about 4 % and within 5 % of the expectation is a coin toss. On these frames all 10
-# seeds of benchmarks/bench_multifit.py --scenes --large pass (README).
+# scenes keep the issue's densities on 16x the area (2D: 2048², not 512²) and 8x the
+# volume (3D: 96x384x384, not 48x192x192). Chance coincidences of the randomly placed
+# spots put bumps of the PSF's width on the profile; relative to the pairs' peak they
+# shrink only with the area (not with more spots), so on the issue's frames the near
+# population's mean scatters by about 4 % and "within 5 %" is a coin toss (5/10, 7/10
+# and 3/10 seeds). On these frames all 10 seeds pass (bench_multifit.py --scenes --large).
 TWO_2D_FAR = dict(shape=(2048, 2048), spacing=(0.05, 0.05), distance=(0.4, 1.1), psf_sigma=0.1,
                   n_pairs=6400, n_decoys=1600)
 TWO_2D_NEAR = dict(TWO_2D_FAR, distance=(0.5, 0.9))
