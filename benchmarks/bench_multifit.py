@@ -50,14 +50,23 @@ SCENES = {  # the issue's frame sizes (the plugin 2.3.0 comparison)
     "2D one population 1.0 um, 512²": dict(shape=(512, 512), spacing=(0.05, 0.05), distance=1.0, n_pairs=200,
                                           n_decoys=50),
 }
+
+
+def _enlarged(scene: dict, yx: int, z: int = 1) -> dict:
+    """The same scene at the same densities on a frame ``yx`` times longer along y and x (``z`` along z)."""
+    factors = (z, yx, yx)[-len(scene["shape"]):]
+    shape = tuple(n * f for n, f in zip(scene["shape"], factors))
+    more = int(np.prod(factors))
+    return dict(scene, shape=shape, n_pairs=scene["n_pairs"] * more, n_decoys=scene["n_decoys"] * more)
+
+
 LARGE = {  # the scenes of tests/test_multifit_scenes.py: the same densities on 16x (2D) and 8x (3D) the area
-    "2D 0.4 + 1.1 um, 2048²": dict(shape=(2048, 2048), spacing=(0.05, 0.05), distance=(0.4, 1.1), n_pairs=6400,
-                                   n_decoys=1600),
-    "2D 0.5 + 0.9 um, 2048²": dict(shape=(2048, 2048), spacing=(0.05, 0.05), distance=(0.5, 0.9), n_pairs=6400,
-                                   n_decoys=1600),
-    "3D 0.5 + 1.2 um, 96×384×384 (0.15/0.05/0.05)": dict(shape=(96, 384, 384), spacing=(0.15, 0.05, 0.05),
-                                                       distance=(0.5, 1.2), n_pairs=2400, n_decoys=320),
+    "2D 0.4 + 1.1 um, 2048²": _enlarged(SCENES["2D 0.4 + 1.1 um, 512²"], 4),
+    "2D 0.5 + 0.9 um, 2048²": _enlarged(SCENES["2D 0.5 + 0.9 um, 512²"], 4),
+    "3D 0.5 + 1.2 um, 96×384×384 (0.15/0.05/0.05)": _enlarged(
+        SCENES["3D 0.5 + 1.2 um, 48×192×192 (0.15/0.05/0.05)"], 2, 2),
 }
+
 VARIANTS = {"n=1": (1, False), "n=2": (2, False), "n=3": (3, False), "auto (≤3)": (3, True)}
 
 
