@@ -60,11 +60,12 @@ def _enlarged(scene: dict, yx: int, z: int = 1) -> dict:
     return dict(scene, shape=shape, n_pairs=scene["n_pairs"] * more, n_decoys=scene["n_decoys"] * more)
 
 
-LARGE = {  # the scenes of tests/test_multifit_scenes.py: the same densities on 16x (2D) and 8x (3D) the area
+LARGE = {  # the same densities on 16x (2D) and 8x (3D) the area (the two-population scenes of the tests)
     "2D 0.4 + 1.1 um, 2048²": _enlarged(SCENES["2D 0.4 + 1.1 um, 512²"], 4),
     "2D 0.5 + 0.9 um, 2048²": _enlarged(SCENES["2D 0.5 + 0.9 um, 512²"], 4),
     "3D 0.5 + 1.2 um, 96×384×384 (0.15/0.05/0.05)": _enlarged(
         SCENES["3D 0.5 + 1.2 um, 48×192×192 (0.15/0.05/0.05)"], 2, 2),
+    "2D one population 1.0 um, 2048²": _enlarged(SCENES["2D one population 1.0 um, 512²"], 4),
 }
 
 VARIANTS = {"n=1": (1, False), "n=2": (2, False), "n=3": (3, False), "auto (≤3)": (3, True)}
