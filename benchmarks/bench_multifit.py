@@ -173,7 +173,8 @@ def main() -> None:
     parser.add_argument("--scenes", action="store_true")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--seeds", type=int, default=10)
-    parser.add_argument("--large", action="store_true", help="the two-population scenes on 16x (2D) / 8x (3D) the area")
+    parser.add_argument("--large", action="store_true",
+                        help="the scenes on 16x (2D) / 8x (3D) the area")
     parser.add_argument("--one-population", action="store_true", help="--cost on pairs at 1 um only")
     args = parser.parse_args()
     if args.cost or not args.scenes:
