@@ -181,20 +181,40 @@ def intensity_floor(image: np.ndarray, mask: np.ndarray | None = None) -> float:
     """
     values = np.asarray(image)
     values = values[np.asarray(mask) != 0] if mask is not None else values.ravel()
-    if values.dtype.kind == "f":
+    if values.dtype.kind == "f" and not np.isfinite(values).all():
         values = values[np.isfinite(values)]
     if values.size == 0:
         return float("nan")
     mean = float(values.mean(dtype=np.float64))
     if mean <= 0:
         return float("nan")
-    # the k-th smallest by partition (O(n)): the 1st percentile, linearly interpolated
+    # the 1st percentile, linearly interpolated between two neighbouring order statistics
     position = 0.01 * (values.size - 1)
     low = int(np.floor(position))
-    high = min(low + 1, values.size - 1)
-    part = np.partition(values, (low, high))
-    floor = float(part[low]) + (position - low) * (float(part[high]) - float(part[low]))
+    value_low, value_high = _order_statistics(values, low, min(low + 1, values.size - 1))
+    floor = float(value_low) + (position - low) * (float(value_high) - float(value_low))
     return floor / mean
+
+
+def _order_statistics(values: np.ndarray, low: int, high: int) -> tuple:
+    """The ``low``-th and ``high``-th smallest of ``values`` (0-based; ``high`` is ``low`` or ``low + 1``).
+
+    Exact, in O(n): the ranks sought are small (the 1st percentile), so the values up to a
+    threshold drawn from a strided sample (about twice the rank sought) are selected first
+    and partitioned alone; when fewer than ``high + 1`` values lie under the threshold
+    (an unlucky sample) the whole array is partitioned. The order statistics of the values
+    up to any threshold that ``high + 1`` values reach are those of all the values.
+    """
+    step = 64
+    if values.size >= 64 * step:
+        sample = values[::step]
+        rank = min(sample.size - 1, 2 * (high * sample.size) // values.size + 8)
+        threshold = np.partition(sample, rank)[rank]
+        candidates = values[values <= threshold]
+        if candidates.size > high:
+            values = candidates
+    part = np.partition(values, low)
+    return part[low], (part[low] if high == low else part[low + 1:].min())
 
 
 def dataset_quality(ds) -> np.ndarray | None:

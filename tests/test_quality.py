@@ -140,3 +140,42 @@ def test_intensity_floor_against_numpy():
     assert intensity_floor(image, mask) == pytest.approx(np.percentile(inside, 1) / inside.mean(), abs=1e-15)
     assert np.isnan(intensity_floor(image, np.zeros_like(mask)))
     assert np.isnan(intensity_floor(-image))
+
+
+def _floor_by_sorting(values: np.ndarray) -> float:
+    """intensity_floor's definition by a full sort: 1st percentile, linearly interpolated, over the mean."""
+    values = values[np.isfinite(values)] if values.dtype.kind == "f" else values
+    mean = float(values.mean(dtype=np.float64))  # summed in the values' own order, as intensity_floor sums
+    values = np.sort(values)
+    position = 0.01 * (values.size - 1)
+    low = int(np.floor(position))
+    high = min(low + 1, values.size - 1)
+    floor = float(values[low]) + (position - low) * (float(values[high]) - float(values[low]))
+    return floor / mean
+
+
+@pytest.mark.parametrize("case", ["random float32", "uint16 with ties", "descending", "sample holds the smallest",
+                                  "NaN and inf", "small"])
+def test_intensity_floor_equals_the_sorted_order_statistics(case):
+    """Exactly (==) the order statistics of a full sort, also when the strided sample misleads the selection."""
+    rng = np.random.default_rng(3)
+    n = 200_000
+    if case == "random float32":
+        values = rng.gamma(2.0, 1.0, n).astype(np.float32)
+    elif case == "uint16 with ties":
+        values = rng.poisson(20, n).astype(np.uint16)
+    elif case == "descending":
+        values = np.linspace(10.0, 1.0, n)
+    elif case == "sample holds the smallest":  # every 64th value is among the smallest: the threshold is too low
+        values = rng.uniform(100.0, 200.0, n)
+        values[::64] = np.arange(values[::64].size, dtype=float)
+    elif case == "NaN and inf":
+        values = rng.uniform(1.0, 2.0, n)
+        values[::7] = np.nan
+        values[1::11] = np.inf
+    else:
+        values = rng.uniform(1.0, 2.0, 37)
+    mask = rng.random(n if values.size == n else values.size) < 0.9
+    image = values.reshape(-1, 8) if values.size % 8 == 0 else values
+    assert intensity_floor(image, mask.reshape(image.shape)) == _floor_by_sorting(values[mask])
+    assert intensity_floor(image) == _floor_by_sorting(values)
