@@ -132,13 +132,17 @@ class _StoredArray:
     (through the readers' own format detection and axis resolution), without a Dask
     graph: computing a slice of ``open_image``'s lazy array costs a cull of the whole
     series' graph (O(frames)) and one Zarr call per chunk; reading a batch here is one
-    Zarr (or TIFF/.npy) call. Built only when its shape agrees with ``open_image``'s.
+    Zarr (or TIFF/.npy) call, and for a local Zarr v3 array one file read and decode per
+    chunk in this thread (:mod:`cccdask.io.chunk_reader`). Built only when its shape
+    agrees with ``open_image``'s.
     """
 
     def __init__(self, spec: SourceSpec, expected: xr.DataArray):
+        from cccdask.io.chunk_reader import chunk_reader
         from cccdask.io.readers import stored_array
 
-        self.array, storage_dims = stored_array(spec.path, spec.component, spec.dims)
+        array, storage_dims = stored_array(spec.path, spec.component, spec.dims)
+        self.array = chunk_reader(array)
         select = spec.channel is not None and "c" in storage_dims
         self.index = [spec.channel if (d == "c" and select) else slice(None) for d in storage_dims]
         kept = [d for d in storage_dims if not (d == "c" and select)]
