@@ -9,7 +9,10 @@
    On a 2-core machine the driver and scheduler share the cores with the W workers.
    The CPU time the workers spent per frame (reading, kernel, writing) is printed
    beside it: compared with the kernel's own time it separates the pipeline's cost from
-   CPU contention on a busy machine.
+   CPU contention on a busy machine. The task alone (``compute_frames``: read, kernel,
+   frame quality, results packed for the driver) is also timed in this process, without
+   Dask: its CPU against the kernel's is the pipeline's own cost per frame, free of the
+   workers' background (heartbeats, profiler) that grows with wall time on a loaded machine.
 2. Memory: peak resident memory of the driver and all worker processes together,
    above their level before the run, for a run over N frames and over 10 N frames
    (out-of-core: the peaks should be within 15%).
@@ -89,6 +92,30 @@ def kernel_seconds_per_frame(folder: Path, args, repeats: int) -> tuple[float, f
     _kernel(frames[0], args)  # warm-up
     times = np.array([_kernel(frame, args) for frame in frames])
     return float(np.median(times[:, 0])), float(np.median(times[:, 1]))
+
+
+def task_cpu_per_frame(config, n_frames: int) -> float:
+    """CPU seconds per frame of the pipeline's task (``compute_frames``) in this process, no Dask.
+
+    The batches of ``config``'s plan covering at least ``n_frames`` frames, run once to
+    warm up and once timed; ``config`` is a run already made (its store exists).
+    """
+    from cccdask.pipeline import run_identity
+    from cccdask.pipeline.inputs import open_inputs
+    from cccdask.pipeline.layout import plan_run
+    from cccdask.pipeline.plan import frame_batches
+    from cccdask.pipeline.task import compute_frames
+
+    inputs = open_inputs(config)
+    plan, _ = plan_run(config, inputs, run_identity(config, inputs.frames))
+    batches = frame_batches(inputs.frames.n_frames, plan.frames_per_task)
+    batches = batches[:next(i + 1 for i, (_, stop) in enumerate(batches) if stop >= min(n_frames, batches[-1][1]))]
+    for start, stop in batches:
+        compute_frames(plan, start, stop)
+    cpu = time.process_time()
+    for start, stop in batches:
+        compute_frames(plan, start, stop)
+    return (time.process_time() - cpu) / batches[-1][1]
 
 
 class PeakMemory:
@@ -175,6 +202,7 @@ def main() -> None:
         try:
             address = cluster.scheduler_address
             run(config_for(root, "warmup.zarr", address, args))  # imports and caches on the workers
+            task_cpu = task_cpu_per_frame(config_for(root, "warmup.zarr", address, args), args.frames)
             rows = []
             for n in (args.frames, args.long):
                 sub = root / f"n{n}"
@@ -203,6 +231,8 @@ def main() -> None:
               f"worker malloc {'distributed default' if args.default_malloc else 'cccdask (no trimming)'}")
         print(f"kernel alone (ccc_frame on frames in memory, one process): {per_frame * 1e3:.1f} ms per frame "
               f"({per_frame_cpu * 1e3:.1f} ms CPU); load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
+        print(f"task alone (compute_frames in this process, no Dask): {task_cpu * 1e3:.1f} ms CPU per frame, "
+              f"{task_cpu / per_frame_cpu:.2f}x the kernel's CPU")
         print("| frames | run time (s) | frames/s | kernel x frames / workers (s) | overhead ratio, whole run "
               "| overhead ratio, steady state | worker CPU per frame (ms) | CPU ratio to the kernel "
               "| driver + scheduler CPU (s) | peak memory, driver + workers (MiB) | above idle (MiB) |")
