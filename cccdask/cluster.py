@@ -60,6 +60,7 @@ class ClusterHandle:
     kind: str
     dashboard_link: str | None
     declared_memory_per_thread: float | None = None
+    jobs: object | None = None  # the JobRecord of a SLURM cluster (cccdask.slurm_jobs)
 
     def as_completed(self):
         """An empty iterator of futures in completion order (``add``, ``count``, iterate)."""
@@ -68,6 +69,45 @@ class ClusterHandle:
         from distributed import as_completed
 
         return as_completed()
+
+    def wait_any(self, futures: list, timeout: float) -> list:
+        """Those of ``futures`` that are done (finished, failed, cancelled), after at most ``timeout`` s.
+
+        Returns as soon as one is done; an empty list when none is after ``timeout``.
+        """
+        if not futures:
+            return []
+        if isinstance(self.client, InProcessClient):
+            concurrent.futures.wait([f._future for f in futures], timeout=timeout,
+                                    return_when=concurrent.futures.FIRST_COMPLETED)
+        else:
+            from distributed import wait
+
+            try:
+                wait(futures, timeout=timeout, return_when="FIRST_COMPLETED")
+            except TimeoutError:
+                pass
+        return [f for f in futures if f.status in ("finished", "error", "cancelled")]
+
+    def running_tasks(self) -> int:
+        """Tasks the workers are processing now (in this process: those not done)."""
+        if isinstance(self.client, InProcessClient):
+            return 1  # tasks run here: they cannot be lost, only slow
+        return int(sum(len(keys) for keys in self.client.processing().values()))
+
+    def explain(self) -> list[str]:
+        """Lines on what became of the cluster's jobs (SLURM: squeue, sacct, log tails); else none."""
+        if self.jobs is None:
+            return []
+        from cccdask.slurm_jobs import explain_jobs
+
+        return explain_jobs(self.jobs)
+
+    def refused(self) -> str | None:
+        """sbatch's message when every job submitted so far was refused, else None."""
+        if self.jobs is None or not self.jobs.refused or self.jobs.submitted:
+            return None
+        return self.jobs.refused[-1]
 
     def total_threads(self) -> int:
         """Threads of the workers connected now."""
@@ -208,13 +248,14 @@ def local_cluster_size(n_workers: int | None, threads_per_worker: int) -> tuple[
 
 
 def _slurm_cluster(settings: SlurmConfig, security: Security | None, dashboard: str | None):
-    try:
-        from dask_jobqueue import SLURMCluster
-    except ImportError as error:
-        raise RuntimeError(
-            "cluster.kind is 'slurm' but dask-jobqueue is not installed; install it with "
-            "pip install 'cccdask[slurm]' (or pip install dask-jobqueue)."
-        ) from error
+    """A SLURMCluster for these settings, and the :class:`~cccdask.slurm_jobs.JobRecord` of its jobs."""
+    from cccdask.slurm_jobs import JobRecord, default_worker_extra_args, import_slurm_cluster, recording_job_class
+
+    SLURMCluster = import_slurm_cluster()
+    extra_args = settings.worker_extra_args
+    if extra_args is None:
+        extra_args = default_worker_extra_args(settings.walltime)
+    record = JobRecord(log_directory=settings.log_directory, job_name=settings.job_name)
     options = dict(
         cores=settings.cores,
         memory=settings.memory,
@@ -230,15 +271,21 @@ def _slurm_cluster(settings: SlurmConfig, security: Security | None, dashboard: 
         security=security,
         # the scheduler listens on the network for the jobs; its HTTP server (dashboard or not) and
         # the workers' (metrics) need not
-        scheduler_options={"dashboard_address": dashboard or f"{LOOPBACK}:0", "dashboard": dashboard is not None},
-        worker_extra_args=["--dashboard-address", f"{LOOPBACK}:0"],
+        scheduler_options={"dashboard_address": dashboard or f"{LOOPBACK}:0", "dashboard": dashboard is not None,
+                           **({"interface": settings.scheduler_interface} if settings.scheduler_interface else {})},
+        worker_extra_args=["--dashboard-address", f"{LOOPBACK}:0", *extra_args],
+        job_directives_skip=list(settings.job_directives_skip),
+        job_name=settings.job_name,
+        python=settings.python,
+        death_timeout=settings.death_timeout,
+        job_cls=recording_job_class(SLURMCluster.job_cls, record),
     )
     cluster = SLURMCluster(**{k: v for k, v in options.items() if v is not None})
     if settings.adapt:
         cluster.adapt(minimum_jobs=1, maximum_jobs=settings.jobs)
-    else:
-        cluster.scale(jobs=settings.jobs)
-    return cluster
+    else:  # a fixed number of jobs; adapt replaces those that end (worker lifetime, walltime, failure)
+        cluster.adapt(minimum_jobs=settings.jobs, maximum_jobs=settings.jobs)
+    return cluster, record
 
 
 def _parse_bytes(text: str) -> int:
@@ -254,6 +301,8 @@ class _Joined:
     client: Client | InProcessClient
     declared_memory_per_thread: float | None = None
     dashboard_link: str | None = None
+    jobs: object | None = None  # the JobRecord of a SLURM cluster
+
 
 
 def _run_in_process(cluster: ClusterConfig, log) -> _Joined:
@@ -325,13 +374,14 @@ def _start_slurm(cluster: ClusterConfig, shared_directory: Path | None, stack: c
         security, folder = stack.enter_context(temporary_credentials(Path(directory)))
         log(f"TLS: temporary credentials in {folder} (owner-only, removed when the run ends)")
     dashboard = dashboard_bind_address(slurm.dashboard_address, LOOPBACK)
-    started = _slurm_cluster(slurm, security, dashboard)
+    started, jobs = _slurm_cluster(slurm, security, dashboard)
     stack.callback(started.close)  # before the credentials are removed: the jobs are cancelled first
     client = Client(started, timeout=cluster.connect_timeout)  # takes the cluster's security
     per_process = _parse_bytes(slurm.memory) / slurm.processes
     log(f"Submitted {slurm.jobs} SLURM job(s) for the scheduler at {started.scheduler_address}; "
         f"workers join as the jobs start")
-    return _Joined(client, per_process / max(slurm.cores // slurm.processes, 1), _dashboard_link(client, dashboard))
+    return _Joined(client, per_process / max(slurm.cores // slurm.processes, 1), _dashboard_link(client, dashboard),
+                   jobs)
 
 
 @contextlib.contextmanager
@@ -368,7 +418,7 @@ def connect(
             remote = cluster.kind == "slurm" or "SSH_CONNECTION" in os.environ
             log(dashboard_message(joined.dashboard_link, remote, socket.gethostname(), getpass.getuser()))
         yield ClusterHandle(client=joined.client, kind=cluster.kind, dashboard_link=joined.dashboard_link,
-                            declared_memory_per_thread=joined.declared_memory_per_thread)
+                            declared_memory_per_thread=joined.declared_memory_per_thread, jobs=joined.jobs)
 
 
 @contextlib.contextmanager

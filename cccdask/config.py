@@ -265,6 +265,23 @@ class SlurmConfig(Section):
     queue: Optional[str] = Field(None, description="Partition.")
     account: Optional[str] = Field(None, description="Account to charge.")
     interface: Optional[str] = Field(None, description="Network interface of the workers, e.g. 'ib0'.")
+    scheduler_interface: Optional[str] = Field(
+        None, description="Network interface the scheduler (on the submitting machine) listens on, when it "
+        "differs from the workers', e.g. 'eth0' on a login node whose workers use 'ib0'.")
+    python: Optional[str] = Field(
+        None, description="The workers' Python interpreter on the nodes, e.g. '/home/me/envs/ccc/bin/python' "
+        "(default: the one running cccdask).")
+    worker_extra_args: Optional[list[str]] = Field(
+        None, description="Extra `dask worker` arguments. Default: '--lifetime' and '--lifetime-stagger' "
+        "derived from walltime, so workers retire before SLURM kills their job and new jobs replace them; "
+        "[] turns that off.")
+    job_name: str = Field("cccdask", description="SLURM job name (shown by squeue).")
+    job_directives_skip: list[str] = Field(
+        default_factory=list, description="#SBATCH directives dask-jobqueue would write that the site "
+        "rejects, e.g. ['--mem'] where memory is set per partition.")
+    death_timeout: Optional[float] = Field(
+        60.0, gt=0, description="Seconds (s) a worker waits for the scheduler before it gives up and its "
+        "job ends.")
     local_directory: Optional[str] = Field(None, description="Worker scratch folder on the nodes.")
     log_directory: Optional[str] = Field(None, description="Folder for the job logs.")
     job_extra_directives: list[str] = Field(default_factory=list, description="Extra #SBATCH lines.")
@@ -361,6 +378,12 @@ class ExecutionConfig(Section):
         "more for small ones (about 4 Mvoxels per task, at least ~16 tasks).",
     )
     retries: int = Field(1, ge=0, description="Times a task that raised is retried.")
+    stall_timeout: float = Field(
+        300.0, ge=0,
+        description="Seconds (s) a run waits while frames remain and no worker is connected, or no task "
+        "progresses and none is running, before it stops with exit 1 and says why (for SLURM: the jobs' "
+        "state and log). The store stays incomplete; a rerun completes it. 0 waits forever.",
+    )
     memory_budget: Optional[str] = Field(
         None,
         description="Memory one task may use, e.g. '2GiB'. Default: the workers' memory limit per thread. "

@@ -31,7 +31,7 @@ from cccdask.io import store as results_store
 from cccdask.io.lock import StoreLock
 from cccdask.io.store import FRAME_MISSING, FRAME_OK, VariableLayout
 from cccdask.pipeline.blocks import BlockWriter
-from cccdask.pipeline.errors import PipelineError
+from cccdask.pipeline.errors import PipelineError, StallError
 from cccdask.pipeline.inputs import RunInputs, SourceSpec, describe_settled, open_inputs, read_frame
 from cccdask.pipeline.layout import plan_run
 from cccdask.pipeline.plan import (
@@ -41,7 +41,7 @@ from cccdask.pipeline.plan import (
     plan_tiles,
     resolve_frames_per_task,
 )
-from cccdask.pipeline.record import DISK_FULL_ERRNOS, DISK_FULL_HINT, Completion, failure_message
+from cccdask.pipeline.record import DISK_FULL_ERRNOS, DISK_FULL_HINT, Completion, failure_message, frame_ranges
 from cccdask.pipeline.store_state import (
     check_output_location,
     existing_store_resumes,
@@ -51,6 +51,7 @@ from cccdask.pipeline.store_state import (
 )
 from cccdask.pipeline.task import GENERATED_MASK, compute_frames
 from cccdask.pipeline.tiled import cluster_compute, run_tiled, shared_mask_graph, store_shared_mask
+from cccdask.pipeline.watchdog import POLL_SECONDS, Watchdog
 from cccdask.quality import dataset_quality
 
 
@@ -204,9 +205,10 @@ def _run_locked(config: PipelineConfig, inputs: RunInputs, identity: str, curren
             cluster = stack.enter_context(connect(config.cluster, config.execution, log, path.parent))
         stack.enter_context(_disk_full_is_named(path))
         stack.enter_context(quiet_shutdown_on_interrupt(cluster.client))  # exits first: before the cluster closes
+        watchdog = Watchdog(cluster, config.execution.stall_timeout)
         if cluster.total_threads() == 0:  # e.g. SLURM jobs still queued: the tasks could not start anyway
             phase("waiting for workers")
-            cluster.client.wait_for_workers(1)
+            _wait_for_a_worker(cluster, watchdog, path)
         budget = (cluster.memory_per_thread() if config.execution.memory_budget is None
                   else _parse_bytes(config.execution.memory_budget))
         tiles = plan_tiles(config, frames, estimate, budget)
@@ -250,10 +252,20 @@ def _run_locked(config: PipelineConfig, inputs: RunInputs, identity: str, curren
         completion = Completion(path, record, blocks)
         phase("computing frames")
         completion.report(progress, n_frames)
-        if not tiles.tiled:
-            failures = submit_batches(cluster, plan, todo, completion, config.execution.retries, progress, n_frames)
-        else:
-            failures = run_tiled(cluster, plan, inputs, config, tiles.tile_shape, todo, completion, progress, n_frames)
+        try:
+            if not tiles.tiled:
+                failures = submit_batches(cluster, plan, todo, completion, config.execution.retries, progress,
+                                          n_frames, watchdog)
+            else:
+                failures = run_tiled(cluster, plan, inputs, config, tiles.tile_shape, todo, completion, progress,
+                                     n_frames)
+        except StallError as error:
+            completion.flush()
+            missing = np.flatnonzero(completion.record.status == FRAME_MISSING)
+            raise StallError(
+                f"{error}\nThe run stopped: {missing.size} of {n_frames} frames are missing "
+                f"({frame_ranges(missing)}); the store {path} is incomplete. Fix the cause and rerun the same "
+                f"config: only the missing frames are computed.") from None
         completion.flush()
         if failures:
             lines = "\n".join(f"  frames {s}-{e - 1}: {message}" for (s, e), message in failures[:10])
@@ -299,12 +311,34 @@ def _disk_full_is_named(path: Path):
                             f"{state}. Cause: {DISK_FULL_HINT}.") from error
 
 
-def submit_batches(cluster, plan: FramePlan, todo, completion: Completion, retries: int, progress, n_frames):
-    """Submit the batches with a bounded number in flight; record each as it finishes."""
+def _wait_for_a_worker(cluster, watchdog: Watchdog, path: Path) -> None:
+    """Wait until a worker joins; the watchdog ends the wait (StallError) when none can."""
+    while cluster.total_threads() == 0:
+        try:
+            watchdog.check()
+        except StallError as error:
+            raise StallError(f"{error}\nNo frame was computed and the store {path} was not created; fix the "
+                             f"cause and rerun.") from None
+        try:
+            cluster.client.wait_for_workers(1, timeout=POLL_SECONDS)
+        except TimeoutError:
+            pass
+
+
+def submit_batches(cluster, plan: FramePlan, todo, completion: Completion, retries: int, progress, n_frames,
+                   watchdog: Watchdog | None = None):
+    """Submit the batches with a bounded number in flight; record each as it finishes.
+
+    A batch is recorded when its future has finished and its result (the outcomes the
+    task returned after writing) is in hand; a future whose worker died after it
+    finished is ``lost`` and stays in flight until it is recomputed. A task that raised
+    is a failure. The watchdog (when given) ends a run that cannot progress.
+    """
     client = cluster.client
     tag = uuid.uuid4().hex[:8]
     queue = list(reversed(todo))
     failures = []
+    watchdog = watchdog or Watchdog(cluster, 0)
 
     def window() -> int:
         return max(4, 3 * max(cluster.total_threads(), 1))
@@ -319,28 +353,37 @@ def submit_batches(cluster, plan: FramePlan, todo, completion: Completion, retri
         return future
 
     batches: dict[str, tuple[int, int]] = {}
-    pending = cluster.as_completed()
+    in_flight: dict[str, Any] = {}
+
+    def fill(limit: int) -> None:
+        while queue and len(in_flight) < limit:
+            future = submit_one(queue.pop())
+            in_flight[future.key] = future
+
     limit = window()
-    for _ in range(min(limit, len(queue))):
-        pending.add(submit_one(queue.pop()))
+    fill(limit)
     last_window = time.monotonic()
     try:
-        for future in pending:
-            batch = batches.pop(future.key)
-            if future.status == "finished":
-                outcomes, small = future.result()
-                completion.add(outcomes, (batch[0], small))
-                completion.report(progress, n_frames)
-            else:
+        while in_flight:
+            done = cluster.wait_any(list(in_flight.values()), POLL_SECONDS)
+            if not done:
+                watchdog.check()
+                continue
+            watchdog.progressed()
+            for future in done:
+                batch = batches[future.key]
                 try:
-                    future.result()
-                except Exception as error:  # the task raised: report, keep going
+                    outcomes, small = future.result()
+                except Exception as error:  # the task raised (or was cancelled): report, keep going
                     failures.append((batch, failure_message(error)))
-            future.release()
+                else:
+                    completion.add(outcomes, (batch[0], small))
+                    completion.report(progress, n_frames)
+                del in_flight[future.key], batches[future.key]
+                future.release()
             if time.monotonic() - last_window > 2.0:
                 limit, last_window = window(), time.monotonic()
-            while queue and pending.count() < limit:
-                pending.add(submit_one(queue.pop()))
+            fill(limit)
     finally:
         completion.flush()
     return failures
@@ -362,8 +405,10 @@ def finalise(path: Path, config: PipelineConfig | None = None) -> None:
 
     attrs = results_store.read_store_attrs(path) or {}
     record = results_store.read_completion(path)
-    if (record.status == FRAME_MISSING).any():
-        raise PipelineError(f"{path} still has missing frames; rerun to complete it.")
+    missing = np.flatnonzero(record.status == FRAME_MISSING)
+    if missing.size:
+        raise PipelineError(f"{path} still has {missing.size} missing frame(s) ({frame_ranges(missing)}); "
+                            f"rerun the same config to complete it.")
     mode = attrs.get("mode", "full")
     best = -1
     if mode != "correlation":

@@ -19,3 +19,7 @@ class InputReadError(RuntimeError):
 
 class FrameTooLargeError(ValueError):
     """One frame needs more memory than a worker thread has."""
+
+
+class StallError(PipelineError):
+    """No worker connected, or no task progressing, for ``execution.stall_timeout`` seconds."""

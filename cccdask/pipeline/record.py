@@ -88,3 +88,17 @@ def failure_message(error: BaseException) -> str:
     if isinstance(error, OSError) and error.errno in DISK_FULL_ERRNOS:
         message += f" ({DISK_FULL_HINT})"
     return message
+
+
+def frame_ranges(indices, limit: int = 20) -> str:
+    """Frame indices as ranges, e.g. '3, 5-9' (at most ``limit`` ranges, then how many more)."""
+    parts, start = [], None
+    indices = [int(i) for i in indices]
+    for k, i in enumerate(indices):
+        if start is None:
+            start = i
+        if k + 1 == len(indices) or indices[k + 1] != i + 1:
+            parts.append(str(start) if start == i else f"{start}-{i}")
+            start = None
+    shown = ", ".join(parts[:limit])
+    return shown + (f", ... ({len(parts) - limit} more ranges)" if len(parts) > limit else "")

@@ -1,0 +1,219 @@
+"""Runs that cannot progress stop and say why; finished frames are never lost.
+
+On real processes on 127.0.0.1: a ``dask scheduler`` and ``dask worker`` processes the
+tests start and kill, and an embedded cluster whose nanny restarts a killed worker.
+Each ending is compared with a clean run of the same config (byte for byte).
+"""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from cccdask.config import config_from_dict
+from cccdask.io.store import FRAME_MISSING, read_completion, write_ome_zarr
+from cccdask.pipeline import run
+from cccdask.pipeline.errors import StallError
+from cccdask.slurm_jobs import default_worker_extra_args, walltime_seconds
+from cccdask.synthetic import paired_spots_series
+from test_reliability import assert_same_store
+
+REPO = Path(__file__).resolve().parent.parent
+SPACING = (0.05, 0.05)
+N_FRAMES = 12
+STALL = 3.0  # execution.stall_timeout of these tests (s)
+
+
+@pytest.fixture(scope="module")
+def series(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("stall")
+    image1, image2, mask, _ = paired_spots_series(
+        N_FRAMES, distances=np.linspace(0.3, 0.6, N_FRAMES), shape=(48, 48), spacing=SPACING, n_pairs=8)
+    write_ome_zarr(folder / "cells.ome.zarr", np.stack([image1, image2], axis=1), "tcyx", SPACING)
+    return folder
+
+
+def _config(folder: Path, name: str, cluster: dict, stall: float = STALL):
+    raw = {
+        "input": {"image1": {"path": "cells.ome.zarr", "channel": 0},
+                  "image2": {"path": "cells.ome.zarr", "channel": 1}},
+        "ccc": {"max_distance": 0.8},
+        "output": {"store": f"{name}.zarr", "reports": False},
+        "execution": {"frames_per_task": 1, "stall_timeout": stall},
+        "cluster": cluster,
+    }
+    (folder / f"{name}.yaml").write_text(yaml.safe_dump(raw))
+    return config_from_dict(raw, base_dir=folder)
+
+
+@pytest.fixture(scope="module")
+def clean(series):
+    store = run(_config(series, "clean", {"kind": "synchronous"}))
+    return store
+
+
+def _env():
+    return {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+
+
+@pytest.fixture
+def scheduler(tmp_path):
+    """A ``dask scheduler`` process on 127.0.0.1; yields its address."""
+    file = tmp_path / "scheduler.json"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "distributed.cli.dask_scheduler", "--host", "127.0.0.1", "--port", "0",
+         "--no-dashboard", "--scheduler-file", str(file)],
+        env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not (file.is_file() and file.stat().st_size) and time.monotonic() < deadline:
+            assert process.poll() is None, "the scheduler did not start"
+            time.sleep(0.05)
+        import json
+
+        yield json.loads(file.read_text())["address"]
+    finally:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+
+def _start_worker(address: str, *args) -> subprocess.Popen:
+    """A ``dask worker`` (nanny + one single-threaded worker) in its own process group."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "distributed.cli.dask_worker", address, "--nthreads", "1", "--nworkers", "1",
+         "--no-dashboard", "--host", "127.0.0.1", *args],
+        env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+
+
+def _kill_group(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+
+
+def test_workers_that_die_at_start_end_the_run_within_the_stall_timeout(series, scheduler, tmp_path):
+    """A worker whose start-up fails (here: a preload that raises) never joins: the run says so."""
+    bad = tmp_path / "broken_setup.py"
+    bad.write_text("raise ImportError('module load failed on this node')\n")
+    worker = _start_worker(scheduler, "--preload", str(bad))
+    try:
+        config = _config(series, "never_joined", {"kind": "address", "address": scheduler})
+        began = time.monotonic()
+        with pytest.raises(StallError) as caught:
+            run(config)
+        waited = time.monotonic() - began
+        assert worker.wait(timeout=120) != 0  # the worker really died at start
+    finally:
+        _kill_group(worker)
+    message = str(caught.value)
+    assert f"no worker has been connected for {STALL:g} s (execution.stall_timeout)" in message
+    assert "store" in message and "was not created" in message
+    assert not (series / "never_joined.zarr").exists()  # nothing that a rerun would take for a resume
+    assert waited >= STALL
+
+
+def test_all_workers_lost_mid_run_stop_the_run_and_a_rerun_completes_it(series, clean, scheduler):
+    from distributed import Client
+
+    worker = _start_worker(scheduler)
+    config = _config(series, "workers_lost", {"kind": "address", "address": scheduler})
+    store = series / "workers_lost.zarr"
+    with Client(scheduler) as client:
+        client.wait_for_workers(1, timeout=120)
+
+    def kill_all_workers(done, total, failed=0):
+        if 0 < done < total and worker.poll() is None:
+            _kill_group(worker)  # nanny and worker: nothing restarts them
+
+    try:
+        with pytest.raises(StallError) as caught:
+            run(config, progress=kill_all_workers)
+    finally:
+        _kill_group(worker)
+    message = str(caught.value)
+    assert "execution.stall_timeout" in message and "rerun the same config" in message
+    record = read_completion(store)
+    missing = np.flatnonzero(record.status == FRAME_MISSING)
+    assert 0 < missing.size < N_FRAMES
+    assert f"{missing.size} of {N_FRAMES} frames are missing" in message
+    # every frame recorded complete has its data: equal to the clean run's
+    import xarray as xr
+
+    complete = np.flatnonzero(record.complete)
+    with xr.open_zarr(store) as got, xr.open_zarr(clean) as want:
+        for name in ("profile_subtracted", "mean", "sigma", "confidence"):
+            np.testing.assert_array_equal(got[name].values[complete], want[name].values[complete], err_msg=name)
+    replacement = _start_worker(scheduler)
+    try:
+        assert run(config) == store
+    finally:
+        _kill_group(replacement)
+    assert_same_store(store, clean)
+
+
+def test_a_finished_batch_whose_worker_dies_before_it_is_recorded_is_recorded_after_its_recompute(series, clean):
+    """The adapt loss: finished futures turn ``lost`` when their worker dies; they must still be recorded.
+
+    The first progress call (in the driver's loop) waits until every other batch in
+    flight has finished on the only worker, kills that worker (its nanny starts a new
+    one) and waits until the driver's client has seen those futures lost.
+    """
+    from distributed import LocalCluster, default_client
+
+    observed = {}
+
+    def kill_after_finishing(done, total, failed=0):
+        if done == 0 or observed:
+            return
+        client = default_client()
+        ours = lambda: {k: s for k, s in client.futures.items() if str(k).startswith("cccdask-frames-")}
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and any(s.status != "finished" for s in ours().values()):
+            time.sleep(0.01)
+        observed["finished"] = len(ours())
+        pid = next(iter(client.run(os.getpid).values()))
+        os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and all(s.status == "finished" for s in ours().values()):
+            time.sleep(0.01)
+        observed["lost"] = sum(s.status != "finished" for s in ours().values())
+
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, host="127.0.0.1",
+                      dashboard_address=None) as cluster:
+        config = _config(series, "lost_futures", {"kind": "address", "address": cluster.scheduler_address},
+                         stall=120)
+        store = run(config, progress=kill_after_finishing)
+    assert observed["finished"] >= 2 and observed["lost"] >= 1  # the loss really happened
+    assert_same_store(store, clean)
+
+
+def test_importing_dask_jobqueue_through_cccdask_keeps_ctrl_c_a_keyboard_interrupt():
+    check = ("import signal; {imp}; h = signal.getsignal(signal.SIGINT); "
+             "print(h is signal.default_int_handler)")
+    plain = subprocess.run([sys.executable, "-c", check.format(imp="import dask_jobqueue")],
+                           capture_output=True, text=True, env=_env(), timeout=120)
+    ours = subprocess.run(
+        [sys.executable, "-c", check.format(
+            imp="from cccdask.slurm_jobs import import_slurm_cluster; import_slurm_cluster()")],
+        capture_output=True, text=True, env=_env(), timeout=120)
+    assert plain.stdout.strip() == "False"  # dask-jobqueue replaces Ctrl-C's handler (with sys.exit)
+    assert ours.stdout.strip() == "True", ours.stderr
+
+
+@pytest.mark.parametrize("walltime, seconds, lifetime, stagger", [
+    ("01:00:00", 3600, 3240, 180),  # margin 360 s: retire between 51 and 57 min
+    ("30", 1800, 1620, 90),  # minutes only
+    ("2-00:00:00", 172800, 155520, 8640),
+    ("00:05:00", 300, 240, 30),  # margin 60 s at least
+])
+def test_workers_retire_before_the_walltime(walltime, seconds, lifetime, stagger):
+    assert walltime_seconds(walltime) == seconds
+    args = default_worker_extra_args(walltime)
+    assert args == ["--lifetime", f"{lifetime}s", "--lifetime-stagger", f"{stagger}s"]
+    assert lifetime + stagger < seconds  # the last worker to retire still retires before SLURM kills it
