@@ -2,6 +2,8 @@
 
 * :func:`machine_warnings`: a local cluster that asks for more memory (workers x
   memory limit) or more threads than this machine has.
+* :func:`slurm_warnings`: ``kind: slurm`` without dask-jobqueue (an error), more worker
+  processes than cores per job, less memory per worker than a task needs.
 * :func:`background_warning`: no background subtraction configured, while the data's
   intensity floor under the mask is a large part of its mean
   (:func:`cccdask.quality.intensity_floor`), the cause of most untrustworthy fits.
@@ -59,6 +61,42 @@ def machine_warnings(config, total_memory: int | None = None, cores: int | None 
             f"has {cores} core(s): the threads share cores and each task runs slower. Lower cluster.local.n_workers."
         )
     return warnings
+
+
+def slurm_problems(config, frames=None) -> tuple[list[str], list[str]]:
+    """``(errors, warnings)`` of a ``kind: slurm`` config; both empty for other kinds.
+
+    Errors: dask-jobqueue is not installed. Warnings: ``processes > cores`` (workers
+    share cores: each task slower), and, when ``frames`` (the opened inputs) is given,
+    memory per worker thread below the estimated memory of one task.
+    """
+    if config.cluster.kind != "slurm":
+        return [], []
+    import importlib.util
+
+    from dask.utils import parse_bytes
+
+    errors, warnings = [], []
+    if importlib.util.find_spec("dask_jobqueue") is None:
+        errors.append("cluster.kind is 'slurm' but dask-jobqueue is not installed; install it with "
+                      "pip install 'cccdask[slurm]' (or pip install dask-jobqueue).")
+    slurm = config.cluster.slurm
+    if slurm.processes > slurm.cores:
+        warnings.append(
+            f"cluster.slurm asks for {slurm.processes} worker processes on {slurm.cores} core(s) per job: the "
+            f"workers share cores and each task runs slower. Set processes to at most cores.")
+    if frames is not None:
+        from cccdask.pipeline.plan import estimate_task_memory, resolve_frames_per_task
+
+        fpt = resolve_frames_per_task(config.execution.frames_per_task, tuple(frames.frame_shape), frames.n_frames)
+        need = estimate_task_memory(config, frames, fpt)
+        per_thread = parse_bytes(slurm.memory) / slurm.processes / max(slurm.cores // slurm.processes, 1)
+        if per_thread < need:
+            warnings.append(
+                f"cluster.slurm gives each worker thread {_format_bytes(per_thread)} (memory / processes / threads) "
+                f"but one task needs about {_format_bytes(need)}: raise slurm.memory, lower processes or "
+                f"execution.frames_per_task.")
+    return errors, warnings
 
 
 def background_subtraction_configured(config) -> bool:

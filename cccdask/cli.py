@@ -241,9 +241,12 @@ def validate_command(
             _fail(str(error))
     else:
         console.print(f"{config}: valid.")
-    from cccdask.checks import background_warning, machine_warnings
+    from cccdask.checks import background_warning, machine_warnings, slurm_problems
 
-    warnings = machine_warnings(settings)
+    problems, slurm_warnings = slurm_problems(settings, frames if inputs else None)
+    if problems:
+        _fail(" ".join(problems), EXIT_CONFIG)
+    warnings = machine_warnings(settings) + slurm_warnings
     if inputs:
         warnings.append(background_warning(settings, frames))
     for warning in filter(None, warnings):

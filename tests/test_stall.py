@@ -217,3 +217,23 @@ def test_workers_retire_before_the_walltime(walltime, seconds, lifetime, stagger
     args = default_worker_extra_args(walltime)
     assert args == ["--lifetime", f"{lifetime}s", "--lifetime-stagger", f"{stagger}s"]
     assert lifetime + stagger < seconds  # the last worker to retire still retires before SLURM kills it
+
+
+def test_validate_warns_of_slurm_workers_sharing_cores_and_short_of_memory(series):
+    from typer.testing import CliRunner
+
+    from cccdask.cli import app
+    from cccdask.pipeline import estimate_task_memory, open_inputs, resolve_frames_per_task
+
+    config = _config(series, "slurm_check", {"kind": "slurm", "slurm": {
+        "cores": 2, "processes": 4, "memory": "400kB", "jobs": 1}})
+    frames = open_inputs(config).frames
+    need = estimate_task_memory(config, frames, resolve_frames_per_task(1, tuple(frames.frame_shape), N_FRAMES))
+    assert need > 100_000  # per worker thread: 400 kB / 4 processes = 100 kB
+    result = CliRunner().invoke(app, ["validate", str(series / "slurm_check.yaml")])
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.output.split())
+    assert "asks for 4 worker processes on 2 core(s) per job" in text
+    from dask.utils import format_bytes
+
+    assert f"gives each worker thread {format_bytes(100_000)}" in text and "one task needs about" in text
