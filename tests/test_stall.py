@@ -113,7 +113,7 @@ def test_workers_that_die_at_start_end_the_run_within_the_stall_timeout(series, 
         _kill_group(worker)
     message = str(caught.value)
     assert f"no worker has been connected for {STALL:g} s (execution.stall_timeout)" in message
-    assert "store" in message and "was not created" in message
+    assert "no frame was computed and the store" in message and "was not created" in message
     assert not (series / "never_joined.zarr").exists()  # nothing that a rerun would take for a resume
     assert waited >= STALL
 
@@ -151,6 +151,8 @@ def test_all_workers_lost_mid_run_stop_the_run_and_a_rerun_completes_it(series, 
             np.testing.assert_array_equal(got[name].values[complete], want[name].values[complete], err_msg=name)
     replacement = _start_worker(scheduler)
     try:
+        with Client(scheduler) as client:
+            client.wait_for_workers(1, timeout=120)
         assert run(config) == store
     finally:
         _kill_group(replacement)
@@ -190,7 +192,19 @@ def test_a_finished_batch_whose_worker_dies_before_it_is_recorded_is_recorded_af
                          stall=120)
         store = run(config, progress=kill_after_finishing)
     assert observed["finished"] >= 2 and observed["lost"] >= 1  # the loss really happened
-    assert_same_store(store, clean)
+    _assert_same_arrays(store, clean)  # (its stall_timeout differs from the clean run's: not compared)
+
+
+def _assert_same_arrays(store: Path, reference: Path) -> None:
+    import zarr
+
+    got = zarr.open_group(str(store), mode="r", use_consolidated=False)
+    want = zarr.open_group(str(reference), mode="r", use_consolidated=False)
+    assert got.attrs["cccdask_status"] == "complete"
+    assert sorted(got.array_keys()) == sorted(want.array_keys())
+    for name in want.array_keys():
+        a, b = got[name][...], want[name][...]
+        assert (a.tolist() == b.tolist()) if a.dtype.kind in "OTU" else (a.tobytes() == b.tobytes()), name
 
 
 def test_importing_dask_jobqueue_through_cccdask_keeps_ctrl_c_a_keyboard_interrupt():

@@ -317,8 +317,9 @@ def _wait_for_a_worker(cluster, watchdog: Watchdog, path: Path) -> None:
         try:
             watchdog.check()
         except StallError as error:
-            raise StallError(f"{error}\nNo frame was computed and the store {path} was not created; fix the "
-                             f"cause and rerun.") from None
+            state = (f"the store {path} is incomplete" if path.exists()
+                     else f"no frame was computed and the store {path} was not created")
+            raise StallError(f"{error}\nThe run stopped: {state}. Fix the cause and rerun the same config.") from None
         try:
             cluster.client.wait_for_workers(1, timeout=POLL_SECONDS)
         except TimeoutError:
@@ -373,7 +374,11 @@ def submit_batches(cluster, plan: FramePlan, todo, completion: Completion, retri
             for future in done:
                 batch = batches[future.key]
                 try:
-                    outcomes, small = future.result()
+                    outcomes, small = future.result(timeout=POLL_SECONDS)
+                except TimeoutError as error:  # lost since (its worker died): in flight until recomputed
+                    if future.status != "error":
+                        continue
+                    failures.append((batch, failure_message(error)))
                 except Exception as error:  # the task raised (or was cancelled): report, keep going
                     failures.append((batch, failure_message(error)))
                 else:
