@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 LOG_TAIL_LINES = 5
+SHOWN_JOBS = 3
 
 
 def import_slurm_cluster():
@@ -136,6 +137,9 @@ def explain_jobs(record: JobRecord) -> list[str]:
     ids = list(dict.fromkeys(record.submitted))
     if not ids:
         return lines
+    if len(ids) > SHOWN_JOBS:
+        lines.append(f"{len(ids)} jobs submitted; the last {SHOWN_JOBS}:")
+        ids = ids[-SHOWN_JOBS:]
     queued = {}
     for row in _run(["squeue", "-h", "-j", ",".join(ids), "-o", "%i|%T|%r"]).splitlines():
         parts = row.strip().split("|")

@@ -99,3 +99,38 @@ def test_slurm_without_tls_is_an_explicit_warned_choice(slurm, tmp_path):
     assert _credentials(tmp_path) == []
     assert any(line.startswith("Warning: cluster.security is false: the scheduler listens on the network in plain "
                                "TCP") for line in lines), lines
+
+
+def test_a_refused_submission_ends_the_run_at_once_with_sbatchs_message(slurm, series, tmp_path):
+    from cccdask.pipeline.errors import StallError
+
+    folder, _ = series
+    store = tmp_path / "refused.zarr"
+    config = _config(folder, store, _slurm_cluster(tmp_path))
+    config["cluster"]["slurm"]["queue"] = "no-such-partition"
+    config["execution"]["stall_timeout"] = 600  # a refusal does not wait for it
+    with pytest.raises(StallError) as caught:
+        run(config_from_dict(config))
+    message = str(caught.value)
+    assert message.startswith("SLURM refused the job: sbatch: error: ")
+    assert "partition" in message.splitlines()[0].lower()
+    assert "Traceback" not in message and not store.exists()
+
+
+def test_a_job_that_dies_at_start_is_named_with_its_state_and_log(slurm, series, tmp_path):
+    from cccdask.pipeline.errors import StallError
+
+    folder, _ = series
+    store = tmp_path / "dies.zarr"
+    cluster = _slurm_cluster(tmp_path)
+    cluster["slurm"]["job_script_prologue"] = ["echo 'module load python/3.11: not found' >&2", "exit 1"]
+    cluster["slurm"]["adapt"] = False
+    config = _config(folder, store, cluster)
+    config["execution"]["stall_timeout"] = 10
+    with pytest.raises(StallError) as caught:
+        run(config_from_dict(config))
+    message = str(caught.value)
+    assert "no worker has been connected for 10 s (execution.stall_timeout)" in message
+    assert "module load python/3.11: not found" in message  # the job log's last lines
+    assert str(tmp_path / "logs") in message and not store.exists()
+    slurm.wait_for(lambda: not slurm.jobs(), "the run's jobs ending with it")
