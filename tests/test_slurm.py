@@ -134,3 +134,29 @@ def test_a_job_that_dies_at_start_is_named_with_its_state_and_log(slurm, series,
     assert "module load python/3.11: not found" in message  # the job log's last lines
     assert str(tmp_path / "logs") in message and not store.exists()
     slurm.wait_for(lambda: not slurm.jobs(), "the run's jobs ending with it")
+
+
+def test_a_pending_job_is_named_with_its_reason_and_ctrl_c_exits_130(slurm, series, tmp_path):
+    import yaml
+
+    from cccdask.pipeline.errors import StallError
+    from test_stall import interrupt_while_waiting_for_workers
+
+    folder, _ = series
+    cluster = _slurm_cluster(tmp_path)
+    cluster["slurm"]["job_extra_directives"] = ["--begin=now+1hour"]  # held pending by SLURM
+    config = _config(folder, tmp_path / "pending.zarr", cluster)
+    config["execution"]["stall_timeout"] = 5
+    with pytest.raises(StallError) as caught:
+        run(config_from_dict(config))
+    assert "no worker has been connected for 5 s" in str(caught.value)
+    assert "pending (BeginTime)" in str(caught.value)
+    slurm.wait_for(lambda: not slurm.jobs(), "the run's jobs cancelled when it stopped")
+
+    config["execution"]["stall_timeout"] = 0
+    path = tmp_path / "pending.yaml"
+    path.write_text(yaml.safe_dump(config))
+    code, stderr = interrupt_while_waiting_for_workers(path, tmp_path, slurm.environment)
+    assert code == 130, stderr  # dask-jobqueue's import no longer turns Ctrl-C into exit 0
+    assert stderr.strip().endswith("interrupted: no frame is saved yet; rerun the same command to start again")
+    slurm.wait_for(lambda: not slurm.jobs(), "the run's jobs cancelled on Ctrl-C")

@@ -251,3 +251,34 @@ def test_validate_warns_of_slurm_workers_sharing_cores_and_short_of_memory(serie
     from dask.utils import format_bytes
 
     assert f"gives each worker thread {format_bytes(100_000)}" in text and "one task needs about" in text
+
+
+def _wait_for_text(path: Path, text: str, process, seconds: float = 240) -> None:
+    deadline = time.monotonic() + seconds
+    while text not in path.read_text() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)  # polls the run's own output, bounded; the outcome does not depend on it
+    assert text in path.read_text(), path.read_text()
+
+
+def interrupt_while_waiting_for_workers(config: Path, folder: Path, environment: dict | None = None):
+    """``cccdask run config`` (a subprocess) sent SIGINT once it waits for workers; ``(returncode, stderr)``."""
+    out, err = folder / f"{config.stem}.out", folder / f"{config.stem}.err"
+    with out.open("w") as stdout, err.open("w") as stderr:
+        process = subprocess.Popen([sys.executable, "-m", "cccdask", "run", str(config)], stdout=stdout,
+                                   stderr=stderr, env={**_env(), **(environment or {})}, cwd=folder)
+    try:
+        _wait_for_text(out, "waiting for workers", process)
+        process.send_signal(signal.SIGINT)
+        process.wait(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    return process.returncode, err.read_text()
+
+
+def test_ctrl_c_while_waiting_for_a_running_schedulers_workers_exits_130(series, scheduler):
+    _config(series, "interrupted_wait", {"kind": "address", "address": scheduler}, stall=0)  # 0: wait forever
+    code, stderr = interrupt_while_waiting_for_workers(series / "interrupted_wait.yaml", series)
+    assert code == 130
+    assert stderr.strip() == "interrupted: no frame is saved yet; rerun the same command to start again"
