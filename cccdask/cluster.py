@@ -62,14 +62,6 @@ class ClusterHandle:
     declared_memory_per_thread: float | None = None
     jobs: object | None = None  # the JobRecord of a SLURM cluster (cccdask.slurm_jobs)
 
-    def as_completed(self):
-        """An empty iterator of futures in completion order (``add``, ``count``, iterate)."""
-        if isinstance(self.client, InProcessClient):
-            return _InProcessAsCompleted()
-        from distributed import as_completed
-
-        return as_completed()
-
     def wait_any(self, futures: list, timeout: float) -> list:
         """Those of ``futures`` that are done (finished, failed, cancelled), after at most ``timeout`` s.
 
@@ -143,26 +135,6 @@ class _InProcessFuture:
 
     def release(self) -> None:
         pass
-
-
-class _InProcessAsCompleted:
-    """distributed.as_completed for :class:`_InProcessFuture`: yields futures as they finish."""
-
-    def __init__(self):
-        self._pending: list[_InProcessFuture] = []
-
-    def add(self, future: _InProcessFuture) -> None:
-        self._pending.append(future)
-
-    def count(self) -> int:
-        return len(self._pending)
-
-    def __iter__(self):
-        while self._pending:
-            concurrent.futures.wait([f._future for f in self._pending], return_when=concurrent.futures.FIRST_COMPLETED)
-            done = next(f for f in self._pending if f._future.done())  # submission order among the finished
-            self._pending.remove(done)
-            yield done
 
 
 class _SynchronousExecutor(concurrent.futures.Executor):
