@@ -39,13 +39,13 @@ def series(tmp_path_factory):
     return folder
 
 
-def _config(folder: Path, name: str, cluster: dict, stall: float = STALL):
+def _config(folder: Path, name: str, cluster: dict, stall: float = STALL, fpt: int = 1):
     raw = {
         "input": {"image1": {"path": "cells.ome.zarr", "channel": 0},
                   "image2": {"path": "cells.ome.zarr", "channel": 1}},
         "ccc": {"max_distance": 0.8},
         "output": {"store": f"{name}.zarr", "reports": False},
-        "execution": {"frames_per_task": 1, "stall_timeout": stall},
+        "execution": {"frames_per_task": fpt, "stall_timeout": stall},
         "cluster": cluster,
     }
     (folder / f"{name}.yaml").write_text(yaml.safe_dump(raw))
@@ -240,17 +240,17 @@ def test_validate_warns_of_slurm_workers_sharing_cores_and_short_of_memory(serie
     from cccdask.pipeline import estimate_task_memory, open_inputs, resolve_frames_per_task
 
     config = _config(series, "slurm_check", {"kind": "slurm", "slurm": {
-        "cores": 2, "processes": 4, "memory": "400kB", "jobs": 1}})
+        "cores": 2, "processes": 4, "memory": "1MB", "jobs": 1}}, fpt=12)
     frames = open_inputs(config).frames
-    need = estimate_task_memory(config, frames, resolve_frames_per_task(1, tuple(frames.frame_shape), N_FRAMES))
-    assert need > 100_000  # per worker thread: 400 kB / 4 processes = 100 kB
+    need = estimate_task_memory(config, frames, resolve_frames_per_task(12, tuple(frames.frame_shape), N_FRAMES))
+    assert need > 250_000  # per worker thread: 1 MB / 4 processes = 250 kB
     result = CliRunner().invoke(app, ["validate", str(series / "slurm_check.yaml")])
     assert result.exit_code == 0, result.output
     text = " ".join(result.output.split())
     assert "asks for 4 worker processes on 2 core(s) per job" in text
     from dask.utils import format_bytes
 
-    assert f"gives each worker thread {format_bytes(100_000)}" in text and "one task needs about" in text
+    assert f"gives each worker thread {format_bytes(250_000)}" in text and "one task needs about" in text
 
 
 def _wait_for_text(path: Path, text: str, process, seconds: float = 240) -> None:
