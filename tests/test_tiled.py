@@ -368,8 +368,10 @@ def test_zarr_frame_on_a_cluster_equals_whole_frame(tmp_path):
         zarr.create_array(str(tmp_path / f"{name}.zarr"), data=data, chunks=(5, 12, 10))
     arrays = [da.from_zarr(str(tmp_path / f"{name}.zarr")) for name in ("i1", "i2", "m")]
     expected = reference_correlograms(image1, image2, mask, spacing, max_distance)
+    # memory_limit=0: in-process workers would count the whole test process against a limit (a
+    # long session past 80 % of it paused them and this compute waited forever)
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address=None,
-                      memory_limit="1GiB") as cluster, Client(cluster):
+                      memory_limit=0) as cluster, Client(cluster):
         result = compute(tiled_correlograms(*arrays, spacing, max_distance, tile_shape=(5, 12, 10)))
         assert_float32_close(result["original"], expected["original"])
         assert_float32_close(result["subtracted"], expected["subtracted"])
