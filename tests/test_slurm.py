@@ -6,7 +6,9 @@ test needs no network. Skipped, with the reason, where SLURM cannot start.
 
 import os
 import stat
+import time
 
+import dask
 import psutil
 import pytest
 import xarray as xr
@@ -160,3 +162,44 @@ def test_a_pending_job_is_named_with_its_reason_and_ctrl_c_exits_130(slurm, seri
     assert code == 130, stderr  # dask-jobqueue's import no longer turns Ctrl-C into exit 0
     assert stderr.strip().endswith("interrupted: no frame is saved yet; rerun the same command to start again")
     slurm.wait_for(lambda: not slurm.jobs(), "the run's jobs cancelled on Ctrl-C")
+
+
+def test_a_run_longer_than_the_worker_lifetime_completes_on_replacement_jobs(slurm, series, tmp_path):
+    """Workers retire at their lifetime (as they do before a walltime); adapt submits a new job; the run completes.
+
+    The first recorded frame holds the driver until the job that computed it has retired
+    and a worker of a new job has joined, so the run outlasts the first worker whatever
+    the load. The module that runs the tasks is preloaded, so the lifetime counts from
+    after the imports.
+    """
+    from distributed import default_client
+
+    folder, expected = series
+    store = tmp_path / "lifetime.zarr"
+    cluster = _slurm_cluster(tmp_path)
+    cluster["slurm"]["worker_extra_args"] = ["--lifetime", "20s", "--lifetime-stagger", "0s",
+                                             "--preload", "cccdask.pipeline.task"]
+    config = _config(folder, store, cluster)
+    config["execution"]["stall_timeout"] = WORKER_START_S
+    seen = {}
+
+    def outlast_the_first_worker(done, total, failed=0):
+        if done == 0 or seen:
+            return
+        client = default_client()
+        seen["first"] = set(client.scheduler_info(n_workers=-1)["workers"])
+        deadline = time.monotonic() + WORKER_START_S
+        while time.monotonic() < deadline:  # bounded wait for real events: a retirement, a new job's worker
+            now = set(client.scheduler_info(n_workers=-1)["workers"])
+            if now and not now & seen["first"]:
+                break
+            time.sleep(0.2)
+        seen["then"] = now
+
+    with dask.config.set({"distributed.deploy.lost-worker-timeout": "1s"}):  # resubmit at once (default 15 s)
+        run(config_from_dict(config), progress=outlast_the_first_worker)
+    assert seen["first"] and seen["then"] and not seen["first"] & seen["then"], seen
+    assert_results_are(store, expected)
+    jobs = {log.stem.rsplit("-", 1)[1] for log in (tmp_path / "logs").glob("*.err")}
+    assert len(jobs) >= 2, jobs  # the retired job and its replacement
+    slurm.wait_for(lambda: not slurm.jobs(), "the run's jobs ending with it")
