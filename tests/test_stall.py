@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+import dask
 import numpy as np
 import pytest
 import yaml
@@ -175,13 +176,14 @@ def many_frames(tmp_path_factory):
     return folder, run(_config(folder, "clean", {"kind": "synchronous"}))
 
 
-def kill_workers_holding_finished_batches(kills_at=KILLS_AT, timeout: float = 120):
+def kill_workers_holding_finished_batches(workers: int, kills_at=KILLS_AT, timeout: float = 240):
     """A progress callback that kills, at each count in ``kills_at``, the worker holding finished batches.
 
     Called in the driver's loop right after it recorded a batch: it waits until every
     other batch in flight has finished (their results still on the workers, not yet
-    recorded), SIGKILLs the worker holding most of them (its nanny starts a new one) and
-    waits until the driver's client has seen some of them lost. Returns the callback and
+    recorded) and all ``workers`` are connected, SIGKILLs the worker holding most of
+    them (its nanny starts a new one) and waits until the driver's client has seen some
+    of them lost. Returns the callback and
     the list it appends ``(finished, lost)`` to, once per kill.
     """
     from distributed import default_client
@@ -197,6 +199,8 @@ def kill_workers_holding_finished_batches(kills_at=KILLS_AT, timeout: float = 12
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline and any(s.status != "finished" for s in ours().values()):
             time.sleep(0.01)  # bounded wait for a real event: the batches in flight finish
+        while time.monotonic() < deadline and len(client.scheduler_info(n_workers=-1)["workers"]) < workers:
+            time.sleep(0.01)  # the worker killed last has been restarted: one worker dies at a time
         finished = set(ours())
         held = {address: len(finished.intersection(keys)) for address, keys in client.has_what().items()}
         holder = max(held, key=held.get)
@@ -221,11 +225,14 @@ def test_batches_whose_workers_die_after_finishing_are_recorded_after_their_reco
     from distributed import LocalCluster
 
     folder, clean = many_frames
-    progress, observed = kill_workers_holding_finished_batches()
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
-                      dashboard_address=None) as cluster:
+    progress, observed = kill_workers_holding_finished_batches(workers=2)
+    # a nanny restarts its killed worker; the cluster must not give the nanny up meanwhile
+    # (after lost-worker-timeout, 15 s by default, which a restart on a loaded machine can take)
+    with dask.config.set({"distributed.deploy.lost-worker-timeout": "10 minutes"}), \
+            LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+                         dashboard_address=None) as cluster:
         config = _config(folder, f"lost_futures_{repetition}", {"kind": "address",
-                                                                "address": cluster.scheduler_address}, stall=120)
+                                                                "address": cluster.scheduler_address}, stall=300)
         store = run(config, progress=progress)
     assert len(observed) == len(KILLS_AT)
     assert all(lost >= 1 for _, lost in observed), observed  # the loss really happened, each time
