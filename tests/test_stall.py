@@ -183,9 +183,9 @@ def kill_workers_holding_finished_batches(workers: int, kills_at=KILLS_AT, timeo
     other batch in flight has finished (their results still on the workers, not yet
     recorded) and all ``workers`` are connected, SIGKILLs the worker holding most of
     them that no other worker holds (so their data is surely lost; its nanny starts a new
-    worker) and waits until the scheduler has removed it. Returns the callback and the list
-    it appends the number of finished batches lost to, once per kill. (The client's view
-    of a lost future is not polled: a quick recompute can make it finished again unseen.)
+    worker). Returns the callback and the list it appends the number of finished batches
+    lost to, once per kill. (The client's view of a lost future is not polled: a quick
+    recompute can make it finished again unseen; a restarted worker may reuse the address.)
     """
     from distributed import default_client
 
@@ -209,11 +209,7 @@ def kill_workers_holding_finished_batches(workers: int, kills_at=KILLS_AT, timeo
                 for address, keys in where.items()}
         holder = max(only, key=only.get)
         pid = client.run(os.getpid, workers=[holder])[holder]
-        os.kill(pid, signal.SIGKILL)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and holder in connected():
-            time.sleep(0.01)  # until the scheduler has removed the killed worker (and its data)
-        assert holder not in connected(), "the killed worker is still connected"
+        os.kill(pid, signal.SIGKILL)  # the batches only it held are gone with it
         observed.append(only[holder])
 
     return progress, observed
