@@ -224,7 +224,7 @@ def test_no_dashboard_means_no_link_and_nothing_beyond_loopback(processes):
     from cccdask.config import ClusterConfig, ExecutionConfig
 
     cluster = ClusterConfig.model_validate({"kind": "local", "local": {
-        "n_workers": 1, "processes": processes, "dashboard_address": None, "memory_limit": "1GiB"}})
+        "n_workers": 1, "processes": processes, "dashboard_address": None}})
     lines = []
     with connect(cluster, ExecutionConfig(), lines.append) as handle:
         scheduler = handle.client.cluster.scheduler

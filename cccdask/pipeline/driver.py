@@ -370,7 +370,7 @@ def submit_batches(cluster, plan: FramePlan, todo, completion: Completion, retri
             if not done:
                 watchdog.check()
                 continue
-            watchdog.progressed()
+            waiting = len(in_flight)
             for future in done:
                 batch = batches[future.key]
                 try:
@@ -386,6 +386,10 @@ def submit_batches(cluster, plan: FramePlan, todo, completion: Completion, retri
                     completion.report(progress, n_frames)
                 del in_flight[future.key], batches[future.key]
                 future.release()
+            if len(in_flight) < waiting:  # a batch recorded or failed; a done future whose result
+                watchdog.progressed()     # could not be fetched is no progress
+            else:
+                watchdog.check()
             if time.monotonic() - last_window > 2.0:
                 limit, last_window = window(), time.monotonic()
             fill(limit)
