@@ -314,14 +314,9 @@ def inspect_command(store: Path = typer.Argument(..., help="A results store (.za
 
 
 def _ranges(indices) -> str:
-    parts, start = [], None
-    for k, i in enumerate(indices):
-        if start is None:
-            start = i
-        if k + 1 == len(indices) or indices[k + 1] != i + 1:
-            parts.append(str(start) if start == i else f"{start}-{i}")
-            start = None
-    return ", ".join(parts)
+    from cccdask.pipeline.record import frame_ranges
+
+    return frame_ranges(indices)
 
 
 @app.command("schema")

@@ -347,10 +347,14 @@ def r_squared(keys, subtracted, fit: GaussianFit) -> float:
     if not fit.ok:
         return np.nan
     inside = fit_window(keys, fit, closed_right=True)
-    v = np.asarray(subtracted, dtype=np.float64)[inside]
-    if len(v) < 2:
+    return coefficient_of_determination(np.asarray(subtracted, dtype=np.float64)[inside], fit.curve(keys[inside]))
+
+
+def coefficient_of_determination(observed: np.ndarray, predicted: np.ndarray) -> float:
+    """1 - SS_res / SS_tot; NaN for fewer than 2 values or no spread in ``observed``."""
+    if len(observed) < 2:
         return np.nan
-    ss_tot = float(np.sum((v - v.mean()) ** 2))
+    ss_tot = float(np.sum((observed - observed.mean()) ** 2))
     if ss_tot == 0:
         return np.nan
-    return float(1 - np.sum((v - fit.curve(keys[inside])) ** 2) / ss_tot)
+    return float(1 - np.sum((observed - predicted) ** 2) / ss_tot)

@@ -37,7 +37,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from cccdask.kernels.fit import SUPPORT_SIGMAS, MAX_ITERATIONS, GaussianFit, fit_gaussian, moving_average
+from cccdask.kernels.fit import (SUPPORT_SIGMAS, MAX_ITERATIONS, GaussianFit, coefficient_of_determination,
+                                 fit_gaussian, moving_average)
 from cccdask.kernels.least_squares import levenberg_marquardt_loop
 
 # Component status codes (``component_status``): 0 is a supported component.
@@ -435,13 +436,7 @@ def sum_r_squared(keys: np.ndarray, subtracted: np.ndarray, fit: GaussianSumFit)
     mu, s = fit.mean[0], fit.sigma[0]
     keys = np.asarray(keys, dtype=np.float64)
     inside = (keys >= mu - 3 * s) & (keys < mu + 3 * s)
-    v = np.asarray(subtracted, dtype=np.float64)[inside]
-    if len(v) < 2:
-        return np.nan
-    ss_tot = float(np.sum((v - v.mean()) ** 2))
-    if ss_tot == 0:
-        return np.nan
-    return float(1 - np.sum((v - fit.curve(keys[inside])) ** 2) / ss_tot)
+    return coefficient_of_determination(np.asarray(subtracted, dtype=np.float64)[inside], fit.curve(keys[inside]))
 
 
 def contribution_weight(distance: np.ndarray, fit: GaussianSumFit) -> np.ndarray:
