@@ -197,6 +197,11 @@ class InProcessClient:
 FFT_FRIENDLY_MALLOC = {"MALLOC_TRIM_THRESHOLD_": str(2**28), "MALLOC_MMAP_THRESHOLD_": str(2**25)}
 
 
+# what in-thread workers do with the process's memory: nothing (the memory limit still sizes the tasks)
+IN_THREAD_MEMORY_SETTINGS = {"distributed.worker.memory.target": False, "distributed.worker.memory.spill": False,
+                             "distributed.worker.memory.pause": False}
+
+
 def worker_environment_settings() -> dict:
     """Dask settings giving worker processes started from now on the FFT-friendly malloc.
 
@@ -294,6 +299,10 @@ def _start_local(cluster: ClusterConfig, stack: contextlib.ExitStack, log) -> _J
     # in-thread workers talk over the inproc transport (no socket) unless they must be reached from elsewhere
     tcp = local.processes or not is_loopback(local.host)
     dashboard = dashboard_bind_address(local.dashboard_address, local.host)
+    if not local.processes:
+        # in-thread workers measure this whole process (driver, inputs, results): at 80 % of their
+        # memory_limit they would pause and the run wait forever on the driver's own memory
+        stack.enter_context(dask.config.set(IN_THREAD_MEMORY_SETTINGS))
     started = LocalCluster(
         n_workers=workers,
         threads_per_worker=local.threads_per_worker,
