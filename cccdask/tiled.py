@@ -393,7 +393,10 @@ def tiled_contributions(image1, image2, gauss_correlogram, *, mask=None,
         one task per tile produces both.
     """
     dtype = np.dtype(dtype)
-    image1, image2, mask, _ = _one_frame(image1, image2, mask, None)
+    # the contributions work in voxel shifts: a plain array is one frame at unit spacing
+    # (without it, a 3D array draws the warning meant for a forgotten spacing)
+    unit_spacing = None if isinstance(image1, xr.DataArray) else (1.0,) * np.ndim(image1)
+    image1, image2, mask, _ = _one_frame(image1, image2, mask, unit_spacing)
     frame_shape = tuple(image1.shape)
     kernel_shape = tuple(np.shape(gauss_correlogram))
     if len(kernel_shape) != len(frame_shape):

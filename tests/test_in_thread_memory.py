@@ -10,16 +10,13 @@ import textwrap
 import numpy as np
 import xarray as xr
 
-from cccdask.io.store import write_ome_zarr
-from cccdask.synthetic import paired_spots_series
+from series_files import write_paired_series
 
 SPACING = (0.05, 0.05)
 
 
 def test_a_driver_holding_more_than_the_limit_does_not_pause_in_thread_workers(tmp_path):
-    image1, image2, _, _ = paired_spots_series(4, distances=np.linspace(0.3, 0.6, 4), shape=(48, 48),
-                                               spacing=SPACING, n_pairs=8)
-    write_ome_zarr(tmp_path / "cells.ome.zarr", np.stack([image1, image2], axis=1), "tcyx", SPACING)
+    write_paired_series(tmp_path, 4, np.linspace(0.3, 0.6, 4), shape=(48, 48), spacing=SPACING, n_pairs=8)
     script = textwrap.dedent(f"""
         import numpy as np
         from cccdask.config import config_from_dict

@@ -21,9 +21,9 @@ import xarray as xr
 import yaml
 
 from cccdask.io.lock import lock_path
-from cccdask.io.store import read_completion, write_ome_zarr
-from cccdask.synthetic import paired_spots_series
+from cccdask.io.store import read_completion
 from kill_points import pause_environment
+from series_files import write_paired_series
 
 N_FRAMES = 8
 
@@ -48,9 +48,7 @@ def _wait_for(path, process, seconds=120):
 
 
 def test_ctrl_c_prints_one_line_exits_130_and_the_rerun_resumes(tmp_path):
-    image1, image2, mask, _ = paired_spots_series(N_FRAMES, distances=np.linspace(0.3, 0.65, N_FRAMES),
-                                                  shape=(48, 48), spacing=(0.05, 0.05), n_pairs=10)
-    write_ome_zarr(tmp_path / "cells.ome.zarr", np.stack([image1, image2], axis=1), "tcyx", (0.05, 0.05))
+    write_paired_series(tmp_path, N_FRAMES, np.linspace(0.3, 0.65, N_FRAMES), shape=(48, 48), n_pairs=10)
     section = {"image1": {"path": "cells.ome.zarr", "channel": 0}, "image2": {"path": "cells.ome.zarr", "channel": 1}}
     local = {"kind": "local", "local": {"n_workers": 2, "threads_per_worker": 1, "dashboard_address": ":0",
                                         "host": "127.0.0.1", "memory_limit": "1GiB"}}

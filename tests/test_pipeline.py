@@ -15,10 +15,11 @@ import yaml
 
 import cccdask
 from cccdask.config import config_from_dict
-from cccdask.io.store import FRAME_INVALID, FRAME_MISSING, FRAME_OK, read_completion, read_store_attrs, write_ome_zarr
+from cccdask.io.store import FRAME_INVALID, FRAME_MISSING, FRAME_OK, read_completion, read_store_attrs
 from cccdask.io.fingerprint import InputChangedError
 from cccdask.pipeline import StoreConflictError, run
 from cccdask.synthetic import paired_spots_series
+from series_files import write_cells, write_paired_series
 
 CCC_VARIABLES = ("profile_original", "profile_subtracted", "profile_fit", "mean", "sigma", "height",
                  "confidence", "r_squared", "fit_ok")
@@ -140,10 +141,7 @@ def test_ome_zarr_3d_time_series_equals_ccc_in_memory(tmp_path, cluster_address)
     spacing = (0.1, 0.05, 0.05)
     image1, image2, mask, _ = paired_spots_series(
         3, distances=[0.3, 0.35, 0.4], shape=(12, 40, 40), spacing=spacing, psf_sigma=0.06, n_pairs=25, n_decoys=5)
-    write_ome_zarr(tmp_path / "cells.ome.zarr", np.stack([image1, image2], axis=1), "tczyx", spacing,
-                   units="um", time_interval=30.0, time_units="s")
-    write_ome_zarr(tmp_path / "mask.ome.zarr", mask.astype(np.uint8), "tzyx", spacing, units="um",
-                   time_interval=30.0, time_units="s")
+    write_cells(tmp_path, image1, image2, spacing, mask, units="um", time_interval=30.0, time_units="s")
     config = _config(tmp_path, cluster_address, {
         "image1": {"path": "cells.ome.zarr", "channel": 0},
         "image2": {"path": "cells.ome.zarr", "channel": 1},
@@ -204,10 +202,8 @@ def _complete_frames(store: Path) -> np.ndarray:
 
 def test_run_killed_midway_resumes_to_the_same_store(tmp_path, cluster_address):
     n = 20
-    image1, image2, mask, _ = paired_spots_series(n, distances=np.linspace(0.3, 0.9, n), shape=(288, 288),
-                                                  n_pairs=120)
-    write_ome_zarr(tmp_path / "cells.ome.zarr", np.stack([image1, image2], axis=1), "tcyx", (0.05, 0.05))
-    write_ome_zarr(tmp_path / "mask.ome.zarr", mask.astype(np.uint8), "tyx", (0.05, 0.05))
+    image1, image2, mask = write_paired_series(tmp_path, n, np.linspace(0.3, 0.9, n), shape=(288, 288), n_pairs=120,
+                                               with_mask=True)
     section = {"image1": {"path": "cells.ome.zarr", "channel": 0}, "image2": {"path": "cells.ome.zarr", "channel": 1},
                "mask": "mask.ome.zarr"}
     common = {"input": section, "ccc": {"contributions": True}, "execution": {"frames_per_task": 1},
@@ -274,9 +270,7 @@ def test_a_worker_killed_mid_run_loses_nothing(tmp_path, killable_cluster_addres
     from distributed import Client
 
     n = 24
-    image1, image2, mask, _ = paired_spots_series(n, distances=np.linspace(0.3, 0.8, n), shape=(256, 256),
-                                                  n_pairs=100)
-    write_ome_zarr(tmp_path / "cells.ome.zarr", np.stack([image1, image2], axis=1), "tcyx", (0.05, 0.05))
+    image1, image2, mask = write_paired_series(tmp_path, n, np.linspace(0.3, 0.8, n), shape=(256, 256), n_pairs=100)
     cluster_address = killable_cluster_address
     config = _config(tmp_path, cluster_address, {
         "image1": {"path": "cells.ome.zarr", "channel": 0}, "image2": {"path": "cells.ome.zarr", "channel": 1}},
@@ -327,8 +321,7 @@ def test_a_task_that_fails_leaves_an_incomplete_store_that_resumes(tmp_path, clu
     from cccdask.pipeline import PipelineError
 
     n = 4
-    image1, image2, mask, _ = paired_spots_series(n, distances=[0.3, 0.4, 0.5, 0.6], shape=(64, 64), n_pairs=30)
-    write_ome_zarr(tmp_path / "cells.ome.zarr", np.stack([image1, image2], axis=1), "tcyx", (0.05, 0.05))
+    image1, image2, mask = write_paired_series(tmp_path, n, [0.3, 0.4, 0.5, 0.6], shape=(64, 64), n_pairs=30)
     chunk = tmp_path / "cells.ome.zarr" / "0" / "c" / "2" / "1" / "0" / "0"  # frame 2, channel 1
     good = chunk.read_bytes()
     chunk.write_bytes(b"not a blosc chunk")
@@ -351,9 +344,8 @@ def test_a_task_that_fails_leaves_an_incomplete_store_that_resumes(tmp_path, clu
 
 
 def test_frames_over_the_task_budget_are_correlated_tile_by_tile(tmp_path, cluster_address):
-    image1, image2, mask, _ = paired_spots_series(2, distances=[0.3, 0.45], shape=(384, 384), n_pairs=150)
-    write_ome_zarr(tmp_path / "cells.ome.zarr", np.stack([image1, image2], axis=1), "tcyx", (0.05, 0.05))
-    write_ome_zarr(tmp_path / "mask.ome.zarr", mask.astype(np.uint8), "tyx", (0.05, 0.05))
+    image1, image2, mask = write_paired_series(tmp_path, 2, [0.3, 0.45], shape=(384, 384), n_pairs=150,
+                                               with_mask=True)
     config = _config(tmp_path, cluster_address, {
         "image1": {"path": "cells.ome.zarr", "channel": 0}, "image2": {"path": "cells.ome.zarr", "channel": 1},
         "mask": "mask.ome.zarr"}, ccc={"max_distance": 0.6}, execution={"memory_budget": "4MiB"})

@@ -33,11 +33,11 @@ from cccdask.io.store import (
     FRAME_MISSING,
     FRAME_OK,
     read_completion,
-    write_ome_zarr,
 )
 from cccdask.pipeline import FIT_FAILED_REASON, run
 from cccdask.synthetic import paired_spots_series
 from kill_points import kill_environment
+from series_files import write_cells, write_paired_series
 
 SPACING = (0.05, 0.05)
 N_FRAMES = 8
@@ -140,10 +140,8 @@ def _ranges(indices) -> str:
 def series(tmp_path_factory):
     """8 frames of 64 x 64 with spots paired at known distances, a mask per frame."""
     folder = tmp_path_factory.mktemp("reliability")
-    image1, image2, mask, _ = paired_spots_series(
-        N_FRAMES, distances=np.linspace(0.3, 0.65, N_FRAMES), shape=(64, 64), spacing=SPACING, n_pairs=20)
-    write_ome_zarr(folder / "cells.ome.zarr", np.stack([image1, image2], axis=1), "tcyx", SPACING)
-    write_ome_zarr(folder / "mask.ome.zarr", mask.astype(np.uint8), "tyx", SPACING)
+    image1, image2, mask = write_paired_series(folder, N_FRAMES, np.linspace(0.3, 0.65, N_FRAMES), shape=(64, 64),
+                                               n_pairs=20, with_mask=True)
     return folder, image1, image2, mask
 
 
@@ -273,8 +271,7 @@ def test_per_frame_trouble_is_recorded_as_data_and_the_rest_is_unaffected(tmp_pa
     image2[5] = 1 - image1[5]
     mask[5] = True
     mask[6] = False  # an empty mask
-    write_ome_zarr(tmp_path / "cells.ome.zarr", np.stack([image1, image2], axis=1), "tcyx", SPACING)
-    write_ome_zarr(tmp_path / "mask.ome.zarr", mask.astype(np.uint8), "tyx", SPACING)
+    write_cells(tmp_path, image1, image2, SPACING, mask)
     config = _yaml(tmp_path, "trouble", {"kind": "address", "address": cluster_address})
     result = _run_cli(config)
     store = tmp_path / "trouble.zarr"

@@ -34,7 +34,7 @@ from typer.testing import CliRunner
 import cccdask
 from cccdask.cli import app
 from cccdask.config import PEM_REDACTED, ConfigError, config_from_dict, config_json
-from cccdask.io.store import FRAME_OK, read_completion, write_ome_zarr
+from cccdask.io.store import FRAME_OK, read_completion
 from cccdask.pipeline import run
 from cccdask.security import (
     CREDENTIALS_PREFIX,
@@ -43,7 +43,7 @@ from cccdask.security import (
     is_loopback,
     temporary_credentials,
 )
-from cccdask.synthetic import paired_spots_series
+from series_files import write_paired_series
 
 SPACING = (0.05, 0.05)
 N_FRAMES = 4
@@ -58,9 +58,8 @@ runner = CliRunner()
 def series(tmp_path_factory):
     """4 frames of 64 x 64, spots paired at known distances, and the CCC of the in-memory arrays."""
     folder = tmp_path_factory.mktemp("security")
-    image1, image2, _, _ = paired_spots_series(N_FRAMES, distances=np.linspace(0.3, 0.5, N_FRAMES), shape=(64, 64),
-                                               spacing=SPACING, n_pairs=20)
-    write_ome_zarr(folder / "cells.ome.zarr", np.stack([image1, image2], axis=1), "tcyx", SPACING)
+    image1, image2, _ = write_paired_series(folder, N_FRAMES, np.linspace(0.3, 0.5, N_FRAMES), shape=(64, 64),
+                                            spacing=SPACING, n_pairs=20)
     dims = ("t", "y", "x")
     expected = cccdask.ccc(xr.DataArray(image1, dims=dims), xr.DataArray(image2, dims=dims), None,
                            spacing=SPACING, max_distance=MAX_DISTANCE)

@@ -18,12 +18,12 @@ import pytest
 import yaml
 
 from cccdask.config import config_from_dict
-from cccdask.io.store import FRAME_MISSING, read_completion, write_ome_zarr
+from cccdask.io.store import FRAME_MISSING, read_completion
 from cccdask.pipeline import run
 from cccdask.pipeline.errors import StallError
 from cccdask.slurm_jobs import default_worker_extra_args, walltime_seconds
-from cccdask.synthetic import paired_spots_series
 from test_reliability import assert_same_store
+from series_files import write_paired_series
 
 REPO = Path(__file__).resolve().parent.parent
 SPACING = (0.05, 0.05)
@@ -34,9 +34,7 @@ STALL = 3.0  # execution.stall_timeout of these tests (s)
 @pytest.fixture(scope="module")
 def series(tmp_path_factory):
     folder = tmp_path_factory.mktemp("stall")
-    image1, image2, mask, _ = paired_spots_series(
-        N_FRAMES, distances=np.linspace(0.3, 0.6, N_FRAMES), shape=(48, 48), spacing=SPACING, n_pairs=8)
-    write_ome_zarr(folder / "cells.ome.zarr", np.stack([image1, image2], axis=1), "tcyx", SPACING)
+    write_paired_series(folder, N_FRAMES, np.linspace(0.3, 0.6, N_FRAMES), shape=(48, 48), n_pairs=8)
     return folder
 
 
@@ -170,9 +168,7 @@ LOSS_REPEATS = int(os.environ.get("CCCDASK_LOSS_REPEATS", "1"))
 def many_frames(tmp_path_factory):
     """``(folder, clean store)``: 36 frames of 32 x 32 and their run on the synchronous scheduler."""
     folder = tmp_path_factory.mktemp("loss")
-    image1, image2, _, _ = paired_spots_series(
-        LOSS_FRAMES, distances=np.linspace(0.3, 0.6, LOSS_FRAMES), shape=(32, 32), spacing=SPACING, n_pairs=4)
-    write_ome_zarr(folder / "cells.ome.zarr", np.stack([image1, image2], axis=1), "tcyx", SPACING)
+    write_paired_series(folder, LOSS_FRAMES, np.linspace(0.3, 0.6, LOSS_FRAMES), shape=(32, 32), n_pairs=4)
     return folder, run(_config(folder, "clean", {"kind": "synchronous"}))
 
 

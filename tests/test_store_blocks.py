@@ -13,11 +13,11 @@ import zarr
 
 import cccdask
 from cccdask.config import ConfigError, config_from_dict
-from cccdask.io.store import VariableLayout, write_ome_zarr
+from cccdask.io.store import VariableLayout
 from cccdask.kernels.profile import profile_geometry
 from cccdask.pipeline import blocks, open_inputs, plan_run, run, run_identity
 from cccdask.pipeline.blocks import BlockWriter
-from cccdask.synthetic import paired_spots_series
+from series_files import write_paired_series
 
 SPACING = (0.05, 0.05)
 
@@ -86,9 +86,8 @@ def test_a_resumed_block_keeps_the_frames_recorded_before(tmp_path):
 @pytest.fixture(scope="module")
 def series(tmp_path_factory):
     folder = tmp_path_factory.mktemp("blocks")
-    image1, image2, mask, _ = paired_spots_series(
-        12, distances=np.linspace(0.3, 0.6, 12), shape=(48, 48), spacing=SPACING, n_pairs=12)
-    write_ome_zarr(folder / "cells.ome.zarr", np.stack([image1, image2], axis=1), "tcyx", SPACING)
+    image1, image2, _ = write_paired_series(folder, 12, np.linspace(0.3, 0.6, 12), shape=(48, 48), spacing=SPACING,
+                                            n_pairs=12)
     return folder, image1, image2
 
 
