@@ -37,8 +37,12 @@ import dask.array as da
 import numpy as np
 
 
-def write_frame(directory: Path, shape, chunks, shift) -> list[str]:
-    """image1: random speckle; image2: image1 shifted by ``shift`` voxels plus noise."""
+def write_frame(directory: Path, shape, chunks, shift, levels: int | None = None) -> list[str]:
+    """image1: random speckle; image2: image1 shifted by ``shift`` voxels plus noise.
+
+    With ``levels``, both are rounded down to multiples of 1 / ``levels`` (integer data
+    stored as float32: values repeat, as in camera data, instead of being all distinct).
+    """
     paths = [str(directory / "image1.zarr"), str(directory / "image2.zarr")]
     if all(Path(p).exists() for p in paths):
         import zarr
@@ -54,6 +58,8 @@ def write_frame(directory: Path, shape, chunks, shift) -> list[str]:
     for axis, s in enumerate(shift):
         shifted = da.roll(shifted, s, axis=axis)
     image2 = (0.7 * shifted + 0.3 * noise).astype(np.float32).rechunk(chunks)
+    if levels:
+        image1, image2 = (da.floor(image * levels) / np.float32(levels) for image in (image1, image2))
     with dask.config.set(scheduler="threads"):
         da.to_zarr(image1, paths[0])
         da.to_zarr(image2, paths[1])
@@ -128,8 +134,9 @@ def pipeline_runs(args) -> None:
 
     shape, spacing = tuple(args.run_shape or args.shape), tuple(args.spacing)
     chunks = tuple(min(c, n) for c, n in zip(args.chunks, shape))
-    directory = Path(args.data_dir) / ("run-" + "x".join(map(str, shape)))
-    paths = write_frame(directory, shape, chunks, shift=(1, 2, 3))
+    name = "run-" + "x".join(map(str, shape)) + (f"-{args.levels}levels" if args.levels else "")
+    directory = Path(args.data_dir) / name
+    paths = write_frame(directory, shape, chunks, shift=(1, 2, 3), levels=args.levels)
     tile = list(args.run_tile or chunks)
     base = {
         "input": {"image1": {"path": paths[0], "dims": "zyx"}, "image2": {"path": paths[1], "dims": "zyx"},
@@ -144,7 +151,8 @@ def pipeline_runs(args) -> None:
                             "mask": {"source": "image1", "sigma": args.mask_sigma, "method": "otsu",
                                      "min_size": args.mask_min_size}},
                 output=dict(base["output"], store=str(directory / "full.zarr")))
-    print(f"\npipeline runs: 2 x {math.prod(shape) * 4 / 2**30:.2f} GiB float32 {shape}, tiles {tile}, "
+    print(f"\npipeline runs: 2 x {math.prod(shape) * 4 / 2**30:.2f} GiB float32 {shape}"
+          f"{f' on {args.levels} levels' if args.levels else ', values all distinct'}, tiles {tile}, "
           f"{args.workers} workers limited to {args.worker_memory}")
     print("| run | wall (s) | peak RSS per worker (MiB) | spilled to disk (MiB) |")
     print("| --- | --- | --- | --- |")
@@ -230,6 +238,9 @@ def main() -> None:
     parser.add_argument("--run-shape", type=int, nargs=3, default=None,
                         help="frame of the pipeline runs (part 3); default --shape")
     parser.add_argument("--run-tile", type=int, nargs=3, default=None, help="their tiles; default --chunks")
+    parser.add_argument("--levels", type=int, default=256,
+                        help="values of the pipeline runs' frame on this many levels (0: all distinct; the "
+                             "coefficients of a frame of distinct values need 8 B per voxel in one task)")
     parser.add_argument("--mask-sigma", type=float, default=0.3, help="blur of the generated mask (physical)")
     parser.add_argument("--mask-min-size", type=float, default=0.05, help="its smallest object (physical volume)")
     parser.add_argument("--skip-large", action="store_true")

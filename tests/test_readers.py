@@ -8,6 +8,7 @@ import json
 import pickle
 
 import dask.array as da
+import dask
 import numpy as np
 import pytest
 import tifffile
@@ -161,8 +162,26 @@ def test_a_terabyte_store_opens_without_reading_chunks(tmp_path):
 
     assert image.shape == (2000, 64, 4096, 4096)
     assert image.nbytes == 2000 * 64 * 4096 * 4096 * 2
-    assert image.data.numblocks == (2000, 1, 1, 1)
+    # a 2 GiB frame is over Dask's chunk size: it keeps the stored chunks (a tile reads its part)
+    assert image.data.chunksize == (1, 16, 1024, 1024) and image.data.numblocks == (2000, 4, 4, 4)
     assert sorted(p.name for p in path.iterdir()) == ["zarr.json"]  # nothing was written or read
+
+
+def test_a_frame_over_the_dask_chunk_size_keeps_the_stored_chunks(tmp_path):
+    rng = np.random.default_rng(0)
+    data = rng.integers(0, 4000, (3, 32, 64, 64), dtype=np.uint16)  # 256 KiB frames
+    cases = {"small.zarr": (1, 8, 32, 32), "stored.zarr": (1, 8, 32, 32), "large.zarr": (1, 32, 64, 64)}
+    for name, chunks in cases.items():
+        zarr.create_array(tmp_path / name, data=data, chunks=chunks, dimension_names=list("tzyx"))
+    small = open_image(tmp_path / "small.zarr")  # the default chunk size, 128 MiB: one chunk per frame
+    with dask.config.set({"array.chunk-size": "64KiB"}):
+        stored = open_image(tmp_path / "stored.zarr")  # 16 KiB stored chunks kept
+        large = open_image(tmp_path / "large.zarr")  # 256 KiB stored chunks: Dask's chunks within 64 KiB
+    assert small.data.chunksize == (1, 32, 64, 64)
+    assert stored.data.chunksize == (1, 8, 32, 32)
+    assert large.data.chunksize[0] == 1 and np.prod(large.data.chunksize) * 2 <= 64 * 1024
+    for image in (small, stored, large):
+        np.testing.assert_array_equal(image.values, data)
 
 
 # ------------------------------------------------------------------------- OME-Zarr

@@ -2,7 +2,9 @@
 
 :func:`open_image` reads only metadata; the pixels stay on disk behind a Dask array
 with one chunk per frame along ``t`` and ``c`` (and the whole frame along ``z, y, x``),
-so each task of a run reads exactly its own frame. The Dask graph holds no pixel data
+so each task of a run reads exactly its own frame; a frame larger than Dask's
+``array.chunk-size`` keeps the file's own chunks along ``z, y, x``, so that a tile
+reads only its part. The Dask graph holds no pixel data
 and no open file handle: Zarr arrays pickle as their store path, and TIFF and .npy
 files are wrapped by :class:`FileArray`, which pickles as its path and opens the file
 again in each worker process.
@@ -14,16 +16,20 @@ frame (index times the frame interval) plus a ``frame`` index coordinate.
 
 from __future__ import annotations
 
+import math
 import os
 from numbers import Integral
 from pathlib import Path
 from typing import Any, Sequence
 
+import dask
 import dask.array as da
 import numpy as np
 import xarray as xr
 import zarr
+from dask.array.core import normalize_chunks
 from dask.base import tokenize
+from dask.utils import parse_bytes
 
 from cccdask.frames import validate_spacing
 from cccdask.io.formats import DIM_ORDER, READERS, SPATIAL_DIMS, SUPPORTED_FORMATS, FileArray, Source, detect_format
@@ -118,13 +124,26 @@ def _time_calibration(dims: tuple[str, ...], source: Source) -> tuple[float | No
     return float(interval), unit or ("frame" if interval == 1.0 else "s")
 
 
-def _frame_chunks(dims: tuple[str, ...], shape: tuple[int, ...]) -> tuple[int, ...]:
-    """One chunk per frame: 1 along t and c, the whole extent along z, y, x."""
-    return tuple(1 if d in ("t", "c") else n for d, n in zip(dims, shape))
+def _frame_chunks(dims: tuple[str, ...], shape: tuple[int, ...], dtype: np.dtype, stored) -> tuple:
+    """1 along t and c; along z, y, x the whole frame when it fits Dask's ``array.chunk-size``.
+
+    A larger frame keeps the stored chunks along z, y, x (Dask's automatic chunks where
+    those are larger too or there are none): the tiled path then reads each tile's part
+    alone, where one chunk per frame would make every tile task read the whole frame.
+    """
+    whole = tuple(1 if d in ("t", "c") else n for d, n in zip(dims, shape))
+    limit = parse_bytes(dask.config.get("array.chunk-size"))
+    if math.prod(whole) * dtype.itemsize <= limit:
+        return whole
+    stored = tuple(stored) if stored is not None and len(stored) == len(shape) else None
+    if stored is not None and math.prod(s for d, s in zip(dims, stored) if d not in ("t", "c")) * dtype.itemsize <= limit:
+        return tuple(1 if d in ("t", "c") else s for d, s in zip(dims, stored))
+    return normalize_chunks(tuple(1 if d in ("t", "c") else "auto" for d in dims), shape, limit=limit, dtype=dtype)
 
 
 def _dask_array(source: Source, dims: tuple[str, ...], path: Path) -> da.Array:
-    chunks = _frame_chunks(dims, tuple(source.array.shape))
+    shape, dtype = tuple(source.array.shape), np.dtype(source.array.dtype)
+    chunks = _frame_chunks(dims, shape, dtype, getattr(source.array, "chunks", None))
     stat = os.stat(path)
     identity = (str(path.resolve()), source.component, stat.st_mtime_ns, stat.st_size, dims, chunks)
     name = "open-image-" + tokenize(*identity)
@@ -274,7 +293,9 @@ def open_image(
     -------
     xarray.DataArray
         Dims from ``("t", "c", "z", "y", "x")`` in that order; Dask-backed with one
-        chunk per frame (1 along ``t`` and ``c``, whole ``z, y, x``). Coordinates:
+        chunk per frame (1 along ``t`` and ``c``, whole ``z, y, x``; a frame larger
+        than Dask's ``array.chunk-size``, 128 MiB by default, on the file's chunks along
+        ``z, y, x``). Coordinates:
         ``z, y, x`` = index times the voxel size (``attrs["units"]``); ``t`` = index
         times the frame interval (``attrs["units"]``) and ``frame`` = index along ``t``.
         Attrs: ``spacing`` (tuple, ``(z,) y, x``), ``units`` (``"pixel"`` when the file

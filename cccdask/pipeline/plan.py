@@ -260,8 +260,20 @@ def describe_execution(config: PipelineConfig, frames) -> str:
     tiles = plan_tiles(config, frames, estimate, per_thread)
     if tiles.tiled:
         why = "execution.tile_shape" if config.execution.tile_shape is not None else "over the budget"
-        return (f"Every frame is tiled ({why}): tiles of {list(tiles.tile_shape)} voxels, about "
+        line = (f"Every frame is tiled ({why}): tiles of {list(tiles.tile_shape)} voxels, about "
                 f"{format_bytes(tiles.task_bytes)} per tile task (budget {budget}; a whole frame would need "
                 f"{format_bytes(int(estimate))}).")
+        dtypes = (frames.image1.dtype, frames.image2.dtype)
+        if config.coefficients is not None and any(d.kind == "f" or d.itemsize > 2 for d in dtypes):
+            from cccdask.kernels.coefficients.sorted_pairs import KEY_BYTES, TABLE_ENTRY_BYTES
+
+            # a frame's merged (R, G) pairs: sorted keys when float32 holds the values, else a joint histogram
+            per_voxel = KEY_BYTES if all(d.itemsize <= 4 for d in dtypes) else TABLE_ENTRY_BYTES
+            pairs = per_voxel * int(np.prod(frames.frame_shape))
+            line += (f" The coefficients keep the frame's distinct (image1, image2) value pairs in one task: "
+                     f"up to {format_bytes(pairs)} ({per_voxel} bytes per voxel, about twice that while "
+                     f"merging) when nearly all are distinct, as in deconvolved float data; data whose values "
+                     f"repeat (camera counts) need far less.")
+        return line
     return (f"Every frame is analysed whole ({fpt} frame(s) per task): about {format_bytes(int(estimate))} "
             f"per task (budget {budget}).")

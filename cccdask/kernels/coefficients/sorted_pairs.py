@@ -39,6 +39,8 @@ DISTINCT_FRACTION = 0.5
 MIN_SORTED_VOXELS = 1 << 12
 SAMPLE_VOXELS = 1 << 12  # voxels sampled per part to estimate its distinct fraction
 MAX_SORTED_VOXELS = (1 << 31) - 1  # twice a rank fits 32 bits
+KEY_BYTES = 8  # a voxel's key
+TABLE_ENTRY_BYTES = 24  # a joint histogram's entry (two float64 values, an int64 count)
 
 
 # ---------------------------------------------------------------------------------------
