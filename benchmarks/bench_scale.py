@@ -125,7 +125,7 @@ class MemoryTrace:
             self.sample()
             time.sleep(0.02)
 
-    def progress(self, done: int, total: int):
+    def progress(self, done: int, total: int, failed: int = 0):
         if self.at_tenth is None and done >= total / 10:
             self.sample()
             self.at_tenth = list(self.peak)
