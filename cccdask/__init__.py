@@ -1,6 +1,7 @@
 """cccdask: Colocalization by Cross Correlation and the classic coefficients, at any scale.
 
-Public names: :func:`ccc`, :func:`coefficients`, :func:`open_image`, :func:`run`, each
+Public names: :func:`ccc`, :func:`coefficients`, :func:`open_image`,
+:func:`preprocess_lazy` (the ``preprocess:`` steps on Dask frames), :func:`run`, each
 imported on first use, so that ``import cccdask.cli`` (the command line's ``--help``)
 does not load NumPy, Dask and SciPy.
 """
@@ -15,6 +16,7 @@ _PUBLIC = {
     "ccc": "cccdask.ccc",
     "coefficients": "cccdask.coefficients",
     "open_image": "cccdask.io.readers",
+    "preprocess_lazy": "cccdask.preprocess_tiled",
     "run": "cccdask.pipeline",
 }
 # ``ccc`` and ``coefficients`` are functions named like their modules: importing the

@@ -1,8 +1,9 @@
 """Preprocessing of frames larger than memory: shift, backgrounds, valid region, chunk by chunk.
 
-The Dask layer of the tiled path (:mod:`cccdask.pipeline.tiled`) for the ``preprocess:``
-section; mask generation is :mod:`cccdask.mask_tiled`. Every result equals the
-whole-frame one (:mod:`cccdask.preprocess`):
+:func:`preprocess_lazy` is :func:`cccdask.preprocess.preprocess_frame` for a frame held
+as Dask arrays (in a notebook, and in the pipeline's tiled path,
+:mod:`cccdask.pipeline.tiled`); mask generation is :mod:`cccdask.mask_tiled`. Every
+result equals the whole-frame one (:mod:`cccdask.preprocess`):
 
 - **chromatic shift**: ``dask_image.ndinterp.affine_transform`` with the identity matrix
   and the offset ``-shift``: each output chunk reads the input region it maps from (a
@@ -33,8 +34,8 @@ from typing import Sequence
 import dask.array as da
 import numpy as np
 
-from cccdask.kernels.preprocess import box_to_slices, median_from_counts, shift_in_pixels
-from cccdask.mask_tiled import HISTOGRAM_THRESHOLDS
+from cccdask.kernels.preprocess import _spacing_array, box_to_slices, median_from_counts, shift_in_pixels
+from cccdask.mask_tiled import HISTOGRAM_THRESHOLDS, tiled_generate_mask
 from cccdask.tiled_ranks import default_compute, ranked_values, value_range
 
 #: The largest pole of scipy's spline prefilter per order (its decay per voxel).
@@ -104,7 +105,10 @@ def tiled_valid_region(shape: Sequence[int], shift: Sequence[float], *, spacing:
 
 def background_level(image: da.Array, background, spacing: Sequence[float], region_mask: da.Array | None = None,
                      valid: da.Array | None = None, compute=default_compute):
-    """A channel's background level (intensity units) as a lazy 0-d float64 Dask array (or a float).
+    """A channel's background level (intensity units): a lazy 0-d float64 Dask array, or a float.
+
+    A float for ``none``, ``constant`` and a floating-point median (found by rank
+    selection, which computes as it goes); a lazy reduction otherwise.
 
     Parameters
     ----------
@@ -123,9 +127,9 @@ def background_level(image: da.Array, background, spacing: Sequence[float], regi
     """
     method = background.method
     if method == "none":
-        return da.zeros((), dtype=np.float64)
+        return 0.0
     if method == "constant":
-        return da.full((), float(background.value), dtype=np.float64)
+        return float(background.value)
     values = image
     selection = None if region_mask is None else region_mask != 0
     if valid is not None:
@@ -194,3 +198,131 @@ def _histogram_median(values: da.Array, selection: da.Array) -> da.Array:
 def subtract_levels(image: da.Array, level: float) -> da.Array:
     """``image - level`` in float32, chunk by chunk (as :func:`cccdask.kernels.preprocess.subtract_background`)."""
     return image.astype(np.float32) - np.float32(level)
+
+
+def preprocess_lazy(image1, image2, mask=None, *, settings, spacing: Sequence[float],
+                    background_regions=(None, None), compute=None):
+    """:func:`cccdask.preprocess.preprocess_frame` on a frame held as Dask arrays, never loaded whole.
+
+    The manual's steps in its order, chunk by chunk: chromatic shift of channel 2
+    (voxels shifted in from outside are 0 and leave the mask), mask generation,
+    float32 conversion, background subtraction. The numbers that need the whole frame
+    (mask threshold, which objects and holes cross chunk borders and their sizes,
+    background levels) are computed first, each a reduction over the chunks run with
+    ``compute``; the images and the mask come back lazy. The results equal
+    :func:`~cccdask.preprocess.preprocess_frame` on the same frame loaded whole
+    (tested bit for bit, for integer and float images).
+
+    Parameters
+    ----------
+    image1, image2 : dask.array.Array
+        One 2D ``(y, x)`` or 3D ``(z, y, x)`` frame per channel, any real dtype and
+        chunking (NumPy arrays are wrapped by ``dask.array.asarray``). ``image2`` and the masks are
+        rechunked like ``image1``: choose chunks that fit a worker thread several times.
+    mask : dask.array.Array, optional
+        The mask input (non-zero = inside). With ``mask.from_frame`` set, the shared
+        mask (e.g. this function's mask for that frame, computed or stored).
+    settings : cccdask.preprocess.Preprocessing or dict
+        The ``preprocess:`` section of a run's YAML (a dict is validated), with any
+        chromatic-shift reference already estimated
+        (:meth:`~cccdask.preprocess.Preprocessing.with_estimated_shift`). Mask
+        thresholds: ``otsu``, ``isodata`` or ``yen`` (computed from a histogram).
+    spacing : sequence of float
+        Voxel size per axis, ``(z,) y, x``, physical units (sigma, shift, box and
+        ``min_size`` are in the same unit).
+    background_regions : (dask.array.Array or None, dask.array.Array or None)
+        This frame's background region masks for channel 1 and 2 (non-zero = region),
+        needed exactly when ``background.imageN.region_mask`` is set.
+    compute : callable, optional
+        ``compute(list of Dask arrays) -> list of values`` for the whole-frame numbers.
+        Default: Dask's current scheduler (a ``distributed.Client`` when one is
+        active).
+
+    Returns
+    -------
+    image1, image2 : dask.array.Array
+        float32, background subtracted; image2 shifted (0 where no data). Lazy.
+    mask : dask.array.Array of bool, or None
+        The mask to analyse with (None: every voxel). Lazy. Unlike
+        :func:`~cccdask.preprocess.preprocess_frame`, an empty mask is not checked here
+        (it would take a pass over the frame): :func:`cccdask.ccc` raises
+        :class:`~cccdask.frames.InvalidFrameError` when computing on it.
+    record : dict
+        ``background1``, ``background2`` (float, intensity units), ``shift`` (tuple,
+        physical units, zeros when none), ``mask_threshold`` (float, intensity units of
+        the blurred source; NaN when no mask was generated).
+
+    Raises
+    ------
+    ValueError
+        Settings that cannot be applied chunk by chunk (a ``li`` or ``triangle``
+        threshold), or that do not fit the frame (shapes, spacing, shift length,
+        missing region masks or shared mask).
+    """
+    from cccdask.preprocess import Preprocessing, _shift_of
+
+    settings = settings if isinstance(settings, Preprocessing) else Preprocessing.model_validate(settings)
+    image1, image2 = da.asarray(image1), da.asarray(image2)
+    if image1.shape != image2.shape or image1.ndim not in (2, 3):
+        raise ValueError(f"image1 {image1.shape} and image2 {image2.shape} must be one 2D (y, x) or 3D (z, y, x) "
+                         f"frame each, of the same shape.")
+    spacing = tuple(float(s) for s in _spacing_array(spacing, image1.ndim))
+    blockers = tiled_preprocess_blockers(settings.model_dump(), (image1.dtype, image2.dtype))
+    if blockers:
+        raise ValueError(f"preprocess_lazy cannot apply {'; '.join(blockers)} to a frame in chunks: change it, or "
+                         f"load the frame into memory and use cccdask.preprocess.preprocess_frame.")
+    compute = compute or default_compute
+
+    def like_image1(array, name):
+        if array is None:
+            return None
+        array = da.asarray(array)
+        if array.shape != image1.shape:
+            raise ValueError(f"{name} {array.shape} must have the frame's shape {image1.shape}.")
+        return array.rechunk(image1.chunks)
+
+    image2, mask = like_image1(image2, "image2"), like_image1(mask, "mask")
+    regions = [like_image1(region, f"background_regions[{k}]") for k, region in enumerate(background_regions)]
+
+    shift = _shift_of(settings, image1.ndim)
+    valid = None
+    if shift is not None:
+        image2 = tiled_shift(image2, shift, spacing=spacing, order=settings.chromatic_shift.order)
+        valid = tiled_valid_region(image2.shape, shift, spacing=spacing, chunks=image2.chunks)
+    threshold = float("nan")
+    generation = settings.mask
+    if generation is not None and generation.from_frame is None:
+        source = {"image1": image1, "image2": image2, "mask": mask}[generation.source]
+        if source is None:
+            raise ValueError("mask.source is 'mask' but no mask input was given to segment.")
+        generated, threshold = tiled_generate_mask(
+            source, spacing=spacing, sigma=generation.sigma, method=generation.method,
+            fill_holes=generation.fill_holes, min_size=generation.min_size, compute=compute)
+        mask = generated & (mask != 0) if generation.source != "mask" and mask is not None else generated
+    elif generation is not None and mask is None:
+        raise ValueError(f"mask.from_frame is {generation.from_frame}: generate the shared mask once (this "
+                         f"function on that frame with from_frame unset) and pass it as 'mask' for every frame.")
+    if valid is not None:
+        mask = valid if mask is None else (mask != 0) & valid
+    elif mask is not None and mask.dtype != bool:
+        mask = mask != 0
+
+    levels = []
+    for channel, (image, background, region) in enumerate(
+            zip((image1, image2), (settings.background.image1, settings.background.image2), regions), start=1):
+        if background.region_mask is not None and region is None:
+            raise ValueError(f"background.image{channel}.region_mask is set: load {background.region_mask} and "
+                             f"pass this frame's region as background_regions[{channel - 1}].")
+        levels.append(background_level(image, background, spacing, region, valid=valid if channel == 2 else None,
+                                       compute=compute))
+    lazy = [k for k, level in enumerate(levels) if isinstance(level, da.Array)]
+    for k, value in zip(lazy, compute([levels[k] for k in lazy]) if lazy else []):
+        levels[k] = value
+    levels = [float(level) for level in levels]
+    record = {
+        "background1": levels[0],
+        "background2": levels[1],
+        "shift": tuple(float(s) for s in (np.zeros(image1.ndim) if shift is None else shift)),
+        "mask_threshold": float(threshold),
+    }
+    return subtract_levels(image1, levels[0]), subtract_levels(image2, levels[1]), mask, record

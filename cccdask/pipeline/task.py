@@ -49,6 +49,21 @@ def _preprocess_settings(settings_json: str):
     return Preprocessing.model_validate(json.loads(settings_json))
 
 
+def preprocess_outputs(plan: FramePlan, record: dict, mask) -> dict[str, tuple[tuple[str, ...], object]]:
+    """The stored variables of a preprocessing record (and ``mask_used``, a generated per-frame mask).
+
+    ``record`` and ``mask`` as :func:`cccdask.preprocess.preprocess_frame` (NumPy) or
+    :func:`cccdask.preprocess_tiled.preprocess_lazy` (Dask) return them.
+    """
+    outputs = {}
+    for key, value in record.items():
+        value = np.asarray(value, dtype=float)
+        outputs[_PREPROCESS_NAMES.get(key, key)] = (("axis",) if value.ndim == 1 else (), value)
+    if plan.preprocess.get("mask") is not None and not plan.shared_generated_mask:
+        outputs["mask_used"] = (plan.spatial_dims, mask.astype(np.uint8))
+    return outputs
+
+
 def analyse_frame(
     plan: FramePlan,
     image1: np.ndarray,
@@ -82,12 +97,7 @@ def analyse_frame(
             image1, image2, mask, record = preprocess_frame(
                 image1, image2, mask, _settings_of(plan), plan.spacing, background_regions=background_regions
             )
-            for key, value in record.items():
-                name = _PREPROCESS_NAMES.get(key, key)
-                value = np.asarray(value, dtype=float)
-                outputs[name] = (("axis",) if value.ndim == 1 else (), value)
-            if plan.preprocess.get("mask") is not None and not plan.shared_generated_mask:
-                outputs["mask_used"] = (spatial, np.asarray(mask, dtype=np.uint8))
+            outputs.update(preprocess_outputs(plan, record, mask))
         options = {k: plan.ccc[k] for k in ("mode", "contributions", "intermediates", "dtype")}
         n_gaussians = component_count(plan.ccc.get("n_gaussians", 1), plan.ccc.get("max_gaussians", 3))
         results = ccc_frame(image1, image2, mask, geometry, n_gaussians=n_gaussians, **options)

@@ -6,7 +6,8 @@ one graph runs on the cluster: the tiled CCC (:func:`cccdask.ccc`: correlograms
 within R, then the contribution images by overlap-save) and the coefficients
 (:func:`cccdask.coefficients.coefficients`, exact from per-chunk statistics) over the
 same tiles, after the ``preprocess:`` steps on tiles (chromatic shift, mask
-generation, backgrounds: :mod:`cccdask.preprocess_tiled`, :mod:`cccdask.mask_tiled`),
+generation, backgrounds: :func:`cccdask.preprocess_tiled.preprocess_lazy`, the
+function notebook users call too),
 whose whole-frame numbers are computed first on the cluster. Image outputs
 (contribution images, coefficient maps) are written by the workers straight into the
 frame's store chunks, one task per chunk; the small results
@@ -29,10 +30,7 @@ from cccdask.pipeline.inputs import RunInputs
 from cccdask.pipeline.plan import FramePlan
 from cccdask.pipeline.record import Completion, failure_message
 from cccdask.pipeline.task import FIT_FAILED_REASON, split_returned, stored_far_field, stored_value
-
-
-def _default_compute(arrays):
-    return list(da.compute(*arrays))
+from cccdask.tiled_ranks import default_compute
 
 
 def frame_graph(plan: FramePlan, inputs: RunInputs, index: int, tile_shape, compute=None) -> xr.Dataset:
@@ -49,7 +47,7 @@ def frame_graph(plan: FramePlan, inputs: RunInputs, index: int, tile_shape, comp
     from cccdask.coefficients import coefficients
     from cccdask.tiled_ranks import tiled_intensity_floors
 
-    compute = compute or _default_compute
+    compute = compute or default_compute
     frames = inputs.frames
     tiles = dict(zip(plan.spatial_dims, tile_shape))
     image1 = frames.image1.isel(t=index).data.rechunk(tile_shape)
@@ -81,62 +79,26 @@ def frame_graph(plan: FramePlan, inputs: RunInputs, index: int, tile_shape, comp
 
 
 def _preprocess(plan: FramePlan, index: int, image1, image2, mask, tile_shape, compute):
-    """The manual's preparation on tiles, in :func:`cccdask.preprocess.preprocess_frame`'s order.
+    """The ``preprocess:`` section on tiles: :func:`cccdask.preprocess_tiled.preprocess_lazy`.
 
-    Chromatic shift of channel 2 (and its valid region), mask generation, background
-    levels (reductions over the tiles), subtraction chunk by chunk. Returns the
-    prepared images and mask and the record variables (and ``mask_used``).
+    Opens the frame's background regions, then maps the record to the stored variables
+    (and ``mask_used``). Returns the prepared images and mask and those variables.
     """
-    from cccdask.mask_tiled import tiled_generate_mask
-    from cccdask.pipeline.task import _settings_of
-    from cccdask.preprocess import _shift_of
-    from cccdask.preprocess_tiled import background_level, subtract_levels, tiled_shift, tiled_valid_region
+    from cccdask.pipeline.task import _settings_of, preprocess_outputs
+    from cccdask.preprocess_tiled import preprocess_lazy
 
-    settings = _settings_of(plan)
-    spacing = plan.spacing
-    shift = _shift_of(settings, image1.ndim)
-    valid = None
-    if shift is not None:
-        image2 = tiled_shift(image2, shift, spacing=spacing, order=settings.chromatic_shift.order)
-        valid = tiled_valid_region(image2.shape, shift, spacing=spacing, chunks=image2.chunks)
-    threshold = np.nan
-    generation = settings.mask
-    if generation is not None and generation.from_frame is None:
-        source = {"image1": image1, "image2": image2, "mask": mask}[generation.source]
-        if source is None:
-            raise ValueError("mask.source is 'mask' but no mask input was given to segment.")
-        generated, threshold = tiled_generate_mask(
-            source, spacing=spacing, sigma=generation.sigma, method=generation.method,
-            fill_holes=generation.fill_holes, min_size=generation.min_size, compute=compute)
-        if generation.source != "mask" and mask is not None:
-            generated = generated & (mask != 0)
-        mask = generated
-    if valid is not None:
-        mask = valid if mask is None else (mask != 0) & valid
-    levels = []
-    for channel, (image, background, spec) in enumerate(
-            zip((image1, image2), (settings.background.image1, settings.background.image2),
-                plan.background_regions), start=1):
+    regions = []
+    for spec in plan.background_regions:
         region = None
         if spec is not None:
             opened = spec.open()
             region = (opened.isel(t=index) if "t" in opened.dims else opened).transpose(*plan.spatial_dims)
             region = region.data.rechunk(tile_shape)
-        levels.append(background_level(image, background, spacing, region, valid=valid if channel == 2 else None,
-                                       compute=compute))
-    lazy = [k for k, level in enumerate(levels) if isinstance(level, da.Array)]
-    for k, value in zip(lazy, compute([levels[k] for k in lazy])):
-        levels[k] = value
-    levels = [np.float64(level) for level in levels]
-    record = {
-        "background1": ((), levels[0]),
-        "background2": ((), levels[1]),
-        "chromatic_shift": (("axis",), np.zeros(len(plan.spatial_dims)) if shift is None else np.asarray(shift)),
-        "mask_threshold": ((), np.float64(threshold)),
-    }
-    if generation is not None and generation.from_frame is None:
-        record["mask_used"] = (plan.spatial_dims, mask.astype(np.uint8))
-    return subtract_levels(image1, levels[0]), subtract_levels(image2, levels[1]), mask, record
+        regions.append(region)
+    image1, image2, mask, record = preprocess_lazy(image1, image2, mask, settings=_settings_of(plan),
+                                                   spacing=plan.spacing, background_regions=tuple(regions),
+                                                   compute=compute)
+    return image1, image2, mask, preprocess_outputs(plan, record, mask)
 
 
 def shared_mask_graph(plan: FramePlan, inputs: RunInputs, settings, tile_shape, compute) -> da.Array:
@@ -151,11 +113,9 @@ def shared_mask_graph(plan: FramePlan, inputs: RunInputs, settings, tile_shape, 
     mask = None if mask is None else mask.transpose(*plan.spatial_dims).data.rechunk(tile_shape)
     per_frame = settings.model_copy(update={"mask": settings.mask.model_copy(update={"from_frame": None}),
                                             "background": type(settings.background)()})
-    from dataclasses import replace
+    from cccdask.preprocess_tiled import preprocess_lazy
 
-    plan = replace(plan, preprocess=per_frame.model_dump(mode="json"), background_regions=(None, None),
-                   shared_generated_mask=False)
-    return _preprocess(plan, index, image1, image2, mask, tile_shape, compute)[2]
+    return preprocess_lazy(image1, image2, mask, settings=per_frame, spacing=plan.spacing, compute=compute)[2]
 
 
 def _store_images(plan: FramePlan, index: int, images: dict[str, da.Array]):
