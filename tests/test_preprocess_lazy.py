@@ -104,14 +104,18 @@ def test_chromatic_shift_equals_the_whole_frame_one(synchronous, ndim, order):
 
 @pytest.mark.parametrize("ndim, sigma", [(2, 0.05), (3, 0.0)])
 def test_generated_masks_equal_the_whole_frame_ones(synchronous, ndim, sigma):
-    shape, chunks, spacing = SCENES[ndim][:3]
+    shape, chunks, spacing, centre = SCENES[ndim][:4]
     voxel = float(np.prod(spacing))
+    mask = np.ones(shape, dtype=bool)  # a mask input: the generated mask is restricted to it
+    cut = tuple(centre[:-1]) + (centre[-1] + 7,)  # a voxel of the shell
+    mask[cut] = False
     generation = {"source": "image2", "sigma": sigma, "method": "otsu", "fill_holes": True,
                   "min_size": 10 * voxel}
     settings = {"chromatic_shift": {"shift": [0.02] * ndim}, "mask": generation,
                 "background": {"image1": {"method": "median"}}}
-    expected, got = _run_both(ndim, settings)
+    expected, got = _run_both(ndim, settings, mask=mask)
     _assert_equal(expected, got)
+    assert not expected[2][cut] and expected[2][tuple(c - 1 for c in cut)]
     # the scene has what each step acts on, across chunk borders
     source = expected[1] + np.float32(0)
     options = dict(spacing=spacing, sigma=sigma, method="otsu")
