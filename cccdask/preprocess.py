@@ -12,7 +12,9 @@ chromatic shift, make a mask, convert to 32-bit, subtract the background. Here t
 4. background subtraction, per channel.
 
 It returns the prepared frame and a record of the values used (backgrounds, shift,
-threshold) for the results. The kernels live in :mod:`cccdask.kernels.preprocess`.
+threshold) for the results. The kernels live in :mod:`cccdask.kernels.preprocess`. For a
+frame held as Dask arrays (larger than memory), :func:`cccdask.preprocess_lazy` applies
+the same settings chunk by chunk with the same results.
 
 Files named in the configuration (bead images, background region masks) are read by
 the pipeline, which passes arrays in: :meth:`Preprocessing.with_estimated_shift` and
@@ -333,6 +335,10 @@ def preprocess_frame(
         The mask (given, generated or after the shift) contains no voxel.
     ValueError
         Settings that do not fit the frame (shift length, missing region masks).
+
+    See Also
+    --------
+    cccdask.preprocess_lazy : the same on a frame held as Dask arrays.
     """
     spacing = tuple(float(s) for s in spacing)
     image1, image2, valid, shift = _align(image1, image2, settings, spacing)
