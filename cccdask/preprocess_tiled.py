@@ -91,14 +91,24 @@ def tiled_shift(image: da.Array, shift: Sequence[float], *, spacing: Sequence[fl
 
 
 def tiled_valid_region(shape: Sequence[int], shift: Sequence[float], *, spacing: Sequence[float],
-                       chunks) -> da.Array:
-    """:func:`cccdask.kernels.preprocess.valid_region` as a chunked Dask array (one 1D mask per axis)."""
+                       chunks, frame: str = "") -> da.Array:
+    """:func:`cccdask.kernels.preprocess.valid_region` as a chunked Dask array (one 1D mask per axis).
+
+    ``frame`` (e.g. the shifted channel's Dask name) goes into the keys: frames of one
+    shape and shift get keys of their own, so that a cluster still holding one frame's
+    tasks does not meet the same key built (fused) otherwise for the next (a
+    ``KeyError`` on the scheduler, dask/dask#9888).
+    """
+    from dask.base import tokenize
+
     from cccdask.kernels.preprocess import valid_region
 
     valid = None
     for axis, n in enumerate(shape):
         line = valid_region((n,), (shift[axis],), spacing=(spacing[axis],))
-        line = da.from_array(line, chunks=(chunks[axis],)).reshape([-1 if a == axis else 1 for a in range(len(shape))])
+        name = f"valid-region-{tokenize(line, chunks[axis], axis, frame)}"
+        line = da.from_array(line, chunks=(chunks[axis],), name=name)
+        line = line.reshape([-1 if a == axis else 1 for a in range(len(shape))])
         valid = line if valid is None else valid & line
     return valid
 
@@ -138,9 +148,9 @@ def background_level(image: da.Array, background, spacing: Sequence[float], regi
         box = box_to_slices(background.box, spacing, image.shape)
         values = values[box]
         selection = None if selection is None else selection[box]
-    if selection is None:
-        selection = da.ones(values.shape, dtype=bool, chunks=values.chunks)
-    if method == "region_mean":
+    if method == "region_mean":  # (no array of ones for "every voxel": its keys would be the same for every frame)
+        if selection is None:
+            return values.astype(np.float64).sum(dtype=np.float64) / values.size
         total = da.where(selection, values.astype(np.float64), 0.0).sum(dtype=np.float64)
         return total / selection.sum()
     if method == "median":
@@ -177,15 +187,18 @@ def _median_of(counts: np.ndarray, offset: int) -> np.ndarray:
     return np.array(median_from_counts(counts[:-1], offset))
 
 
-def _histogram_median(values: da.Array, selection: da.Array) -> da.Array:
+def _histogram_median(values: da.Array, selection: da.Array | None) -> da.Array:
     """The exact median: one histogram of the whole value range per chunk, summed over chunks.
 
-    Voxels outside ``selection`` go to one extra last bin, dropped before the median.
+    Voxels outside ``selection`` (None: every voxel is in) go to one extra last bin,
+    dropped before the median.
     """
     dtype = np.dtype(values.dtype)
     offset = 0 if dtype.kind == "b" else int(np.iinfo(dtype).min)
     bins = 2 if dtype.kind == "b" else 2 ** (8 * dtype.itemsize)
-    codes = da.where(selection, values.astype(np.int32) - offset, bins)
+    codes = values.astype(np.int32) - offset
+    if selection is not None:
+        codes = da.where(selection, codes, bins)
     ndim = codes.ndim
     per_chunk = codes.map_blocks(
         _block_counts, bins + 1, new_axis=ndim, dtype=np.int64,
@@ -288,7 +301,7 @@ def preprocess_lazy(image1, image2, mask=None, *, settings, spacing: Sequence[fl
     valid = None
     if shift is not None:
         image2 = tiled_shift(image2, shift, spacing=spacing, order=settings.chromatic_shift.order)
-        valid = tiled_valid_region(image2.shape, shift, spacing=spacing, chunks=image2.chunks)
+        valid = tiled_valid_region(image2.shape, shift, spacing=spacing, chunks=image2.chunks, frame=image2.name)
     threshold = float("nan")
     generation = settings.mask
     if generation is not None and generation.from_frame is None:

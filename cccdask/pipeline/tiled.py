@@ -174,8 +174,10 @@ def run_tiled(cluster, plan: FramePlan, inputs: RunInputs, config: PipelineConfi
                     # one submission: the tasks both hold (tiles, levels, correlograms) run once
                     writes = _store_images(plan, index, images)
                     writes = [] if writes is None else (writes if isinstance(writes, list) else [writes])
-                    futures = cluster.client.compute([small] + writes)  # a list on a distributed client
-                    values = ([f.result() for f in futures] if isinstance(futures, list) else futures.result())[0]
+                    # no future outlives the call: the next frame's graph may hold the same keys (the valid
+                    # region, fused otherwise), and a key the scheduler still knows with another task fails
+                    # (KeyError; dask/dask#9888)
+                    values = compute([small] + writes)[0]
                 except InvalidFrameError as error:
                     outcomes.append((index, FRAME_INVALID, str(error)))
                     continue
