@@ -265,6 +265,13 @@ def preprocess_lazy(image1, image2, mask=None, *, settings, spacing: Sequence[fl
         physical units, zeros when none), ``mask_threshold`` (float, intensity units of
         the blurred source; NaN when no mask was generated).
 
+    Notes
+    -----
+    On a ``distributed`` cluster, release the futures of an earlier call's outputs
+    (``del``) before calling again on the same frame: the graph's keys are the same, and a
+    key the scheduler still knows, built (fused) otherwise, can fail the computation
+    (dask/dask#9888). Different frames get different keys.
+
     Raises
     ------
     ValueError
