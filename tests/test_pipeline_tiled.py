@@ -119,7 +119,7 @@ def test_validate_says_whether_frames_are_tiled_and_the_memory_of_a_task(scene):
     assert "budget 512.00 MiB per worker thread" in text
     # float32 frames of 72 x 60 voxels: their merged value pairs, 8 bytes per voxel, in one task
     assert (f"keep the frame's distinct (image1, image2) value pairs in one task: up to {format_bytes(8 * 72 * 60)} "
-            f"(8 bytes per voxel") in text
+            f"(8 bytes per distinct pair") in text
     code, text = _validate(scene, "whole", _config(scene, None, "v2.zarr"))
     assert code == 0 and "Every frame is analysed whole" in text and "per task (budget 512.00 MiB" in text
     code, text = _validate(scene, "budget", _config(scene, None, "v3.zarr", execution={"memory_budget": "300kiB"}))

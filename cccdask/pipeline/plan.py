@@ -248,6 +248,28 @@ def expected_memory_per_thread(config: PipelineConfig) -> float | None:
     return None
 
 
+def _merged_pairs_note(frames) -> str:
+    """What the coefficients' last merge of a tiled frame may hold (their exact ranks and
+    Costes' search keep the frame's distinct value pairs in one task)."""
+    from dask.utils import format_bytes
+
+    from cccdask.kernels.coefficients.sorted_pairs import KEY_BYTES, TABLE_ENTRY_BYTES
+
+    dtypes = (frames.image1.dtype, frames.image2.dtype)
+    voxels = int(np.prod(frames.frame_shape))
+    if all(d.kind == "f" and d.itemsize <= 4 for d in dtypes):  # sorted keys, one per voxel
+        per, pairs = KEY_BYTES, voxels
+    elif all(d.kind in "iub" for d in dtypes):  # a joint histogram: at most one entry per possible pair
+        per, pairs = TABLE_ENTRY_BYTES, min(voxels, math.prod(2 ** (8 * d.itemsize) for d in dtypes))
+    else:
+        per, pairs = TABLE_ENTRY_BYTES, voxels
+    return (f"The coefficients keep the frame's distinct (image1, image2) value pairs in one task: up to "
+            f"{format_bytes(per * pairs)} ({per} bytes per distinct pair; the last merge holds about three "
+            f"times that), reached when nearly every voxel is a distinct pair (deconvolved float data, 16-bit "
+            f"noise); data whose values repeat need far less. Give the workers that memory, or leave out "
+            f"the coefficients section on frames this large.")
+
+
 def describe_execution(config: PipelineConfig, frames) -> str:
     """One line for ``cccdask validate``: whole frames or tiles, and the memory of one task."""
     from dask.utils import format_bytes
@@ -263,17 +285,8 @@ def describe_execution(config: PipelineConfig, frames) -> str:
         line = (f"Every frame is tiled ({why}): tiles of {list(tiles.tile_shape)} voxels, about "
                 f"{format_bytes(tiles.task_bytes)} per tile task (budget {budget}; a whole frame would need "
                 f"{format_bytes(int(estimate))}).")
-        dtypes = (frames.image1.dtype, frames.image2.dtype)
-        if config.coefficients is not None and any(d.kind == "f" or d.itemsize > 2 for d in dtypes):
-            from cccdask.kernels.coefficients.sorted_pairs import KEY_BYTES, TABLE_ENTRY_BYTES
-
-            # a frame's merged (R, G) pairs: sorted keys when float32 holds the values, else a joint histogram
-            per_voxel = KEY_BYTES if all(d.itemsize <= 4 for d in dtypes) else TABLE_ENTRY_BYTES
-            pairs = per_voxel * int(np.prod(frames.frame_shape))
-            line += (f" The coefficients keep the frame's distinct (image1, image2) value pairs in one task: "
-                     f"up to {format_bytes(pairs)} ({per_voxel} bytes per voxel, about twice that while "
-                     f"merging) when nearly all are distinct, as in deconvolved float data; data whose values "
-                     f"repeat (camera counts) need far less.")
+        if config.coefficients is not None:
+            line += " " + _merged_pairs_note(frames)
         return line
     return (f"Every frame is analysed whole ({fpt} frame(s) per task): about {format_bytes(int(estimate))} "
             f"per task (budget {budget}).")
