@@ -14,8 +14,11 @@ Part 3 runs the YAML pipeline (:func:`cccdask.pipeline.run`) on the same Zarr fr
 (``--run-shape``, default ``--shape``) forced onto tiles, on ``--workers`` workers
 limited to ``--worker-memory``: correlation only, then with median backgrounds, a
 generated mask (Otsu after a blur, holes filled, small objects removed),
-contribution images and coefficients. It prints wall time, each worker's peak memory
-and whether any worker spilled to disk, side by side.
+contribution images and coefficients (``--each-part``: also the correlation plus each
+of these alone, for the cost of each). It prints wall time, each worker's peak memory
+and whether any worker spilled to disk, side by side. The frame's values lie on
+``--levels`` levels (integer data stored as float32; 0: all distinct, whose
+coefficients need the frame's 8 bytes per voxel in one task).
 
 The issue's example is a 6 GiB frame on 2 GiB workers; on a 2-core 24 GiB machine
 shared with others run the scaled version (the defaults): a 2 GiB frame on 1 GiB
@@ -145,19 +148,32 @@ def pipeline_runs(args) -> None:
         "execution": {"tile_shape": tile},
         "output": {"store": str(directory / "correlation.zarr"), "reports": False, "overwrite": True},
     }
-    full = dict(base, ccc={"max_distance": args.max_distance, "contributions": True},
-                coefficients={"threshold": "costes"},
-                preprocess={"background": {"image1": {"method": "median"}, "image2": {"method": "median"}},
-                            "mask": {"source": "image1", "sigma": args.mask_sigma, "method": "otsu",
-                                     "min_size": args.mask_min_size}},
-                output=dict(base["output"], store=str(directory / "full.zarr")))
+    parts = {
+        "median backgrounds": {"preprocess": {"background": {"image1": {"method": "median"},
+                                                             "image2": {"method": "median"}}}},
+        "generated mask": {"preprocess": {"mask": {"source": "image1", "sigma": args.mask_sigma, "method": "otsu",
+                                                   "min_size": args.mask_min_size}}},
+        "contributions": {"ccc": {"max_distance": args.max_distance, "contributions": True}},
+        "coefficients": {"coefficients": {"threshold": "costes"}},
+    }
+
+    def with_parts(names, store):
+        data = dict(base, output=dict(base["output"], store=str(directory / store)))
+        for part in names:
+            for section, value in parts[part].items():
+                data[section] = {**data.get(section, {}), **value}
+        return data
+
+    runs = [("correlation only", base)]
+    if args.each_part:  # the cost of each part: correlation plus that part alone
+        runs += [(f"+ {part}", with_parts([part], f"{part.replace(' ', '-')}.zarr")) for part in parts]
+    runs.append((" + ".join(parts), with_parts(list(parts), "full.zarr")))
     print(f"\npipeline runs: 2 x {math.prod(shape) * 4 / 2**30:.2f} GiB float32 {shape}"
           f"{f' on {args.levels} levels' if args.levels else ', values all distinct'}, tiles {tile}, "
           f"{args.workers} workers limited to {args.worker_memory}")
     print("| run | wall (s) | peak RSS per worker (MiB) | spilled to disk (MiB) |")
     print("| --- | --- | --- | --- |")
-    for name, data in (("correlation only", base),
-                       ("median backgrounds + generated mask + contributions + coefficients", full)):
+    for name, data in runs:
         # a fresh cluster per run: each run's own peaks
         with LocalCluster(n_workers=args.workers, threads_per_worker=1, processes=True,
                           memory_limit=args.worker_memory, dashboard_address=None) as cluster, \
@@ -243,6 +259,8 @@ def main() -> None:
                              "coefficients of a frame of distinct values need 8 B per voxel in one task)")
     parser.add_argument("--mask-sigma", type=float, default=0.3, help="blur of the generated mask (physical)")
     parser.add_argument("--mask-min-size", type=float, default=0.05, help="its smallest object (physical volume)")
+    parser.add_argument("--each-part", action="store_true",
+                        help="part 3 also runs the correlation plus each part alone (its cost)")
     parser.add_argument("--skip-large", action="store_true")
     parser.add_argument("--skip-pipeline", action="store_true")
     parser.add_argument("--skip-compare", action="store_true")
