@@ -168,6 +168,8 @@ def pipeline_runs(args) -> None:
     if args.each_part:  # the cost of each part: correlation plus that part alone
         runs += [(f"+ {part}", with_parts([part], f"{part.replace(' ', '-')}.zarr")) for part in parts]
     runs.append((" + ".join(parts), with_parts(list(parts), "full.zarr")))
+    if args.full_only:
+        runs = runs[-1:]
     print(f"\npipeline runs: 2 x {math.prod(shape) * 4 / 2**30:.2f} GiB float32 {shape}"
           f"{f' on {args.levels} levels' if args.levels else ', values all distinct'}, tiles {tile}, "
           f"{args.workers} workers limited to {args.worker_memory}")
@@ -261,6 +263,7 @@ def main() -> None:
     parser.add_argument("--mask-min-size", type=float, default=0.05, help="its smallest object (physical volume)")
     parser.add_argument("--each-part", action="store_true",
                         help="part 3 also runs the correlation plus each part alone (its cost)")
+    parser.add_argument("--full-only", action="store_true", help="part 3 runs only the run with every part")
     parser.add_argument("--skip-large", action="store_true")
     parser.add_argument("--skip-pipeline", action="store_true")
     parser.add_argument("--skip-compare", action="store_true")
