@@ -70,3 +70,64 @@ def output_array(graph: HighLevelGraph, layer: str, name: str, tasks: dict[tuple
     dependencies = dict(graph.dependencies)
     dependencies[name] = {layer}
     return da.Array(HighLevelGraph(layers, dependencies), name, chunks, dtype=dtype)
+
+
+def _after(value, _done):
+    return value
+
+
+def read_again_after(arrays: Sequence[da.Array | None], after, seed: str) -> list[da.Array | None]:
+    """Copies of ``arrays`` whose every task, reads included, runs again once ``after`` is done.
+
+    For a second pass over a frame that needs a number of the whole frame from the
+    first (its mean, a threshold, a fitted kernel): sharing the first pass's chunks
+    would make Dask hold every one of them until that number is known, i.e. the whole
+    frame in memory. ``dask.graph_manipulation.bind`` is meant for this, but (dask
+    2026.8) its copy of a slicing layer still points at the original chunks, so the
+    reads are shared and held anyway; here every key of the arrays' (culled) graphs
+    is renamed and every task without dependencies waits for ``after``.
+
+    Parameters
+    ----------
+    arrays : sequence of dask.array.Array or None
+        None entries stay None.
+    after : dask collection with one key (e.g. ``dask.delayed.Delayed``, a 0-d array)
+    seed : str
+        Makes the new keys (the same seed gives the same keys).
+    """
+    from dask._task_spec import DataNode, Task, TaskRef, convert_legacy_graph
+    from dask.base import tokenize
+    from dask.core import flatten
+
+    given = [a for a in arrays if a is not None]
+    (after_key,) = flatten(after.__dask_keys__())
+    keys = set()
+    for array in given:
+        keys.update(flatten(array.__dask_keys__()))
+    graph = HighLevelGraph.merge(*[a.__dask_graph__() for a in given]).cull(keys)
+    tasks = convert_legacy_graph(dict(graph))
+    suffix = tokenize(seed, after_key)
+
+    def renamed(key):
+        return (f"{key[0]}-{suffix}", *key[1:]) if isinstance(key, tuple) else f"{key}-{suffix}"
+
+    names = {key: renamed(key) for key in tasks}
+    copied = {}
+    for key, node in tasks.items():
+        node = node.substitute(names, key=names[key])
+        if not node.dependencies:
+            node = Task(names[key], _after, node if not isinstance(node, DataNode) else node.value,
+                        TaskRef(after_key))
+        copied[names[key]] = node
+    common = f"read-again-{suffix}"
+    outputs = {f"{a.name}-{suffix}": {names[k] for k in flatten(a.__dask_keys__())} for a in given}
+    own = set().union(*outputs.values())
+    after_graph = HighLevelGraph.from_collections(common, {k: v for k, v in copied.items() if k not in own},
+                                                  dependencies=[after])
+    layers, dependencies = dict(after_graph.layers), dict(after_graph.dependencies)
+    for name, output_keys in outputs.items():
+        layers[name] = MaterializedLayer({k: copied[k] for k in output_keys})
+        dependencies[name] = {common}
+    layered = HighLevelGraph(layers, dependencies)
+    out = iter(da.Array(layered, f"{a.name}-{suffix}", a.chunks, meta=a._meta) for a in given)
+    return [None if a is None else next(out) for a in arrays]

@@ -23,13 +23,12 @@ from typing import Sequence
 
 import dask.array as da
 from dask.base import tokenize
-from dask.graph_manipulation import bind
 from dask.highlevelgraph import HighLevelGraph
 import numpy as np
 import xarray as xr
 
 from cccdask.frames import InvalidFrameError, prepare_inputs
-from cccdask.graph import TaskLayer, as_dask, output_array
+from cccdask.graph import TaskLayer, as_dask, output_array, read_again_after
 from cccdask.kernels.correlate import MODES
 from cccdask.kernels.profile import shift_range
 from cccdask.kernels.tiled import contribution_tile, correlate_tile, mirror_indices
@@ -294,9 +293,7 @@ def tiled_correlograms(image1, image2, mask, spacing, max_distance: float, *,
 
     sums = _frame_sums(image1, image2, mask, dtype)
     token = tokenize(image1, image2, mask, spacing, max_distance, tile_shape, mode, dtype)
-    inputs = bind([a for a in (image1, image2, mask) if a is not None], sums, seed=token, assume_layers=False)
-    image1, image2 = inputs[:2]
-    mask = inputs[2] if mask is not None else None
+    image1, image2, mask = read_again_after([image1, image2, mask], sums, seed=token)
     graph = _TileGraph("tiled-correlograms", token, [image1, image2, mask, sums])
     statistics = (f"{graph.name}-statistics",)
     graph.tasks[statistics] = (_frame_statistics, (sums.name, 0), float(np.prod(spacing)))
@@ -420,9 +417,7 @@ def tiled_contributions(image1, image2, gauss_correlogram, *, mask=None,
     lazy_kernel = isinstance(gauss_correlogram, da.Array)
     if lazy_kernel:
         kernel_array = gauss_correlogram.rechunk(kernel_shape)
-        inputs = bind([a for a in (image1, image2, mask) if a is not None], kernel_array, seed=token, assume_layers=False)
-        image1, image2 = inputs[:2]
-        mask = inputs[2] if mask is not None else None
+        image1, image2, mask = read_again_after([image1, image2, mask], kernel_array, seed=token)
     graph = _TileGraph("tiled-contributions", token, [image1, image2, mask] + ([kernel_array] if lazy_kernel else []))
     name = graph.name
     kernel = (f"{name}-kernel",)

@@ -10,6 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cccdask import coefficients
+from reads import counted_reads
 
 
 @st.composite
@@ -106,3 +107,23 @@ def test_chunks_of_one_voxel_cutting_the_mask_equal_in_memory():
     r, g = np.maximum(a[inside] - 2.0, 0), np.maximum(b[inside] - 3.0, 0)
     np.testing.assert_allclose(in_memory.pearson.values, ss.pearsonr(r, g)[0], rtol=1e-10, atol=1e-12)
     np.testing.assert_allclose(in_memory.kendall_tau.values, ss.kendalltau(r, g)[0], rtol=1e-10, atol=1e-12)
+
+
+def test_a_second_pass_over_a_frame_of_many_chunks_reads_them_again():
+    # Van Steensel at Costes' thresholds and the maps need numbers of the whole frame:
+    # sharing the first pass's chunks would hold the whole frame in memory until then
+    rng = np.random.default_rng(31)
+    a = rng.integers(0, 200, (64, 64)).astype(np.uint16)
+    b = (a // 2 + rng.integers(0, 100, a.shape)).astype(np.uint16)
+    chunks = ((8,) * 8, (8,) * 8)
+    kwargs = dict(threshold="costes", maps=True, van_steensel_shifts=2)
+    in_memory = coefficients(a, b, **kwargs)
+    counts = {"reads": 0, "alive": 0, "peak": 0}
+    lazy = coefficients(counted_reads(a, chunks, counts), da.from_array(b, chunks=chunks), **kwargs)
+    with dask.config.set(scheduler="synchronous"):
+        computed = lazy.compute()
+    assert counts["reads"] == 2 * 64  # once per pass (dask's own bind shared them: 64)
+    for name in in_memory.data_vars:
+        if in_memory[name].dtype.kind == "f":
+            np.testing.assert_allclose(computed[name].values, in_memory[name].values, rtol=1e-10,
+                                       atol=1e-12, err_msg=name)

@@ -180,7 +180,9 @@ def test_a_frame_over_the_dask_chunk_size_keeps_the_stored_chunks(tmp_path):
     assert small.data.chunksize == (1, 32, 64, 64)
     assert stored.data.chunksize == (1, 8, 32, 32)
     assert large.data.chunksize[0] == 1 and np.prod(large.data.chunksize) * 2 <= 64 * 1024
-    for image in (small, stored, large):
+    tiles = open_image(tmp_path / "large.zarr", frame_chunks={"z": 16, "y": 24, "x": 64})  # the tiled path's reads
+    assert tiles.data.chunks[1:] == ((16, 16), (24, 24, 16), (64,))
+    for image in (small, stored, large, tiles):
         np.testing.assert_array_equal(image.values, data)
 
 

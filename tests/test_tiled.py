@@ -304,6 +304,35 @@ def test_contributions_with_an_asymmetric_lazy_kernel_equal_the_engine():
 # --------------------------------------------------------------------------- memory
 
 
+def test_a_pass_after_a_whole_frame_number_reads_the_tiles_again_instead_of_holding_them():
+    # the tiles wait for the frame's mean (correlation) or the fitted kernel (contributions):
+    # sharing the first pass's reads held all 64 chunks at once (dask's bind, 2026.8)
+    from reads import counted_reads
+
+    rng = np.random.default_rng(3)
+    image1, image2 = rng.random((64, 64)), rng.random((64, 64))
+    chunks = ((8,) * 8, (8,) * 8)
+    counts = {"reads": 0, "alive": 0, "peak": 0}
+    lazy1 = counted_reads(image1, chunks, counts)
+    result = tiled_correlograms(lazy1, da.from_array(image2, chunks=8), None, (1.0, 1.0), 3.0, tile_shape=(8, 8))
+    with dask.config.set(scheduler="synchronous"):
+        subtracted = result["subtracted"].compute()
+    assert counts["reads"] == 2 * 64 and counts["peak"] <= 4, counts
+    expected = tiled_correlograms(image1, image2, None, (1.0, 1.0), 3.0, tile_shape=(8, 8))["subtracted"]
+    assert_float32_close(subtracted, expected.compute())
+
+    counts.update(reads=0, alive=0, peak=0)
+    gauss = rng.normal(size=(7, 7))
+    kernel = da.from_array(gauss, chunks=7) * (lazy1.mean() * 0 + 1)  # known only after a pass over the frame
+    c1, _ = tiled_contributions(lazy1, image2, kernel, tile_shape=(8, 8))
+    with dask.config.set(scheduler="synchronous"):
+        c1 = c1.compute()
+    assert counts["reads"] == 2 * 64 and counts["peak"] <= 24, counts  # a tile and its overlap-save halo
+    assert_float32_close(c1, tiled_contributions(image1, image2, gauss, tile_shape=(8, 8))[0].compute())
+
+
+
+
 def test_whole_frame_estimate_bounds_the_measured_peak():
     # The whole-frame engine's correlation of one frame, measured by tracemalloc.
     shape, spacing, max_distance = (24, 96, 80), (0.3, 0.1, 0.1), 1.0

@@ -134,7 +134,9 @@ def coefficients(
     10-20% of the voxels for 12-16-bit data; up to one pair per voxel for float images,
     i.e. 24 bytes per masked voxel, which bounds the float frame size by memory).
     With ``threshold="costes"`` the thresholds come from that histogram in the same
-    pass; Van Steensel and the maps depend on them and read the data a second time.
+    pass; Van Steensel and the maps depend on them (the maps on the frame's means too)
+    and, on frames of several chunks, read the data a second time once those are known
+    (after every frame's first pass), so that no chunk waits in memory.
     """
     frames = prepare_inputs(image1, image2, mask, spacing)
     conventions = preset_named(preset)
@@ -167,7 +169,7 @@ def coefficients(
     # one in-memory frame: its tasks may use every core (a series, or Dask inputs that
     # may run on workers: one thread per task)
     threads = len(os.sched_getaffinity(0)) if not frames.lazy and frames.n_frames == 1 else 1
-    results, map_tasks = [], {}
+    first_pass = []  # per frame: statistics, Costes, thresholds
     for t in range(frames.n_frames):
         stats = tasks.statistics(t, thresholds, threads)
         costes = None
@@ -177,17 +179,25 @@ def coefficients(
                               clamp_range)
             costes, frame_thresholds, stats = (tasks.add(f"costes-{i}", (t,), operator.getitem, found, i)
                                                for i in range(3))
+        first_pass.append((stats, costes, frame_thresholds))
+    # Van Steensel at Costes' thresholds and the maps need the whole frame's numbers: on a
+    # frame of several chunks they read the chunks again rather than hold them all
+    second = tasks
+    if len(tasks.blocks) > 1 and (maps or (automatic and shifts is not None)):
+        second = tasks.read_again_after([stats for stats, _, _ in first_pass])
+    results, map_tasks = [], {}
+    for t, (stats, costes, frame_thresholds) in enumerate(first_pass):
         shifted = None
         if shifts is not None:
-            shifted = tasks.shifted_moments(t, frame_thresholds, shifts, axis)
-        results.append(tasks.add("finalize", (t,), finalize_frame, stats, shifted, frame_thresholds, costes,
-                                 n_shifts, cytofluorogram, extras, threads))
+            shifted = (second if automatic else tasks).shifted_moments(t, frame_thresholds, shifts, axis)
+        results.append(second.add("finalize", (t,), finalize_frame, stats, shifted, frame_thresholds, costes,
+                                  n_shifts, cytofluorogram, extras, threads))
         if maps:
-            constants = tasks.add("map-constants", (t,), map_constants, stats, frame_thresholds, costes)
-            map_tasks.update(tasks.maps(t, frame_thresholds, constants, f"coefficient-maps-{token}"))
+            constants = second.add("map-constants", (t,), map_constants, stats, frame_thresholds, costes)
+            map_tasks.update(second.maps(t, frame_thresholds, constants, f"coefficient-maps-{token}"))
 
     per_chunk = frames_per_output_chunk(frames)
-    value_table = tasks.per_frame_output(f"coefficient-values-{token}", results, per_chunk, n_values,
+    value_table = second.per_frame_output(f"coefficient-values-{token}", results, per_chunk, n_values,
                                          np.float64, item=0)
     data_vars: dict[str, Any] = {}
     position = 0
@@ -201,14 +211,14 @@ def coefficients(
     coords["channel"] = ("channel", [1, 2])
     if shifts is not None:
         coords["shift"] = ("shift", shifts, {"units": "voxel", "axis": van_steensel_axis})
-    reasons = tasks.per_frame_output(f"coefficient-reasons-{token}", results, per_chunk,
+    reasons = second.per_frame_output(f"coefficient-reasons-{token}", results, per_chunk,
                                      len(reason_names) + automatic, REASON_DTYPE, item=1)
     data_vars["nan_reason"] = (("t", "coefficient"), reasons[:, :len(reason_names)])
     if automatic:
         data_vars["costes_note"] = (("t",), reasons[:, len(reason_names)])
     coords["coefficient"] = ("coefficient", reason_names)
     if maps:
-        stacked = output_array(tasks.graph(), tasks.name, f"coefficient-maps-{token}", map_tasks,
+        stacked = output_array(second.graph(), second.name, f"coefficient-maps-{token}", map_tasks,
                                ((1,) * frames.n_frames, (len(MAP_NAMES),)) + tasks.spatial_chunks,
                                np.float64)  # (t, map, *spatial)
         for k, name in enumerate(MAP_NAMES):

@@ -16,10 +16,11 @@ from typing import Any, Sequence
 import dask
 import dask.array as da
 import numpy as np
+from dask.delayed import Delayed
 from dask.utils import parse_bytes
 
 from cccdask.frames import Frames
-from cccdask.graph import TaskLayer, as_dask, output_array
+from cccdask.graph import TaskLayer, as_dask, output_array, read_again_after
 from cccdask.kernels.costes import (
     CURVE_POINTS,
     CostesThreshold,
@@ -49,9 +50,20 @@ MERGE_FAN_IN = 8
 def chunked_inputs(frames: Frames, whole_frames: bool = False) -> tuple[da.Array, da.Array, da.Array | None]:
     """The inputs as Dask arrays: channel 1 with one frame per chunk along ``t`` (and one
     chunk per frame with ``whole_frames``), channel 2 and the mask on its chunks (a mask
-    shared by every frame on its spatial chunks)."""
+    shared by every frame on its spatial chunks).
+
+    Otherwise channel 1 keeps the spatial chunks it has when it is a Dask array (the
+    caller sized them, e.g. the tiles of a frame larger than memory), and NumPy input
+    gets Dask's automatic chunks (``array.chunk-size``).
+    """
     n_spatial = len(frames.spatial_dims)
-    spatial = (-1 if whole_frames else "auto",) * n_spatial
+    data = frames.image1.data
+    if whole_frames:
+        spatial = (-1,) * n_spatial
+    elif isinstance(data, da.Array):
+        spatial = data.chunks[1:]
+    else:
+        spatial = ("auto",) * n_spatial
     image1 = as_dask(frames.image1.data, chunks=(1, *spatial)).rechunk((1, *spatial))
     image2 = as_dask(frames.image2.data, chunks=image1.chunks).rechunk(image1.chunks)
     mask = None
@@ -98,11 +110,25 @@ class FrameTasks(TaskLayer):
     """The per-frame tasks of one :func:`coefficients` or :func:`costes_significance` call,
     on the chunks of its inputs (see :func:`chunked_inputs`)."""
 
-    def __init__(self, prefix: str, image1: da.Array, image2: da.Array, mask: da.Array | None, token: str):
-        super().__init__(prefix, token, [image1, image2, mask])
+    def __init__(self, prefix: str, image1: da.Array, image2: da.Array, mask: da.Array | None, token: str,
+                 after: Any = None):
+        super().__init__(prefix, token, [image1, image2, mask, after])
+        self.prefix, self.token = prefix, token
         self.inputs = (image1, image2, mask)
         self.spatial_chunks = image1.chunks[1:]
         self.blocks = list(itertools.product(*(range(len(c)) for c in self.spatial_chunks)))
+
+    def read_again_after(self, keys: list[tuple]) -> "FrameTasks":
+        """A layer for a second pass that reads the chunks again once ``keys`` are done.
+
+        A pass that needs a number of the whole frame (e.g. Van Steensel and the maps
+        after Costes' thresholds) would otherwise make Dask hold every chunk of the
+        frame from the first pass until that number is known. The new layer's tasks may
+        use this layer's keys.
+        """
+        first = Delayed(self.add("first-pass", (), len, list(keys)), self.graph(), layer=self.name)
+        image1, image2, mask = read_again_after(self.inputs, first, seed=self.name)
+        return FrameTasks(f"{self.prefix}-again", image1, image2, mask, self.token, after=first)
 
     def chunks(self, t: int, block: tuple[int, ...]) -> list[tuple | None]:
         """Channel 1, channel 2 and the mask (None: no mask) at spatial block ``block`` of

@@ -20,7 +20,7 @@ import math
 import os
 from numbers import Integral
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import dask
 import dask.array as da
@@ -124,26 +124,32 @@ def _time_calibration(dims: tuple[str, ...], source: Source) -> tuple[float | No
     return float(interval), unit or ("frame" if interval == 1.0 else "s")
 
 
-def _frame_chunks(dims: tuple[str, ...], shape: tuple[int, ...], dtype: np.dtype, stored) -> tuple:
+def _frame_chunks(dims: tuple[str, ...], shape: tuple[int, ...], dtype: np.dtype, stored,
+                  frame_chunks: Mapping[str, int] | None = None) -> tuple:
     """1 along t and c; along z, y, x the whole frame when it fits Dask's ``array.chunk-size``.
 
     A larger frame keeps the stored chunks along z, y, x (Dask's automatic chunks where
     those are larger too or there are none): the tiled path then reads each tile's part
     alone, where one chunk per frame would make every tile task read the whole frame.
+    ``frame_chunks`` (voxels per spatial dim name) overrides both.
     """
+    if frame_chunks is not None:
+        return tuple(1 if d in ("t", "c") else min(int(frame_chunks[d]), n) for d, n in zip(dims, shape))
     whole = tuple(1 if d in ("t", "c") else n for d, n in zip(dims, shape))
     limit = parse_bytes(dask.config.get("array.chunk-size"))
     if math.prod(whole) * dtype.itemsize <= limit:
         return whole
     stored = tuple(stored) if stored is not None and len(stored) == len(shape) else None
-    if stored is not None and math.prod(s for d, s in zip(dims, stored) if d not in ("t", "c")) * dtype.itemsize <= limit:
+    stored_frame = None if stored is None else math.prod(s for d, s in zip(dims, stored) if d not in ("t", "c"))
+    if stored_frame is not None and stored_frame * dtype.itemsize <= limit:
         return tuple(1 if d in ("t", "c") else s for d, s in zip(dims, stored))
     return normalize_chunks(tuple(1 if d in ("t", "c") else "auto" for d in dims), shape, limit=limit, dtype=dtype)
 
 
-def _dask_array(source: Source, dims: tuple[str, ...], path: Path) -> da.Array:
+def _dask_array(source: Source, dims: tuple[str, ...], path: Path,
+                frame_chunks: Mapping[str, int] | None = None) -> da.Array:
     shape, dtype = tuple(source.array.shape), np.dtype(source.array.dtype)
-    chunks = _frame_chunks(dims, shape, dtype, getattr(source.array, "chunks", None))
+    chunks = _frame_chunks(dims, shape, dtype, getattr(source.array, "chunks", None), frame_chunks)
     stat = os.stat(path)
     identity = (str(path.resolve()), source.component, stat.st_mtime_ns, stat.st_size, dims, chunks)
     name = "open-image-" + tokenize(*identity)
@@ -265,6 +271,7 @@ def open_image(
     dims: str | Sequence[str] | None = None,
     spacing: float | Sequence[float] | None = None,
     units: str | None = None,
+    frame_chunks: Mapping[str, int] | None = None,
 ) -> xr.DataArray:
     """Open an image lazily as a Dask-backed ``xarray.DataArray``; reads metadata only.
 
@@ -288,6 +295,10 @@ def open_image(
         Voxel size per spatial axis in ``(z,) y, x`` order, overriding the metadata.
     units : str, optional
         Unit of the spacing (e.g. ``"um"``), overriding the metadata.
+    frame_chunks : mapping of str to int, optional
+        Dask chunk edge (voxels) per spatial dim, e.g. ``{"z": 64, "y": 128, "x": 128}``,
+        instead of the default below: each chunk is then read on its own (the tiled
+        path reads a frame tile by tile this way).
 
     Returns
     -------
@@ -333,7 +344,7 @@ def open_image(
     time_interval, time_units = _time_calibration(storage_dims, source)
 
     order = [d for d in DIM_ORDER if d in storage_dims]
-    data = _dask_array(source, storage_dims, path).transpose(*[storage_dims.index(d) for d in order])
+    data = _dask_array(source, storage_dims, path, frame_chunks).transpose(*[storage_dims.index(d) for d in order])
 
     coords: dict[str, Any] = {}
     for d, step in zip(spatial, calibrated_spacing):

@@ -212,17 +212,20 @@ def _run_locked(config: PipelineConfig, inputs: RunInputs, identity: str, curren
         budget = (cluster.memory_per_thread() if config.execution.memory_budget is None
                   else _parse_bytes(config.execution.memory_budget))
         tiles = plan_tiles(config, frames, estimate, budget)
+        tile_inputs = None
         if tiles.tiled:
             log(f"Analysing each frame tile by tile (tiles of {list(tiles.tile_shape)} voxels): "
                 + ("execution.tile_shape" if config.execution.tile_shape is not None
                    else "frames do not fit one task"))
+            # read tile by tile: a larger read chunk would be held until every tile cut from it is used
+            tile_inputs = open_inputs(config, frame_chunks=dict(zip(frames.spatial_dims, tiles.tile_shape)))
         resume = existing_store_resumes(path, identity, overwrite, current)
         results_store.remove_interrupted_writes(path)
         settings = _prepare_preprocessing(config, inputs, log)
         plan, layout = plan_run(config, inputs, identity, settings)
         if not resume:
             shared_on_tiles = tiles.tiled and plan.shared_generated_mask
-            shared_mask = (shared_mask_graph(plan, inputs, settings, tiles.tile_shape, cluster_compute(cluster))
+            shared_mask = (shared_mask_graph(plan, tile_inputs, settings, tiles.tile_shape, cluster_compute(cluster))
                            if shared_on_tiles else _shared_generated_mask(settings, inputs, plan))
             if shared_mask is not None:
                 spatial = plan.spatial_dims
@@ -240,7 +243,7 @@ def _run_locked(config: PipelineConfig, inputs: RunInputs, identity: str, curren
         else:
             log(f"Resuming {path}")
             if tiles.tiled and plan.shared_generated_mask:  # its tile writes may have been interrupted: again
-                store_shared_mask(cluster, path, shared_mask_graph(plan, inputs, settings, tiles.tile_shape,
+                store_shared_mask(cluster, path, shared_mask_graph(plan, tile_inputs, settings, tiles.tile_shape,
                                                                    cluster_compute(cluster)))
         record = results_store.read_completion(path)
         n_frames = layout.n_frames
@@ -257,7 +260,7 @@ def _run_locked(config: PipelineConfig, inputs: RunInputs, identity: str, curren
                 failures = submit_batches(cluster, plan, todo, completion, config.execution.retries, progress,
                                           n_frames, watchdog)
             else:
-                failures = run_tiled(cluster, plan, inputs, config, tiles.tile_shape, todo, completion, progress,
+                failures = run_tiled(cluster, plan, tile_inputs, config, tiles.tile_shape, todo, completion, progress,
                                      n_frames)
         except StallError as error:
             completion.flush()

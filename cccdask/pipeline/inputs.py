@@ -62,11 +62,12 @@ class RunInputs:
     chunks: tuple[int, ...]
 
 
-def _open_checked(source, label: str) -> xr.DataArray:
+def _open_checked(source, label: str, frame_chunks=None) -> xr.DataArray:
     from cccdask.io.readers import open_image
 
     try:
-        array = open_image(source.path, component=source.component, channel=source.channel, dims=source.dims)
+        array = open_image(source.path, component=source.component, channel=source.channel, dims=source.dims,
+                           frame_chunks=frame_chunks)
     except FileNotFoundError as error:
         raise FileNotFoundError(f"{label}: {error}") from None
     except ValueError as error:
@@ -79,8 +80,11 @@ def _open_checked(source, label: str) -> xr.DataArray:
     return array
 
 
-def open_inputs(config: PipelineConfig) -> RunInputs:
+def open_inputs(config: PipelineConfig, frame_chunks: dict[str, int] | None = None) -> RunInputs:
     """Open and validate the inputs (metadata only).
+
+    ``frame_chunks``: Dask chunks per spatial dim (voxels) instead of one chunk per
+    frame (:func:`cccdask.io.readers.open_image`), e.g. the tiles of the tiled path.
 
     Raises
     ------
@@ -89,9 +93,9 @@ def open_inputs(config: PipelineConfig) -> RunInputs:
         and the mask; the message names the config key.
     """
     section = config.input
-    image1 = _open_checked(section.image1, "input.image1")
-    image2 = _open_checked(section.image2, "input.image2")
-    mask = None if section.mask is None else _open_checked(section.mask, "input.mask")
+    image1 = _open_checked(section.image1, "input.image1", frame_chunks)
+    image2 = _open_checked(section.image2, "input.image2", frame_chunks)
+    mask = None if section.mask is None else _open_checked(section.mask, "input.mask", frame_chunks)
     if mask is not None and "t" in mask.dims and "t" not in image1.dims:
         raise ValueError("input.mask has a t dim but the images are a single frame; give one mask frame.")
     if mask is not None and "t" in mask.dims and mask.sizes["t"] != image1.sizes.get("t"):
