@@ -83,9 +83,10 @@ def read_again_after(arrays: Sequence[da.Array | None], after, seed: str) -> lis
     first (its mean, a threshold, a fitted kernel): sharing the first pass's chunks
     would make Dask hold every one of them until that number is known, i.e. the whole
     frame in memory. ``dask.graph_manipulation.bind`` is meant for this, but (dask
-    2026.8) its copy of a slicing layer still points at the original chunks, so the
-    reads are shared and held anyway; here every key of the arrays' (culled) graphs
-    is renamed and every task without dependencies waits for ``after``.
+    2026.8) its copy of a layer holding ``Task`` objects, e.g. a slicing layer, still
+    points at the original chunks (dask/dask#12455), so the reads are shared and held
+    anyway; here every key of the arrays' (culled) graphs is renamed and every task
+    without dependencies waits for ``after``.
 
     Parameters
     ----------

@@ -36,11 +36,15 @@ from cccdask.tiled_ranks import default_compute
 def frame_graph(plan: FramePlan, inputs: RunInputs, index: int, tile_shape, compute=None) -> xr.Dataset:
     """All outputs of frame ``index`` as one lazy Dataset over tiles of ``tile_shape``.
 
-    The inputs are cut into tiles once; the CCC (forced onto its tiled path) and the
-    coefficients read the same tile arrays, so computed together a tile is read once
-    per pass. The preprocessing numbers that need the whole frame (background levels,
-    the mask's threshold, border labels and object sizes, the intensity floors) are
-    computed first (``compute``, e.g. on the cluster; default Dask's current
+    The inputs are read tile by tile (``inputs`` opened with the tiles as their Dask
+    chunks); the CCC (forced onto its tiled path) and the coefficients' first pass read
+    the same tile arrays, so computed together a tile is read once per pass. The passes
+    that wait for a number of the whole frame (the correlation after the frame's mean,
+    the contributions after the fit, Van Steensel and the maps after the coefficients'
+    thresholds) read the tiles again (:func:`cccdask.graph.read_again_after`) instead of
+    keeping the first pass's. The preprocessing numbers that need the whole frame
+    (background levels, the mask's threshold, border labels and object sizes, the
+    intensity floors) are computed first (``compute``, e.g. on the cluster; default Dask's current
     scheduler), each a reduction over the tiles.
     """
     import cccdask
