@@ -331,8 +331,6 @@ def test_a_pass_after_a_whole_frame_number_reads_the_tiles_again_instead_of_hold
     assert_float32_close(c1, tiled_contributions(image1, image2, gauss, tile_shape=(8, 8))[0].compute())
 
 
-
-
 def test_whole_frame_estimate_bounds_the_measured_peak():
     # The whole-frame engine's correlation of one frame, measured by tracemalloc.
     shape, spacing, max_distance = (24, 96, 80), (0.3, 0.1, 0.1), 1.0

@@ -188,7 +188,7 @@ def coefficients(
     results, map_tasks = [], {}
     for t, (stats, costes, frame_thresholds) in enumerate(first_pass):
         shifted = None
-        if shifts is not None:
+        if shifts is not None:  # at fixed thresholds Van Steensel needs nothing of the whole frame: first pass
             shifted = (second if automatic else tasks).shifted_moments(t, frame_thresholds, shifts, axis)
         results.append(second.add("finalize", (t,), finalize_frame, stats, shifted, frame_thresholds, costes,
                                   n_shifts, cytofluorogram, extras, threads))

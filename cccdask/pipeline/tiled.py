@@ -2,7 +2,7 @@
 
 Used by the driver when :func:`~cccdask.pipeline.plan.plan_tiles` finds that a frame
 does not fit a worker thread, or ``execution.tile_shape`` asks for tiles. Per frame,
-one graph runs on the cluster: the tiled CCC (:func:`cccdask.ccc`: correlograms
+one graph runs on the cluster (inputs read tile by tile): the tiled CCC (:func:`cccdask.ccc`: correlograms
 within R, then the contribution images by overlap-save) and the coefficients
 (:func:`cccdask.coefficients.coefficients`, exact from per-chunk statistics) over the
 same tiles, after the ``preprocess:`` steps on tiles (chromatic shift, mask
@@ -44,8 +44,8 @@ def frame_graph(plan: FramePlan, inputs: RunInputs, index: int, tile_shape, comp
     thresholds) read the tiles again (:func:`cccdask.graph.read_again_after`) instead of
     keeping the first pass's. The preprocessing numbers that need the whole frame
     (background levels, the mask's threshold, border labels and object sizes, the
-    intensity floors) are computed first (``compute``, e.g. on the cluster; default Dask's current
-    scheduler), each a reduction over the tiles.
+    intensity floors) are computed first (``compute``, e.g. on the cluster; default
+    Dask's current scheduler), each a reduction over the tiles.
     """
     import cccdask
     from cccdask.coefficients import coefficients
