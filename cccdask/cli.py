@@ -75,7 +75,7 @@ def _load(config: Path) -> "PipelineConfig":
         _fail(str(error), EXIT_CONFIG)
 
 
-def _run_with_progress(config: "PipelineConfig", overwrite: bool) -> Path:
+def _run_with_progress(config: "PipelineConfig", overwrite: bool | None) -> Path:
     """Run with a live bar on a terminal, progress lines otherwise (a log file, a batch job)."""
     from cccdask.pipeline import FrameTooLargeError, PipelineError, StoreConflictError, run
     from cccdask.progress import ProgressLog
@@ -182,11 +182,11 @@ def run_command(
     config: Path = typer.Argument(..., help="The YAML run configuration."),
     overwrite: bool = typer.Option(
         False, "--overwrite", help="Replace an existing store: recompute every frame (another config, changed "
-        "inputs, or the same)."),
+        "inputs, or the same). Without it: the config's output.overwrite."),
 ) -> None:
     """Run the analysis a YAML config describes (resumes an interrupted run of the same config)."""
     settings = _load(config)
-    store = _run_with_progress(settings, overwrite)
+    store = _run_with_progress(settings, overwrite or None)  # no flag: the config's output.overwrite
     console.print(_summary_table(store))
     for line in _quality_lines(store):
         console.print(line, markup=False, highlight=False, soft_wrap=True)

@@ -115,6 +115,12 @@ def test_run_inspect_and_overwrite(files, cluster_address):
     replaced = runner.invoke(app, ["run", str(changed), "--overwrite"])
     assert replaced.exit_code == 0, _output(replaced)
     assert xr.open_zarr(files / "ok.zarr")["distance"].values.max() <= 0.8
+    # the YAML's output.overwrite does the same without the flag (an absent flag is no "resume")
+    in_yaml = _write_config(files, "ok", address=cluster_address, ccc__max_distance=0.6,
+                            output__overwrite=True)
+    replaced = runner.invoke(app, ["run", str(in_yaml)])
+    assert replaced.exit_code == 0, _output(replaced)
+    assert xr.open_zarr(files / "ok.zarr")["distance"].values.max() < 0.65  # the 0.8 store was replaced
 
 
 def test_inspect_lists_missing_frames_of_an_interrupted_store(files, cluster_address):
