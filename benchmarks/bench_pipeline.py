@@ -13,7 +13,13 @@
    frame quality, results packed for the driver) is also timed in this process, without
    Dask: its CPU against the kernel's is the pipeline's own cost per frame, free of the
    workers' background (heartbeats, profiler) that grows with wall time on a loaded machine.
-2. Memory: peak resident memory of the driver and all worker processes together,
+2. Overhead against the kernel on the same workers, interleaved (``--rounds``): the
+   speed of this machine's cores drifts by up to +-30 % over minutes (other VMs on the
+   host), so a kernel timed once before the runs is not the kernel the runs met. Each
+   round times the kernel in the cluster's own workers, all of them at once (frames in
+   memory, as many processes as the run uses), then a pipeline run, then the kernel
+   again; the run's steady state is compared with the mean of the two kernels around it.
+3. Memory: peak resident memory of the driver and all worker processes together,
    above their level before the run, for a run over N frames and over 10 N frames
    (out-of-core: the peaks should be within 15%).
 
@@ -92,6 +98,31 @@ def kernel_seconds_per_frame(folder: Path, args, repeats: int) -> tuple[float, f
     _kernel(frames[0], args)  # warm-up
     times = np.array([_kernel(frame, args) for frame in frames])
     return float(np.median(times[:, 0])), float(np.median(times[:, 1]))
+
+
+_FRAMES_HELD: dict = {}
+
+
+def _kernel_in_worker(folder: str, args, n_frames: int, start_at: float) -> float:
+    """Wall seconds per frame of the kernel in this (worker) process, from ``start_at`` (time.time())."""
+    frames = _FRAMES_HELD.get(folder)
+    if frames is None:
+        frames = _FRAMES_HELD[folder] = _frames_in_memory(Path(folder), 10)
+        _kernel(frames[0], args)  # warm-up
+    time.sleep(max(0.0, start_at - time.time()))  # every worker starts together
+    start = time.perf_counter()
+    for i in range(n_frames):
+        _kernel(frames[i % len(frames)], args)
+    return (time.perf_counter() - start) / n_frames
+
+
+def kernel_on_workers(client, folder: Path, args, n_frames: int) -> float:
+    """Wall seconds per frame of the kernel run in every worker at once (the mean over workers)."""
+    workers = list(client.scheduler_info()["workers"])
+    start_at = time.time() + 2.0
+    futures = [client.submit(_kernel_in_worker, str(folder), args, n_frames, start_at, workers=[w], pure=False)
+               for w in workers]
+    return float(np.mean(client.gather(futures)))
 
 
 def task_cpu_per_frame(config, n_frames: int) -> float:
@@ -186,6 +217,7 @@ def main() -> None:
     parser.add_argument("--mode", default="full")
     parser.add_argument("--max-distance", type=float, default=None)
     parser.add_argument("--contributions", action="store_true")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds of part 2 (0: skip)")
     parser.add_argument("--no-profiler", action="store_true", help="turn off the workers' statistical profiler")
     parser.add_argument("--default-malloc", action="store_true",
                         help="keep distributed's MALLOC_TRIM_THRESHOLD_=64KiB in the workers")
@@ -201,9 +233,9 @@ def main() -> None:
         per_frame, per_frame_cpu = kernel_seconds_per_frame(root, args, repeats=10)
         import dask
 
-        from cccdask.cluster import worker_environment_settings
+        from cccdask.cluster import cluster_process_settings
 
-        settings = worker_environment_settings() if not args.default_malloc else {}
+        settings = cluster_process_settings() if not args.default_malloc else {}
         if args.no_profiler:
             settings["distributed.worker.profile.enabled"] = False
         with dask.config.set(settings):
@@ -234,6 +266,28 @@ def main() -> None:
                 steady = (t1 - t0) / (per_frame * (d1 - d0) / args.workers) if d1 > d0 else float("nan")
                 rows.append((n, elapsed, n / elapsed, ideal, elapsed / ideal, steady, memory.peak,
                              memory.peak - memory.baseline, memory.workers_cpu / n, memory.driver_cpu))
+            interleaved = []
+            if args.rounds:
+                from distributed import Client
+
+                with Client(address) as client:
+                    kernel_frames = max(10, min(args.long // args.workers, 200))
+                    before = kernel_on_workers(client, root, args, kernel_frames)
+                    for k in range(args.rounds):
+                        sub = root / f"round{k}"
+                        sub.mkdir()
+                        for name in ("input.ome.zarr", "mask.ome.zarr"):
+                            (sub / name).symlink_to(root / name)
+                        stamps = []
+                        run(config_for(sub, "results.zarr", address, args),
+                            progress=lambda done, total, *_: stamps.append((time.perf_counter(), done)))
+                        after = kernel_on_workers(client, root, args, kernel_frames)
+                        (t0, d0), (t1, d1) = next(s for s in stamps if s[1] > 0), stamps[-1]
+                        kernel = (before + after) / 2
+                        run_per_frame, ideal_per_frame = (t1 - t0) / (d1 - d0), kernel / args.workers
+                        interleaved.append((before, after, run_per_frame, ideal_per_frame,
+                                            run_per_frame / ideal_per_frame))
+                        before = after
         finally:
             cluster.close()
         print(f"frame {args.size}x{args.size}, mode {args.mode}, max_distance {args.max_distance}, contributions "
@@ -251,6 +305,16 @@ def main() -> None:
             print(f"| {n} | {elapsed:.2f} | {rate:.1f} | {ideal:.2f} | {ratio:.2f} | {steady:.2f} | "
                   f"{worker_cpu * 1e3:.1f} | {worker_cpu / per_frame_cpu:.2f} | {driver_cpu:.2f} | "
                   f"{peak / 2**20:.0f} | {above / 2**20:.0f} |")
+        if interleaved:
+            print(f"Overhead against the kernel in the same {args.workers} workers at once, interleaved "
+                  f"({args.long} frames per run, steady state):")
+            print("| round | kernel before (ms/frame) | kernel after (ms/frame) | run, steady (ms/frame) "
+                  "| mean kernel / workers (ms/frame) | overhead ratio |")
+            print("| --- | --- | --- | --- | --- | --- |")
+            for k, (before, after, steady, ideal, ratio) in enumerate(interleaved, start=1):
+                print(f"| {k} | {before * 1e3:.1f} | {after * 1e3:.1f} | {steady * 1e3:.2f} | {ideal * 1e3:.2f} "
+                      f"| {ratio:.2f} |")
+            print(f"median overhead ratio: {np.median([r[-1] for r in interleaved]):.2f}")
         print(f"peak memory, {args.long} vs {args.frames} frames: {rows[1][6] / rows[0][6]:.3f}x "
               f"(above idle: {rows[1][7] / 2**20:.0f} vs {rows[0][7] / 2**20:.0f} MiB)")
     finally:

@@ -229,7 +229,7 @@ def main() -> None:
     import dask
     from distributed import LocalCluster
 
-    from cccdask.cluster import worker_environment_settings
+    from cccdask.cluster import cluster_process_settings
 
     root = Path(tempfile.mkdtemp(prefix="cccdask-scale-"))
     print(f"{args.workers} workers x 1 thread, default config (max_distance {args.max_distance}, profile_range "
@@ -239,7 +239,7 @@ def main() -> None:
           "mean, sigma, confidence (s) | cccdask inspect (s) |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     try:
-        with dask.config.set(worker_environment_settings()):
+        with dask.config.set(cluster_process_settings()):
             cluster = LocalCluster(n_workers=args.workers, threads_per_worker=1, processes=True,
                                    dashboard_address=None, host="127.0.0.1")
         try:

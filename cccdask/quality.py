@@ -181,11 +181,13 @@ def intensity_floor(image: np.ndarray, mask: np.ndarray | None = None) -> float:
     """
     values = np.asarray(image)
     values = values[np.asarray(mask) != 0] if mask is not None else values.ravel()
-    if values.dtype.kind == "f" and not np.isfinite(values).all():
+    total = float(values.sum(dtype=np.float64))
+    if values.dtype.kind == "f" and not np.isfinite(total):  # a NaN or inf among the values: drop them
         values = values[np.isfinite(values)]
+        total = float(values.sum(dtype=np.float64))
     if values.size == 0:
         return float("nan")
-    mean = float(values.mean(dtype=np.float64))
+    mean = total / values.size
     if mean <= 0:
         return float("nan")
     # the 1st percentile, linearly interpolated between two neighbouring order statistics

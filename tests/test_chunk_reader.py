@@ -20,16 +20,18 @@ SELECTIONS = [
 ]
 
 
-@pytest.mark.parametrize("codecs", ["blosc", "zstd big-endian", "uncompressed"])
+@pytest.mark.parametrize("codecs", ["blosc", "zstd", "zstd big-endian", "uncompressed"])
 def test_direct_reads_equal_zarr(tmp_path, codecs):
     rng = np.random.default_rng(1)
     data = rng.integers(0, 60000, (5, 2, 37, 50)).astype(np.uint16)
-    options = {"blosc": dict(compressors=[BloscCodec()]),
+    options = {"blosc": dict(compressors=[BloscCodec()]), "zstd": dict(compressors=[ZstdCodec()]),
                "zstd big-endian": dict(serializer=BytesCodec(endian="big"), compressors=[ZstdCodec()]),
                "uncompressed": dict(compressors=None)}[codecs]
     array = zarr.create_array(tmp_path / "a.zarr", data=data, chunks=(2, 1, 16, 32), zarr_format=3, **options)
     reader = chunk_reader(zarr.open_array(tmp_path / "a.zarr", mode="r"))
     assert isinstance(reader, DirectChunkReader)
+    # blosc and little-endian zstd decode whole chunks straight into the result
+    assert (reader._numcodec is not None) == (codecs in ("blosc", "zstd"))
     for selection in SELECTIONS:
         got = reader[selection]
         assert got.dtype == data.dtype and got.flags.writeable
@@ -42,7 +44,7 @@ def test_missing_chunks_read_as_the_fill_value(tmp_path):
                               fill_value=7.5, zarr_format=3)
     array[1, 3:20, :] = np.arange(17 * 30, dtype=np.float32).reshape(17, 30)
     reader = chunk_reader(zarr.open_array(tmp_path / "a.zarr", mode="r"))
-    assert isinstance(reader, DirectChunkReader)
+    assert isinstance(reader, DirectChunkReader) and reader._numcodec is not None
     for selection in [(slice(None),), (0,), (slice(1, 3), slice(10, 30), 4), (0, slice(0, 16), slice(0, 16))]:
         np.testing.assert_array_equal(reader[selection], array[selection])
     assert reader[0, 0, 0] == 7.5 and reader[1, 3, 1] == 1.0
