@@ -61,6 +61,30 @@ def write_input(folder: Path, n_frames: int, size: int) -> None:
     write_ome_zarr(folder / "mask.ome.zarr", masks, "tyx", spacing)
 
 
+def link_input(root: Path, folder: Path) -> None:
+    """A new ``folder`` whose inputs are links to ``root``'s (a fresh store, the same files)."""
+    folder.mkdir()
+    for name in ("input.ome.zarr", "mask.ome.zarr"):
+        (folder / name).symlink_to(root / name)
+
+
+def timed_run(folder: Path, address: str, args) -> tuple[float, float, int]:
+    """Run the pipeline on ``folder``'s inputs into a new store.
+
+    Returns the whole run's seconds, and its steady state: seconds and frames from the
+    first recorded batch to the last (no set-up, no finalising).
+    """
+    from cccdask.pipeline import run
+
+    stamps = []
+    start = time.perf_counter()
+    run(config_for(folder, "results.zarr", address, args),
+        progress=lambda done, total, *_: stamps.append((time.perf_counter(), done)))
+    elapsed = time.perf_counter() - start
+    (t0, d0), (t1, d1) = next(s for s in stamps if s[1] > 0), stamps[-1]
+    return elapsed, t1 - t0, (d1 - d0) or float("nan")
+
+
 def config_for(folder: Path, store: str, address: str, args):
     from cccdask.config import config_from_dict
 
@@ -250,22 +274,15 @@ def main() -> None:
             rows = []
             for n in (args.frames, args.long):
                 sub = root / f"n{n}"
-                sub.mkdir()
                 if n == args.long:
-                    for name in ("input.ome.zarr", "mask.ome.zarr"):
-                        (sub / name).symlink_to(root / name)
+                    link_input(root, sub)
                 else:
+                    sub.mkdir()
                     write_input(sub, n, args.size)
-                stamps = []
                 with PeakMemory() as memory:
-                    start = time.perf_counter()
-                    run(config_for(sub, "results.zarr", address, args),
-                        progress=lambda done, total, *_: stamps.append((time.perf_counter(), done)))
-                    elapsed = time.perf_counter() - start
+                    elapsed, steady_seconds, steady_frames = timed_run(sub, address, args)
                 ideal = per_frame * n / args.workers
-                # steady state: from the first recorded batch to the last (no set-up, no finalising)
-                (t0, d0), (t1, d1) = next(s for s in stamps if s[1] > 0), stamps[-1]
-                steady = (t1 - t0) / (per_frame * (d1 - d0) / args.workers) if d1 > d0 else float("nan")
+                steady = steady_seconds / (per_frame * steady_frames / args.workers)
                 rows.append((n, elapsed, n / elapsed, ideal, elapsed / ideal, steady, memory.peak,
                              memory.peak - memory.baseline, memory.workers_cpu / n, memory.driver_cpu))
             interleaved = []
@@ -277,16 +294,11 @@ def main() -> None:
                     before = kernel_on_workers(client, root, args, kernel_frames)
                     for k in range(args.rounds):
                         sub = root / f"round{k}"
-                        sub.mkdir()
-                        for name in ("input.ome.zarr", "mask.ome.zarr"):
-                            (sub / name).symlink_to(root / name)
-                        stamps = []
-                        run(config_for(sub, "results.zarr", address, args),
-                            progress=lambda done, total, *_: stamps.append((time.perf_counter(), done)))
+                        link_input(root, sub)
+                        _, steady_seconds, steady_frames = timed_run(sub, address, args)
                         after = kernel_on_workers(client, root, args, kernel_frames)
-                        (t0, d0), (t1, d1) = next(s for s in stamps if s[1] > 0), stamps[-1]
                         kernel = (before + after) / 2
-                        run_per_frame, ideal_per_frame = (t1 - t0) / (d1 - d0), kernel / args.workers
+                        run_per_frame, ideal_per_frame = steady_seconds / steady_frames, kernel / args.workers
                         interleaved.append((before, after, run_per_frame, ideal_per_frame,
                                             run_per_frame / ideal_per_frame))
                         before = after

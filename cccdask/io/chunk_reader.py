@@ -97,8 +97,9 @@ class DirectChunkReader:
                     source.append(slice(lo - index * c, hi - index * c))
                     target.append(slice(lo - start, hi - start))
                 region = out[tuple(target)]
-                whole = region.shape == self.chunks
-                if not (whole and self._read_into(coords, region)):
+                if region.shape == self.chunks:
+                    self._chunk(coords, out=region)
+                else:
                     region[...] = self._chunk(coords)[tuple(source)]
         return out[squeeze]
 
@@ -125,36 +126,32 @@ class DirectChunkReader:
                 return None
         return bounds
 
-    def _path(self, coords: tuple[int, ...]) -> Path:
-        return self.folder / self._metadata.encode_chunk_key(coords)
+    def _chunk(self, coords: tuple[int, ...], out: np.ndarray | None = None) -> np.ndarray:
+        """One whole chunk, decoded (the fill value where no chunk file was written).
 
-    def _chunk(self, coords: tuple[int, ...]) -> np.ndarray:
-        """One whole chunk, decoded (the fill value where no chunk file was written)."""
-        try:
-            data = self._path(coords).read_bytes()
-        except FileNotFoundError:
-            return np.full(self.chunks, self._spec.fill_value, dtype=self.dtype)
-        buffer = self._prototype.buffer.from_bytes(data)
-        for codec in reversed(self._codecs[1:]):
-            buffer = codec._decode_sync(buffer, self._spec)
-        chunk = self._codecs[0]._decode_sync(buffer, self._spec).as_numpy_array().reshape(self.chunks)
-        return chunk.astype(self.dtype, copy=False)  # stored big-endian: in this machine's order
-
-    def _read_into(self, coords: tuple[int, ...], region: np.ndarray) -> bool:
-        """Decode one whole chunk straight into ``region`` (a C-contiguous view of its shape).
-
-        False (nothing done) where the codecs cannot (see :func:`_numcodec_decoding_into`):
-        the chunk is then decoded into a buffer of its own and copied.
+        With ``out`` (an array of the chunk's shape) the chunk is written there: a Blosc
+        or Zstd chunk is decoded straight into it when it is C-contiguous (see
+        :func:`_numcodec_decoding_into`), any other is decoded and copied.
         """
-        if self._numcodec is None or not region.flags.c_contiguous:
-            return False
         try:
-            data = self._path(coords).read_bytes()
+            data = (self.folder / self._metadata.encode_chunk_key(coords)).read_bytes()
         except FileNotFoundError:
-            region[...] = self._spec.fill_value
-            return True
-        self._numcodec.decode(data, out=region)
-        return True
+            data = None
+        if data is not None and out is not None and self._numcodec is not None and out.flags.c_contiguous:
+            self._numcodec.decode(data, out=out)
+            return out
+        if data is None:
+            chunk = np.full(self.chunks, self._spec.fill_value, dtype=self.dtype)
+        else:
+            buffer = self._prototype.buffer.from_bytes(data)
+            for codec in reversed(self._codecs[1:]):
+                buffer = codec._decode_sync(buffer, self._spec)
+            chunk = self._codecs[0]._decode_sync(buffer, self._spec).as_numpy_array().reshape(self.chunks)
+            chunk = chunk.astype(self.dtype, copy=False)  # stored big-endian: in this machine's order
+        if out is None:
+            return chunk
+        out[...] = chunk
+        return out
 
 
 def _numcodec_decoding_into(codecs, dtype: np.dtype):

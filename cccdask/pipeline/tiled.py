@@ -2,8 +2,9 @@
 
 Used by the driver when :func:`~cccdask.pipeline.plan.plan_tiles` finds that a frame
 does not fit a worker thread, or ``execution.tile_shape`` asks for tiles. Per frame,
-one graph runs on the cluster (inputs read tile by tile): the tiled CCC (:func:`cccdask.ccc`: correlograms
-within R, then the contribution images by overlap-save) and the coefficients
+one graph runs on the cluster (inputs read tile by tile): the tiled CCC
+(:func:`cccdask.ccc`: correlograms within R, then the contribution images by
+overlap-save) and the coefficients
 (:func:`cccdask.coefficients.coefficients`, exact from per-chunk statistics) over the
 same tiles, after the ``preprocess:`` steps on tiles (chromatic shift, mask
 generation, backgrounds: :func:`cccdask.preprocess_tiled.preprocess_lazy`, the
