@@ -12,8 +12,9 @@
    beside it: compared with the kernel's own time it separates the pipeline's cost from
    CPU contention on a busy machine. The task alone (``compute_frames``: read, kernel,
    frame quality, results packed for the driver) is also timed in this process, without
-   Dask: its CPU against the kernel's is the pipeline's own cost per frame, free of the
-   workers' background (heartbeats, profiler) that grows with wall time on a loaded machine.
+   Dask, step by step inside its own calls (:func:`task_breakdown`): its CPU against its
+   own kernel calls is the pipeline's own cost per frame, free of the workers' background
+   (heartbeats, profiler) and of the machine's drift in core speed.
 2. Overhead against the kernel on the same workers, interleaved (``--rounds``): the
    speed of this machine's cores drifts by up to +-30 % over minutes (other VMs on the
    host), so a kernel timed once before the runs is not the kernel the runs met. Each
@@ -151,12 +152,25 @@ def kernel_on_workers(client, folder: Path, args, n_frames: int) -> float:
     return float(np.mean(client.gather(futures)))
 
 
-def task_cpu_per_frame(config, n_frames: int) -> float:
-    """CPU seconds per frame of the pipeline's task (``compute_frames``) in this process, no Dask.
+TASK_STEPS = (  # (label, module, function): the steps of the task timed by task_breakdown
+    ("reading", "cccdask.pipeline.task", "_read_batch"),
+    ("kernel", "cccdask.kernels.ccc", "ccc_frame"),
+    ("quality floors", "cccdask.quality", "intensity_floor"),
+    ("far-field ratio", "cccdask.pipeline.task", "stored_far_field"),
+)
 
-    The batches of ``config``'s plan covering at least ``n_frames`` frames, run once to
-    warm up and once timed; ``config`` is a run already made (its store exists).
+
+def task_breakdown(config, n_frames: int) -> dict[str, float]:
+    """CPU seconds per frame of the pipeline's task (``compute_frames``) and its steps, no Dask.
+
+    The steps (:data:`TASK_STEPS`) are timed inside the task's own calls, so the ratio of
+    the task to its kernel is free of this machine's drift in core speed. The batches of
+    ``config``'s plan covering at least ``n_frames`` frames, run once to warm up and once
+    timed; ``config`` is a run already made (its store exists). Keys: the step labels,
+    ``"task"`` and ``"rest"`` (the task less its steps: settings, packing the results).
     """
+    import importlib
+
     from cccdask.pipeline import run_identity
     from cccdask.pipeline.inputs import open_inputs
     from cccdask.pipeline.layout import plan_run
@@ -167,12 +181,34 @@ def task_cpu_per_frame(config, n_frames: int) -> float:
     plan, _ = plan_run(config, inputs, run_identity(config, inputs.frames))
     batches = frame_batches(inputs.frames.n_frames, plan.frames_per_task)
     batches = batches[:next(i + 1 for i, (_, stop) in enumerate(batches) if stop >= min(n_frames, batches[-1][1]))]
-    for start, stop in batches:
-        compute_frames(plan, start, stop)
-    cpu = time.process_time()
-    for start, stop in batches:
-        compute_frames(plan, start, stop)
-    return (time.process_time() - cpu) / batches[-1][1]
+    spent = dict.fromkeys([label for label, _, _ in TASK_STEPS], 0.0)
+
+    def timed(label, function):
+        def step(*args, **kwargs):
+            start = time.thread_time()
+            try:
+                return function(*args, **kwargs)
+            finally:
+                spent[label] += time.thread_time() - start
+        return step
+
+    originals = [(importlib.import_module(module), name) for _, module, name in TASK_STEPS]
+    originals = [(module, name, getattr(module, name)) for module, name in originals]
+    for (label, _, _), (module, name, function) in zip(TASK_STEPS, originals):
+        setattr(module, name, timed(label, function))
+    try:
+        for start, stop in batches:
+            compute_frames(plan, start, stop)
+        spent.update(dict.fromkeys(spent, 0.0))
+        cpu = time.thread_time()
+        for start, stop in batches:
+            compute_frames(plan, start, stop)
+        spent["task"] = time.thread_time() - cpu
+    finally:
+        for module, name, function in originals:
+            setattr(module, name, function)
+    spent["rest"] = spent["task"] - sum(spent[label] for label, _, _ in TASK_STEPS)
+    return {key: value / batches[-1][1] for key, value in spent.items()}
 
 
 class PeakMemory:
@@ -270,7 +306,7 @@ def main() -> None:
         try:
             address = cluster.scheduler_address
             run(config_for(root, "warmup.zarr", address, args))  # imports and caches on the workers
-            task_cpu = task_cpu_per_frame(config_for(root, "warmup.zarr", address, args), args.frames)
+            steps = task_breakdown(config_for(root, "warmup.zarr", address, args), max(args.frames, 64))
             rows = []
             for n in (args.frames, args.long):
                 sub = root / f"n{n}"
@@ -309,8 +345,10 @@ def main() -> None:
               f"worker malloc {'distributed default' if args.default_malloc else 'cccdask (no trimming)'}")
         print(f"kernel alone (ccc_frame on frames in memory, one process): {per_frame * 1e3:.1f} ms per frame "
               f"({per_frame_cpu * 1e3:.1f} ms CPU); load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
-        print(f"task alone (compute_frames in this process, no Dask): {task_cpu * 1e3:.1f} ms CPU per frame, "
-              f"{task_cpu / per_frame_cpu:.2f}x the kernel's CPU")
+        print(f"task alone (compute_frames in this process, no Dask), CPU per frame: {steps['task'] * 1e3:.1f} ms, "
+              f"{steps['task'] / steps['kernel']:.3f}x its kernel (timed in the same calls); "
+              + ", ".join(f"{label} {value * 1e3:.2f} ms ({value / steps['kernel']:.1%})"
+                          for label, value in steps.items() if label != "task"))
         print("| frames | run time (s) | frames/s | kernel x frames / workers (s) | overhead ratio, whole run "
               "| overhead ratio, steady state | worker CPU per frame (ms) | CPU ratio to the kernel "
               "| driver + scheduler CPU (s) | peak memory, driver + workers (MiB) | above idle (MiB) |")

@@ -89,13 +89,16 @@ def far_field_ratio(distance: np.ndarray, subtracted: np.ndarray, mean=None, sig
     outer = distance >= 0.75 * distance[-1]
     ratio = np.full(n, np.nan)
     for i, profile in enumerate(profiles):
-        if not np.isfinite(profile).any():
+        finite = np.isfinite(profile)
+        if not finite.any():
             continue
         far = outer & (distance > abs(mean[i]) + 3 * sigma[i]) if np.isfinite(mean[i] + sigma[i]) else outer
-        if far.sum() < 3:
+        if np.count_nonzero(far) < 3:
             far = outer
-        peak = np.nanmax(profile)
-        level = np.nanmedian(profile[far])
+        if finite.all():  # the usual case: no NaN to skip (nanmedian's copies cost more than the rest)
+            peak, level = profile.max(), np.median(profile[far])
+        else:
+            peak, level = np.nanmax(profile), np.nanmedian(profile[far])
         ratio[i] = np.inf if peak <= 0 else level / peak
     return ratio if np.ndim(subtracted) > 1 else ratio[0]
 
