@@ -270,6 +270,9 @@ def inspect_command(store: Path = typer.Argument(..., help="A results store (.za
     """What a results store holds and which frames are complete or missing."""
     from cccdask.io.store import FRAME_STATUS_NAMES, STATUS_COMPLETE, read_completion, read_store_attrs
 
+    if not store.exists():
+        _fail(f"{store} does not exist: no run has written results there yet (a run stopped before its first "
+              f"frame was saved leaves no store). Check the path, or run the config whose output.store it is.")
     attrs = read_store_attrs(store)
     if attrs is None:
         _fail(f"{store} is not a cccdask results store.")
