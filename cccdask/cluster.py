@@ -194,7 +194,12 @@ class InProcessClient:
 # glibc returns freed memory to the OS above 64 KiB by default under distributed, so every
 # frame's FFT buffers are fresh pages whose first touch costs 20-50% of the FFT time on
 # these VMs (performance.md). Workers started by cccdask keep freed memory for reuse.
-FFT_FRIENDLY_MALLOC = {"MALLOC_TRIM_THRESHOLD_": str(2**28), "MALLOC_MMAP_THRESHOLD_": str(2**25)}
+# One malloc arena: tasks run in worker threads, whose arenas are heaps of at most 64 MiB
+# that glibc unmaps as soon as one is wholly free, whatever the trim threshold; a task on
+# 1024² frames (batches of 16 MiB arrays) then met ~13 MiB of fresh pages per frame
+# (3 362 page faults), none in the main arena (tests/test_cluster_settings.py).
+FFT_FRIENDLY_MALLOC = {"MALLOC_TRIM_THRESHOLD_": str(2**28), "MALLOC_MMAP_THRESHOLD_": str(2**25),
+                       "MALLOC_ARENA_MAX": "1"}
 
 
 # what in-thread workers do with the process's memory: nothing (the memory limit still sizes the tasks)
